@@ -1,0 +1,108 @@
+"""Configuration of the adapter generator, and of a tagi checkpoint as stored in `config.json`.
+
+Every default lives here, once. Validation happens in `__post_init__` so that a bad value is
+rejected where it is written, not deep inside a forward pass.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+# Module names of T5 blocks that LoRA can target. `wi_0`/`wi_1` exist in gated (flan-t5 / t5 v1.1)
+# feed-forward layers, `wi` in the original T5 layout.
+KNOWN_TARGETS = ("q", "k", "v", "o", "wi", "wi_0", "wi_1", "wo")
+
+CHECKPOINT_FORMAT = "tagi-checkpoint"
+CHECKPOINT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class GeneratorConfig:
+    """Shape of the LoRA adapters the generator emits, and of the generator itself."""
+
+    rank: int = 8
+    """LoRA rank r of every generated module."""
+    alpha: float = 16.0
+    """LoRA alpha; the update is scaled by alpha / rank, as in PEFT."""
+    target_modules: tuple[str, ...] = ("q", "v")
+    """T5 module names to adapt, in every attention block (self and cross) or feed-forward layer."""
+    hidden_dim: int | None = None
+    """Width of the generator MLP. None means d_model // 2: a real fraction of the model width,
+    unlike the 8-wide bottleneck of the authors' code that confines every A to 8 dimensions."""
+    embed_dim: int = 64
+    """Width of the learned (layer, module, block) embeddings that tell the MLP what to emit."""
+
+    def __post_init__(self) -> None:
+        if self.rank < 1:
+            raise ValueError(f"rank must be >= 1, got {self.rank}")
+        if self.alpha <= 0:
+            raise ValueError(f"alpha must be > 0, got {self.alpha}")
+        if not self.target_modules:
+            raise ValueError("target_modules must name at least one module")
+        unknown = sorted(set(self.target_modules) - set(KNOWN_TARGETS))
+        if unknown:
+            raise ValueError(f"unknown target modules {unknown}; choose from {list(KNOWN_TARGETS)}")
+        if len(set(self.target_modules)) != len(self.target_modules):
+            raise ValueError(f"target_modules has duplicates: {list(self.target_modules)}")
+        if self.hidden_dim is not None and self.hidden_dim < 1:
+            raise ValueError(f"hidden_dim must be >= 1, got {self.hidden_dim}")
+        if self.embed_dim < 1:
+            raise ValueError(f"embed_dim must be >= 1, got {self.embed_dim}")
+
+    @property
+    def scale(self) -> float:
+        return self.alpha / self.rank
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> GeneratorConfig:
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown generator config keys: {unknown}")
+        values = dict(data)
+        if "target_modules" in values:
+            values["target_modules"] = tuple(values["target_modules"])
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class CheckpointConfig:
+    """What `config.json` of a checkpoint records besides the weights."""
+
+    generator: GeneratorConfig = field(default_factory=GeneratorConfig)
+    base_fingerprint: str = ""
+    """sha256 over the base model's weight and tokenizer files; loading refuses a mismatch."""
+    input_template: str = "{input}"
+    """How an input is written for the adapted model (the instruction is NOT part of it)."""
+    max_instruction_tokens: int = 512
+    max_input_tokens: int = 512
+    fusion: bool = True
+    """Whether `run` uses instruction fusion unless told otherwise."""
+
+    def __post_init__(self) -> None:
+        if "{input}" not in self.input_template:
+            raise ValueError(f"input_template must contain '{{input}}', got {self.input_template!r}")
+        for name in ("max_instruction_tokens", "max_input_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1")
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["generator"]["target_modules"] = list(self.generator.target_modules)
+        return {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **data}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CheckpointConfig:
+        data = dict(data)
+        fmt, version = data.pop("format", None), data.pop("version", None)
+        if fmt != CHECKPOINT_FORMAT:
+            raise ValueError(f"not a tagi checkpoint config (format={fmt!r})")
+        if version != CHECKPOINT_VERSION:
+            raise ValueError(f"unsupported checkpoint version {version!r}; this tagi reads {CHECKPOINT_VERSION}")
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown checkpoint config keys: {unknown}")
+        generator = GeneratorConfig.from_dict(data.pop("generator", {}))
+        return cls(generator=generator, **data)
