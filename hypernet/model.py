@@ -141,37 +141,50 @@ class TagiModel(nn.Module):
         self,
         inputs: list[str],
         adapters: list[Adapter | None],
-        fusion: bool | None = None,
-        max_new_tokens: int = 64,
+        fusion: bool | list[bool] | None = None,
+        max_new_tokens: int | list[int] = 64,
     ) -> list[str]:
-        """Greedy outputs; input i runs with adapters[i] (None: the plain base), all in one batch."""
-        if len(inputs) != len(adapters):
-            raise ValueError(f"{len(inputs)} inputs but {len(adapters)} adapters")
+        """Greedy outputs; input i runs with adapters[i] (None: the plain base), all in one batch.
+
+        `fusion` and `max_new_tokens` may be given per row, so requests with different settings
+        still share one forward pass; greedy decoding is prefix-stable, so cutting a row's
+        tokens at its own limit gives exactly what generating it alone would."""
+        n = len(inputs)
+        if len(adapters) != n:
+            raise ValueError(f"{n} inputs but {len(adapters)} adapters")
         fusion = self.config.fusion if fusion is None else fusion
+        fusions = [fusion] * n if isinstance(fusion, bool) else list(fusion)
+        limits = [max_new_tokens] * n if isinstance(max_new_tokens, int) else list(max_new_tokens)
+        if len(fusions) != n or len(limits) != n:
+            raise ValueError("per-row fusion and max_new_tokens need one value per input")
+        if min(limits, default=1) < 1:
+            raise ValueError("max_new_tokens must be >= 1")
         batch = self.tokenize(self.format_inputs(inputs), self.config.max_input_tokens, "input")
         lora = LoraWeights.concat([a.weights if a else None for a in adapters]) if any(adapters) else None
-        instruction = concat_instructions([a.instruction_encoding if a else None for a in adapters]) if fusion else None
-        return self.generate_batch(batch, lora, instruction, max_new_tokens)
+        instruction = concat_instructions([a.instruction_encoding if a and f else None for a, f in zip(adapters, fusions)])
+        tokens = self.generate_tokens(batch, lora, instruction, max(limits))
+        # Column 0 is the decoder start token; row i keeps its own first limits[i] new tokens.
+        return self.tokenizer.batch_decode([row[: 1 + limit] for row, limit in zip(tokens, limits)], skip_special_tokens=True)
 
     @torch.no_grad()
-    def generate_batch(
+    def generate_tokens(
         self,
         batch: dict[str, torch.Tensor],
         lora: LoraWeights | None,
         instruction: InstructionEncoding | None,
         max_new_tokens: int,
-    ) -> list[str]:
+    ) -> torch.Tensor:
+        """Greedy token ids (b, 1 + new tokens), starting with the decoder start token."""
         with self.slots.attached(lora):
             encoded = self.base.encoder(**batch).last_hidden_state
             encoded, memory_mask = fuse(encoded, batch["attention_mask"], instruction)
-            tokens = self.base.generate(
+            return self.base.generate(
                 encoder_outputs=BaseModelOutput(last_hidden_state=encoded),
                 attention_mask=memory_mask,
                 max_new_tokens=max_new_tokens,
                 do_sample=False,
                 num_beams=1,
             )
-        return self.tokenizer.batch_decode(tokens, skip_special_tokens=True)
 
     def parameter_counts(self) -> dict[str, int]:
         """Trainable generator, fusion (none: fusion reuses the frozen cross-attention), frozen base."""
