@@ -1,0 +1,1 @@
+"""Training-side code: task data loading and the synthetic list-world suite."""

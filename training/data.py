@@ -1,0 +1,379 @@
+"""Super-Natural Instructions (SNI) task loading, prompt layouts and metrics.
+
+Everything that knows the SNI file schema or the Tk-Instruct prompt layout
+lives here, so the synthetic suite, training and evaluation cannot drift
+apart on how a task is read, shown to a model, or scored.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import re
+import string
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+logger = logging.getLogger(__name__)
+
+PromptFormat = Literal["def", "def+2pos"]
+PROMPT_FORMATS: tuple[PromptFormat, ...] = ("def", "def+2pos")
+
+# Prompt layouts (Tk-Instruct's textual layout), kept together so that the
+# teacher, the student and the baselines all see byte-identical framing.
+DEFINITION_TEMPLATE = "Definition: {definition}"
+POSITIVE_EXAMPLE_TEMPLATE = "Positive Example {index} -\nInput: {input}\nOutput: {output}"
+SECTION_SEPARATOR = "\n\n"
+CONCAT_TEMPLATE = "{instruction}\n\nNow complete the following example -\nInput: {input}\nOutput:"
+# The TAGI student never sees the instruction in its input: the adapter
+# generated from the instruction has to carry it.
+INPUT_TEMPLATE = "{input}"
+POSITIVE_EXAMPLES_IN_PROMPT = 2
+
+
+@dataclass(frozen=True)
+class Example:
+    input: str
+    output: str
+    explanation: str
+
+
+@dataclass(frozen=True)
+class Instance:
+    id: str
+    input: str
+    outputs: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str
+    definition: str
+    positive_examples: tuple[Example, ...]
+    negative_examples: tuple[Example, ...]
+    instances: tuple[Instance, ...]
+    categories: tuple[str, ...]
+
+    @property
+    def category(self) -> str:
+        """SNI tasks carry one category in practice; reports group by it."""
+        return self.categories[0]
+
+
+# --------------------------------------------------------------------------
+# Loading
+
+
+def _reject_constant(name: str) -> float:
+    raise ValueError(f"non-standard JSON constant {name}")
+
+
+def _read_json(path: Path) -> object:
+    """Strict JSON: NaN/Infinity would silently poison metrics downstream."""
+    if not path.is_file():
+        raise ValueError(f"task file not found: {path}")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"), parse_constant=_reject_constant)
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: not valid UTF-8 ({err})") from err
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: invalid JSON at line {err.lineno} column {err.colno}: {err.msg}") from err
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from err
+
+
+def _field(obj: dict[str, object], key: str, where: str) -> object:
+    if key not in obj:
+        raise ValueError(f"{where}: missing required key {key!r}")
+    return obj[key]
+
+
+def _string(value: object, where: str) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"{where}: expected a string, got {type(value).__name__}")
+    return value
+
+
+def _list(value: object, where: str, *, non_empty: bool = False) -> list[object]:
+    if not isinstance(value, list):
+        raise ValueError(f"{where}: expected a list, got {type(value).__name__}")
+    if non_empty and not value:
+        raise ValueError(f"{where}: expected a non-empty list")
+    return value
+
+
+def _object(value: object, where: str) -> dict[str, object]:
+    if not isinstance(value, dict):
+        raise ValueError(f"{where}: expected an object, got {type(value).__name__}")
+    return value
+
+
+def _strings(value: object, where: str, *, non_empty: bool = False) -> tuple[str, ...]:
+    items = _list(value, where, non_empty=non_empty)
+    return tuple(_string(item, f"{where}[{i}]") for i, item in enumerate(items))
+
+
+def _examples(data: dict[str, object], key: str, where: str) -> tuple[Example, ...]:
+    examples = []
+    for i, raw in enumerate(_list(_field(data, key, where), f"{where} {key!r}")):
+        at = f"{where} {key!r}[{i}]"
+        obj = _object(raw, at)
+        # Some SNI examples omit the explanation; it is never shown in prompts.
+        explanation = _string(obj.get("explanation", ""), f"{at}.explanation")
+        examples.append(
+            Example(
+                input=_string(_field(obj, "input", at), f"{at}.input"),
+                output=_string(_field(obj, "output", at), f"{at}.output"),
+                explanation=explanation,
+            )
+        )
+    return tuple(examples)
+
+
+def _instances(data: dict[str, object], where: str, max_instances: int | None) -> tuple[Instance, ...]:
+    raw_instances = _list(_field(data, "Instances", where), f"{where} 'Instances'")
+    if max_instances is not None:
+        raw_instances = raw_instances[:max_instances]
+    instances = []
+    seen_ids: set[str] = set()
+    for i, raw in enumerate(raw_instances):
+        at = f"{where} 'Instances'[{i}]"
+        obj = _object(raw, at)
+        instance = Instance(
+            id=_string(_field(obj, "id", at), f"{at}.id"),
+            input=_string(_field(obj, "input", at), f"{at}.input"),
+            outputs=_strings(_field(obj, "output", at), f"{at}.output", non_empty=True),
+        )
+        if instance.id in seen_ids:
+            raise ValueError(f"{at}: duplicate instance id {instance.id!r}")
+        seen_ids.add(instance.id)
+        instances.append(instance)
+    return tuple(instances)
+
+
+def _check_max_instances(max_instances: int | None) -> None:
+    if max_instances is not None and (isinstance(max_instances, bool) or max_instances < 0):
+        raise ValueError(f"max_instances must be None or a non-negative int, got {max_instances!r}")
+
+
+def load_task(path: str | Path, max_instances: int | None = None) -> Task:
+    """Read one SNI task file; the task is named after the file stem.
+
+    ``max_instances`` keeps the first instances in file order, matching the
+    SNI evaluation convention of a fixed per-task prefix.
+    """
+    _check_max_instances(max_instances)
+    path = Path(path)
+    data = _object(_read_json(path), str(path))
+    where = str(path)
+    definition_parts = _strings(_field(data, "Definition", where), f"{where} 'Definition'", non_empty=True)
+    return Task(
+        name=path.stem,
+        definition="\n".join(part.strip() for part in definition_parts),
+        positive_examples=_examples(data, "Positive Examples", where),
+        negative_examples=_examples(data, "Negative Examples", where),
+        instances=_instances(data, where, max_instances),
+        categories=_strings(_field(data, "Categories", where), f"{where} 'Categories'", non_empty=True),
+    )
+
+
+def task_to_dict(task: Task) -> dict[str, object]:
+    """Inverse of :func:`load_task` for the keys it reads (name is the file stem)."""
+
+    def example(e: Example) -> dict[str, str]:
+        return {"input": e.input, "output": e.output, "explanation": e.explanation}
+
+    return {
+        "Categories": list(task.categories),
+        "Definition": [task.definition],
+        "Positive Examples": [example(e) for e in task.positive_examples],
+        "Negative Examples": [example(e) for e in task.negative_examples],
+        "Instances": [{"id": i.id, "input": i.input, "output": list(i.outputs)} for i in task.instances],
+    }
+
+
+def read_split(split_file: str | Path) -> list[str]:
+    """Task names listed in a split file, in file order, blank lines ignored."""
+    split_file = Path(split_file)
+    if not split_file.is_file():
+        raise ValueError(f"split file not found: {split_file}")
+    names = [line.strip() for line in split_file.read_text(encoding="utf-8").splitlines()]
+    return list(dict.fromkeys(name for name in names if name))
+
+
+def partition_split(tasks_dir: str | Path, split_file: str | Path) -> tuple[list[str], list[str]]:
+    """(present, absent) task names of a split, each sorted.
+
+    The shipped split lists are the full SNI splits while only a subset of the
+    task files exists locally, so absence is expected and must be countable.
+    """
+    tasks_dir = Path(tasks_dir)
+    if not tasks_dir.is_dir():
+        raise ValueError(f"tasks directory not found: {tasks_dir}")
+    names = read_split(split_file)
+    present = sorted(n for n in names if (tasks_dir / f"{n}.json").is_file())
+    absent = sorted(set(names) - set(present))
+    return present, absent
+
+
+def load_split(
+    tasks_dir: str | Path, split_file: str | Path, max_instances: int | None = None
+) -> list[Task]:
+    """Tasks listed in ``split_file`` that exist in ``tasks_dir``, sorted by name."""
+    _check_max_instances(max_instances)
+    present, absent = partition_split(tasks_dir, split_file)
+    if absent:
+        logger.warning(
+            "%d of %d tasks listed in %s are absent from %s and were skipped",
+            len(absent),
+            len(present) + len(absent),
+            split_file,
+            tasks_dir,
+        )
+    return [load_task(Path(tasks_dir) / f"{name}.json", max_instances) for name in present]
+
+
+def load_tasks(paths: Sequence[str | Path], max_instances: int | None = None) -> list[Task]:
+    """Tasks from files and/or directories of ``*.json`` files (sorted per directory).
+
+    Duplicate task names are an error: scoring a task twice would silently
+    overweight it in aggregated metrics.
+    """
+    _check_max_instances(max_instances)
+    files: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            found = sorted(path.glob("*.json"))
+            if not found:
+                raise ValueError(f"no task files (*.json) in directory: {path}")
+            files.extend(found)
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise ValueError(f"task file or directory not found: {path}")
+    tasks = [load_task(f, max_instances) for f in files]
+    seen: dict[str, Path] = {}
+    for task, f in zip(tasks, files):
+        if task.name in seen:
+            raise ValueError(f"task {task.name!r} given twice: {seen[task.name]} and {f}")
+        seen[task.name] = f
+    return tasks
+
+
+# --------------------------------------------------------------------------
+# Prompts
+
+
+def format_instruction(task: Task, fmt: PromptFormat) -> str:
+    """Instruction text in one of the two SNI standard formats.
+
+    Like Tk-Instruct, ``def+2pos`` uses up to two positive examples, so a
+    task with fewer still gets a prompt instead of failing mid-evaluation.
+    """
+    if fmt not in PROMPT_FORMATS:
+        raise ValueError(f"unknown prompt format {fmt!r}; expected one of {PROMPT_FORMATS}")
+    sections = [DEFINITION_TEMPLATE.format(definition=task.definition.strip())]
+    if fmt == "def+2pos":
+        for index, example in enumerate(task.positive_examples[:POSITIVE_EXAMPLES_IN_PROMPT], start=1):
+            sections.append(
+                POSITIVE_EXAMPLE_TEMPLATE.format(
+                    index=index, input=example.input.strip(), output=example.output.strip()
+                )
+            )
+    return SECTION_SEPARATOR.join(sections)
+
+
+def format_concat(instruction: str, input: str) -> str:
+    """Model input with the instruction prepended (the Tk-Instruct baseline)."""
+    return CONCAT_TEMPLATE.format(instruction=instruction, input=input.strip())
+
+
+# --------------------------------------------------------------------------
+# Held-out instances
+
+
+def split_instances(
+    task: Task, held_out: int | float, seed: int
+) -> tuple[tuple[Instance, ...], tuple[Instance, ...]]:
+    """Deterministically split a task's instances into (train, held_out).
+
+    ``held_out`` is a count (int) or a fraction in (0, 1) (float). The shuffle
+    is seeded by ``seed`` and the task name, so tasks get independent splits
+    while the same seed always reproduces them. Both parts keep file order.
+    """
+    n = len(task.instances)
+    if isinstance(held_out, bool) or not isinstance(held_out, (int, float)):
+        raise ValueError(f"held_out must be an int count or a float fraction, got {held_out!r}")
+    if isinstance(held_out, float):
+        if not 0.0 < held_out < 1.0:
+            raise ValueError(f"held_out fraction must be in (0, 1), got {held_out}")
+        count = round(held_out * n)
+    else:
+        if not 0 <= held_out <= n:
+            raise ValueError(f"held_out count must be in [0, {n}] for task {task.name!r}, got {held_out}")
+        count = held_out
+    order = list(range(n))
+    random.Random(f"{seed}:{task.name}").shuffle(order)
+    held = set(order[:count])
+    train = tuple(inst for i, inst in enumerate(task.instances) if i not in held)
+    held_part = tuple(inst for i, inst in enumerate(task.instances) if i in held)
+    return train, held_part
+
+
+# --------------------------------------------------------------------------
+# Metrics (SNI convention: normalised exact match and token Rouge-L)
+
+_PUNCTUATION = str.maketrans("", "", string.punctuation)
+_ARTICLES = re.compile(r"\b(a|an|the)\b")
+
+
+def normalize_answer(text: str) -> str:
+    """SNI/SQuAD normalisation: lowercase, drop punctuation, articles, extra spaces."""
+    text = text.lower().translate(_PUNCTUATION)
+    return " ".join(_ARTICLES.sub(" ", text).split())
+
+
+def _as_references(references: str | Sequence[str]) -> tuple[str, ...]:
+    # A bare string is a Sequence[str] too; iterating it would score characters.
+    refs = (references,) if isinstance(references, str) else tuple(references)
+    if not refs:
+        raise ValueError("at least one reference is required")
+    return refs
+
+
+def _lcs_length(a: Sequence[str], b: Sequence[str]) -> int:
+    previous = [0] * (len(b) + 1)
+    for token_a in a:
+        current = [0]
+        for j, token_b in enumerate(b):
+            current.append(previous[j] + 1 if token_a == token_b else max(previous[j + 1], current[j]))
+        previous = current
+    return previous[-1]
+
+
+def _rouge_l_single(prediction: str, reference: str) -> float:
+    pred = normalize_answer(prediction).split()
+    ref = normalize_answer(reference).split()
+    if not pred or not ref:
+        # Two answers that both normalise to nothing agree, as in exact match.
+        return float(not pred and not ref)
+    lcs = _lcs_length(pred, ref)
+    if lcs == 0:
+        return 0.0
+    precision, recall = lcs / len(pred), lcs / len(ref)
+    return 2 * precision * recall / (precision + recall)
+
+
+def rouge_l(prediction: str, references: str | Sequence[str]) -> float:
+    """Token-level Rouge-L F1 on normalised text, best over references."""
+    return max(_rouge_l_single(prediction, ref) for ref in _as_references(references))
+
+
+def exact_match(prediction: str, references: str | Sequence[str]) -> float:
+    """1.0 if the normalised prediction equals any normalised reference."""
+    pred = normalize_answer(prediction)
+    return float(any(pred == normalize_answer(ref) for ref in _as_references(references)))
