@@ -56,6 +56,9 @@ class LoraSlots:
         if weights is None:
             yield
             return
+        like = self.layers[0].weight
+        if next(iter(weights.lora_A.values())).dtype != like.dtype:
+            weights = weights.to(device=like.device, dtype=like.dtype)  # e.g. a bf16 base on CUDA
         try:
             for layer in self.layers:
                 layer.factors = (weights.lora_A[layer.group][layer.index], weights.lora_B[layer.group][layer.index], weights.scale)

@@ -69,9 +69,7 @@ def find_targets(model: nn.Module, module_names: tuple[str, ...]) -> TargetLayou
     targets = []
     for path, module in model.named_modules():
         match = _PATH.match(path)
-        if match is None or match.group(4) not in wanted:
-            continue
-        if not isinstance(module, nn.Linear):
+        if match is None or match.group(4) not in wanted or not isinstance(module, nn.Linear):
             continue
         stack, layer, block, name = match.groups()
         targets.append(
