@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import statistics
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -74,6 +75,7 @@ def load_into_peft(peft: torch.nn.Module, ours: TagiModel, adapters: list[LoraWe
 def run_core_benchmark(json_path: Path | None = None, rounds: int = 7, quick: bool = False, seed: int = 0) -> dict:
     sizes = QUICK if quick else T5_BASE
     batch, input_len, decoder_len, instruction_len = 8, 128, 32, 256
+    warnings.filterwarnings("ignore", category=FutureWarning)  # transformers deprecations raised inside peft
     plain, ours, peft = build_models(sizes, seed)
     g = torch.Generator().manual_seed(seed)
     vocab = sizes["vocab_size"]

@@ -114,8 +114,11 @@ def save_checkpoint(model: TagiModel, out_dir: Path, overwrite: bool = False) ->
 
 def create_checkpoint(base_dir: Path, out_dir: Path, config: CheckpointConfig, seed: int = 0, overwrite: bool = False) -> None:
     """An untrained checkpoint (zero-update generator) around any local HF T5 directory."""
-    base = T5ForConditionalGeneration.from_pretrained(base_dir, use_safetensors=True)
-    tokenizer = load_tokenizer(Path(base_dir))
+    try:
+        base = T5ForConditionalGeneration.from_pretrained(base_dir, use_safetensors=True)
+        tokenizer = load_tokenizer(Path(base_dir))
+    except (OSError, ValueError) as err:
+        raise CheckpointError(f"cannot load a T5 model with tokenizer from {base_dir}: {err}") from err
     torch.manual_seed(seed)
     save_checkpoint(TagiModel(base, tokenizer, config), out_dir, overwrite=overwrite)
 
