@@ -23,6 +23,7 @@ from transformers import T5Config, T5ForConditionalGeneration
 from hypernet.config import CheckpointConfig, GeneratorConfig
 from hypernet.fusion import masked_mean
 from hypernet.model import TagiModel
+from hypernet.batching import AdapterBatcher
 from hypernet.targets import LoraWeights
 
 TARGETS = ("q", "k", "v", "o", "wi", "wo")
@@ -49,9 +50,9 @@ def build_models(sizes: dict, seed: int) -> tuple[T5ForConditionalGeneration, Ta
         copies.append(model)
     generator = GeneratorConfig(rank=8, alpha=16.0, target_modules=TARGETS)
     ours = TagiModel(copies[0], tokenizer=None, config=CheckpointConfig(generator=generator))
-    with torch.no_grad():  # a trained generator emits non-zero B; zero B would hide nothing, but check numerics
+    with torch.no_grad():  # a trained generator emits non-zero B (entries ~0.02); zero B would skip no work
         for head in ours.generator.heads_B.values():
-            head.weight.normal_(0, 0.02)
+            head.weight.normal_(0, 0.02 / head.in_features**0.5)
     peft = get_peft_model(copies[1], LoraConfig(r=8, lora_alpha=16, target_modules=list(TARGETS), task_type="SEQ_2_SEQ_LM"), adapter_name="a0")
     return plain, ours, peft.eval()
 
@@ -95,8 +96,10 @@ def run_core_benchmark(json_path: Path | None = None, rounds: int = 7, quick: bo
     def plain_forward():
         return plain(input_ids=input_ids, attention_mask=mask, decoder_input_ids=decoder_ids).logits
 
+    batcher = AdapterBatcher(ours.layout, 8, ours.config.generator.scale, torch.float32, torch.device("cpu"))
+
     def mixed_forward():
-        return ours(input_ids, mask, decoder_ids, lora=LoraWeights.concat(adapters))
+        return ours(input_ids, mask, decoder_ids, lora=batcher.assemble(adapters))
 
     def peft_forward():
         return peft(input_ids=input_ids, attention_mask=mask, decoder_input_ids=decoder_ids, adapter_names=names).logits
@@ -111,13 +114,15 @@ def run_core_benchmark(json_path: Path | None = None, rounds: int = 7, quick: bo
         states = ours.base.encoder(input_ids=one_instruction, attention_mask=instruction_mask).last_hidden_state
         return ours.generator(masked_mean(states, instruction_mask))
 
-    fresh = adapters[0]
-    cached = adapters[1:]
+    swap_batcher = AdapterBatcher(ours.layout, 8, ours.config.generator.scale, torch.float32, torch.device("cpu"))
+    fresh = [generate_adapter(), generate_adapter()]
+    swaps = iter(range(1 << 30))
 
     def swap():
-        # What the server does to make a just-generated adapter usable: batch it with the
-        # others of the step and point the injected layers at the result.
-        with ours.slots.attached(LoraWeights.concat([fresh, *cached])):
+        # What the server does to make a just-generated adapter usable: copy it into a row of
+        # the batch workspace (the other rows hold cached adapters) and point the layers at it.
+        new = fresh[next(swaps) % 2]
+        with ours.slots.attached(swap_batcher.assemble([new, *adapters[1:]])):
             pass
 
     mixed_logits = mixed_forward()

@@ -166,6 +166,10 @@ def add_run(sub: argparse._SubParsersAction) -> None:
 def cmd_bench_core(args: argparse.Namespace) -> None:
     from hypernet.bench import run_core_benchmark
 
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     run_core_benchmark(json_path=Path(args.json) if args.json else None, rounds=args.rounds, quick=args.quick)
 
 
@@ -178,6 +182,7 @@ def add_bench(sub: argparse._SubParsersAction) -> argparse._SubParsersAction:
     core.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     core.add_argument("--rounds", type=int, default=7, help="timing rounds; medians are reported (default 7)")
     core.add_argument("--quick", action="store_true", help="a small config instead of t5-base size (smoke test only)")
+    core.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice, one per core)")
     core.set_defaults(func=cmd_bench_core)
     return bench
 

@@ -16,6 +16,7 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase, T5ForConditionalGeneration
 from transformers.modeling_outputs import BaseModelOutput
 
+from hypernet.batching import AdapterBatcher
 from hypernet.config import CheckpointConfig
 from hypernet.fusion import InstructionEncoding, concat_instructions, fuse, masked_mean
 from hypernet.generator import AdapterGenerator
@@ -67,6 +68,7 @@ class TagiModel(nn.Module):
         self.slots = inject_lora(base, self.layout)
         self.fingerprint = fingerprint
         """Checkpoint fingerprint (base + generator + config); adapter ids derive from it."""
+        self.batcher: AdapterBatcher | None = None
 
     def train(self, mode: bool = True) -> TagiModel:
         # The base stays in eval mode (no dropout on the frozen path); only the generator trains.
@@ -160,11 +162,21 @@ class TagiModel(nn.Module):
         if min(limits, default=1) < 1:
             raise ValueError("max_new_tokens must be >= 1")
         batch = self.tokenize(self.format_inputs(inputs), self.config.max_input_tokens, "input")
-        lora = LoraWeights.concat([a.weights if a else None for a in adapters]) if any(adapters) else None
+        lora = self.batch_adapters(adapters)
         instruction = concat_instructions([a.instruction_encoding if a and f else None for a, f in zip(adapters, fusions)])
         tokens = self.generate_tokens(batch, lora, instruction, max(limits))
         # Column 0 is the decoder start token; row i keeps its own first limits[i] new tokens.
         return self.tokenizer.batch_decode([row[: 1 + limit] for row, limit in zip(tokens, limits)], skip_special_tokens=True)
+
+    def batch_adapters(self, adapters: list[Adapter | None]) -> LoraWeights | None:
+        """Per-row adapters as one batch (a view of a reused workspace; see AdapterBatcher)."""
+        if not any(adapters):
+            return None
+        if self.batcher is None:
+            weight = self.slots.layers[0].weight
+            generator = self.config.generator
+            self.batcher = AdapterBatcher(self.layout, generator.rank, generator.scale, weight.dtype, weight.device)
+        return self.batcher.assemble([a.weights if a else None for a in adapters])
 
     @torch.no_grad()
     def generate_tokens(

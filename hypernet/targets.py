@@ -118,22 +118,3 @@ class LoraWeights:
             {g: b.to(device=device, dtype=dtype) for g, b in self.lora_B.items()},
             self.scale,
         )
-
-    @staticmethod
-    def concat(adapters: list[LoraWeights | None]) -> LoraWeights:
-        """Batch adapters row by row; None rows get zero factors, i.e. the plain base model."""
-        present = [a for a in adapters if a is not None]
-        if not present:
-            raise ValueError("at least one row needs an adapter")
-        first = present[0]
-        if any(a.scale != first.scale for a in present):
-            raise ValueError("adapters with different alpha/r cannot share a batch")
-
-        def stack(factors: str) -> dict[str, torch.Tensor]:
-            result = {}
-            for g, like in getattr(first, factors).items():
-                zero = like.new_zeros(like.shape[0], 1, *like.shape[2:])
-                result[g] = torch.cat([zero if a is None else getattr(a, factors)[g] for a in adapters], dim=1)
-            return result
-
-        return LoraWeights(stack("lora_A"), stack("lora_B"), first.scale)

@@ -1,7 +1,8 @@
 import torch
 
 from hypernet.lora import add_lora, delta_weight, lora_delta
-from hypernet.targets import LoraWeights
+from hypernet.batching import AdapterBatcher
+from hypernet.targets import LoraWeights, TargetLayout, TargetModule
 
 
 def dense_reference(y, x, A, B, scale):
@@ -40,14 +41,28 @@ def test_delta_weight_is_invariant_to_factor_ambiguity():
     assert torch.allclose(delta_weight(A, B, 2.0), delta_weight(torch.linalg.solve(M, A), B @ M, 2.0), atol=1e-4)
 
 
-def test_concat_and_select_place_rows():
-    one = LoraWeights({"g": torch.ones(3, 1, 2, 4)}, {"g": torch.ones(3, 1, 5, 2)}, 2.0)
-    two = LoraWeights({"g": 2 * torch.ones(3, 1, 2, 4)}, {"g": 2 * torch.ones(3, 1, 5, 2)}, 2.0)
-    batch = LoraWeights.concat([one, None, two])
-    assert batch.batch_size == 3
-    assert batch.lora_A["g"].shape == (3, 3, 2, 4)
-    assert torch.equal(batch.lora_A["g"][:, 1], torch.zeros(3, 2, 4))
-    assert torch.equal(batch.lora_B["g"][:, 2], 2 * torch.ones(3, 5, 2))
-    picked = batch.select([2, 2, 0])
-    assert torch.equal(picked.lora_A["g"][:, 0], 2 * torch.ones(3, 2, 4))
-    assert torch.equal(picked.lora_A["g"][:, 2], torch.ones(3, 2, 4))
+def one_adapter(value: float) -> LoraWeights:
+    return LoraWeights({"4x5": torch.full((3, 1, 2, 4), value)}, {"4x5": torch.full((3, 1, 5, 2), value)}, 2.0)
+
+
+def test_batcher_places_rows_and_reuses_its_workspace():
+    layout = TargetLayout(tuple(TargetModule("encoder", i, "self", "q", f"encoder.block.{i}.layer.0.SelfAttention.q", 4, 5) for i in range(3)))
+    batcher = AdapterBatcher(layout, rank=2, scale=2.0, dtype=torch.float32, device=torch.device("cpu"))
+    one, two = one_adapter(1.0), one_adapter(2.0)
+    batch = batcher.assemble([one, None, two])
+    assert batch.batch_size == 3 and batch.lora_A["4x5"].shape == (3, 3, 2, 4)
+    assert torch.equal(batch.lora_A["4x5"][:, 1], torch.zeros(3, 2, 4))
+    assert torch.equal(batch.lora_B["4x5"][:, 2], torch.full((3, 5, 2), 2.0))
+    workspace = batcher.lora_A["4x5"].data_ptr()
+    batch = batcher.assemble([two, two])  # rows change: copied; no new allocation
+    assert batcher.lora_A["4x5"].data_ptr() == workspace
+    assert torch.equal(batch.lora_A["4x5"][:, 0], torch.full((3, 2, 4), 2.0))
+    assert batch.lora_A["4x5"][1].is_contiguous()  # one layer's (b, r, in) block feeds bmm directly
+    batch = batcher.assemble([None, one, two, one, None])  # grows, keeps correctness
+    assert torch.equal(batch.lora_A["4x5"][:, 0], torch.zeros(3, 2, 4))
+    assert torch.equal(batch.lora_A["4x5"][:, 3], torch.ones(3, 2, 4))
+
+
+def test_select_maps_examples_to_adapters():
+    batch = LoraWeights({"g": torch.arange(3.0).view(1, 3, 1, 1)}, {"g": torch.zeros(1, 3, 1, 1)}, 1.0)
+    assert batch.select([2, 2, 0]).lora_A["g"].flatten().tolist() == [2.0, 2.0, 0.0]

@@ -8,7 +8,6 @@ import torch
 from hypernet.fusion import masked_mean
 from hypernet.io import load_checkpoint
 from hypernet.model import InputTooLong
-from hypernet.targets import LoraWeights
 
 INSTRUCTION = "Sort the items of the list alphabetically."
 
@@ -119,5 +118,3 @@ def test_limits_and_bad_values_are_refused(model):
         model.generate(["apple " * 200], [None])
     with pytest.raises(ValueError, match="max_new_tokens"):
         model.generate(["apple"], [None], max_new_tokens=0)
-    with pytest.raises(ValueError, match="at least one"):
-        LoraWeights.concat([None, None])

@@ -12,7 +12,6 @@ from transformers import AutoModelForSeq2SeqLM
 
 from hypernet.cli import main
 from hypernet.io import export_peft
-from hypernet.targets import LoraWeights
 
 INSTRUCTIONS = ["Reverse the list.", "Sort the items of the list alphabetically.", "Count the words in the list."]
 INPUTS = ["apple, river, stone", "green, 7, house, cloud", "seven bright table", "paper, garden"]
@@ -29,7 +28,7 @@ def test_mixed_batch_logits_match_peft_running_each_adapter_alone(model, checkpo
     batch = model.tokenize(model.format_inputs(INPUTS), 64, "input")
     decoder_ids = torch.tensor([[0, 5, 9, 13, 4]] * len(INPUTS))
     with torch.no_grad():
-        ours = model(**batch, decoder_input_ids=decoder_ids, lora=LoraWeights.concat([a.weights if a else None for a in rows]))
+        ours = model(**batch, decoder_input_ids=decoder_ids, lora=model.batch_adapters(rows))
         plain = model(**batch, decoder_input_ids=decoder_ids)
 
     for i, adapter in enumerate(rows):

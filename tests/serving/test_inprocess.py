@@ -1,0 +1,62 @@
+"""The server in-process with LitServe's test helper: routes, validation and the adapter
+cache's byte bound, without a real socket (one spawned inference worker)."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from fastapi.testclient import TestClient
+from litserve.utils import wrap_litserve_start
+
+from serving.metrics import parse
+from serving.server import ServerSettings, build_server
+
+INSTRUCTIONS = ["Reverse the list.", "Sort the items of the list alphabetically.", "Count the words."]
+
+
+@pytest.fixture(scope="module")
+def client(serve_checkpoint, tmp_path_factory):
+    from hypernet.io import load_checkpoint
+
+    one_adapter = load_checkpoint(serve_checkpoint).make_adapter(INSTRUCTIONS[0]).nbytes
+    tmp = tmp_path_factory.mktemp("inprocess")
+    settings = ServerSettings(checkpoint=serve_checkpoint, state_dir=tmp / "state", max_batch_size=4,
+                              adapter_cache_mb=1.5 * one_adapter / 2**20)
+    server = build_server(settings, tmp / "metrics")
+    with wrap_litserve_start(server) as started, TestClient(started.app) as test_client:
+        yield test_client
+
+
+def scrape(client, predicate, timeout: float = 10.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        samples = parse(client.get("/metrics").text)
+        if predicate(samples) or time.monotonic() > deadline:
+            return samples
+        time.sleep(0.2)
+
+
+def test_cache_holds_what_fits_and_rebuilds_evicted_adapters(client):
+    first = client.post("/v1/adapters", json={"instruction": INSTRUCTIONS[0]}).json()
+    assert first["cached"] is False
+    assert client.post("/v1/adapters", json={"instruction": INSTRUCTIONS[0]}).json()["cached"] is True
+    outputs = client.post("/v1/generate", json={"adapter_id": first["adapter_id"], "inputs": ["a, b"]}).json()
+    for text in INSTRUCTIONS[1:]:
+        assert client.post("/v1/adapters", json={"instruction": text}).status_code == 200
+    again = client.post("/v1/adapters", json={"instruction": INSTRUCTIONS[0]}).json()
+    assert again["cached"] is False and again["adapter_id"] == first["adapter_id"], "evicted, then rebuilt on demand"
+    assert client.post("/v1/generate", json={"adapter_id": first["adapter_id"], "inputs": ["a, b"]}).json() == outputs
+
+    samples = scrape(client, lambda s: s.get(("tagi_adapter_cache_evictions_total", frozenset()), 0) >= 3)
+    assert samples[("tagi_adapter_cache_evictions_total", frozenset())] >= 3
+    assert samples[("tagi_adapter_cache_entries", frozenset())] == 1
+
+
+def test_validation_errors_never_reach_the_worker(client):
+    response = client.post("/v1/generate", content=b"{oops", headers={"Content-Type": "application/json"})
+    assert response.status_code == 400 and response.json()["error"]["message"].startswith("invalid JSON body")
+    response = client.post("/v1/generate", data={"instruction": "x"})  # a form, not JSON
+    assert response.status_code == 422 and "Content-Type: application/json" in response.json()["error"]["message"]
+    assert client.get("/openapi.json").json()["paths"].keys() >= {"/v1/generate", "/v1/adapters", "/v1/chat/completions"}
+    assert "/internal/jobs" not in client.get("/openapi.json").json()["paths"], "the raw job route is not exposed"

@@ -1,0 +1,116 @@
+"""Every stage runs a few steps on a micro model and leaves log, plot and checkpoint behind;
+no stage reads a held-out task; evaluation JSON has the promised shape."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+import training.data as data_module
+from hypernet.io import load_checkpoint
+from training import pipeline as P
+from training.evaluate import METHODS, run_eval
+from training.loop import LOG_FILE, PLOT_FILE, STATE_DIR
+from training.presets import get_preset
+
+TRAIN_TASKS = 3
+
+
+@pytest.fixture(scope="module")
+def pipeline_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The smoke preset's stages on three training tasks; records every task file read."""
+    work = tmp_path_factory.mktemp("work")
+    P.write_synthetic(work / "data", 0, get_preset("smoke").suite)
+    # A micro training set: a few train tasks, kept in their own directory.
+    subset = work / "train_subset"
+    subset.mkdir()
+    for path in sorted((work / "data" / "train").glob("*.json"))[:: 7][:TRAIN_TASKS]:
+        shutil.copy(path, subset / path.name)
+    preset = get_preset("smoke")
+    preset = replace(preset, teachers=replace(preset.teachers, per="task"))
+    read: list[str] = []
+    original = data_module.load_task
+    patch = pytest.MonkeyPatch()
+    patch.setattr(data_module, "load_task", lambda path, max_instances=None: read.append(str(path)) or original(path, max_instances))
+    try:
+        task_set = P.load_task_set([str(subset)], preset.held_back, preset.seed)
+        base = P.stage_base(preset, work, task_set, "cpu", True)
+        teachers = P.stage_teachers(preset, work, task_set, base, "cpu", True)
+        meta = P.stage_meta_teacher(preset, work, task_set, base, "cpu", True)
+        pretrained = P.stage_hypernet(preset, work, task_set, base, "cpu", True)
+        final = P.stage_distill(preset, work, task_set, pretrained, meta, teachers, "cpu", True)
+        out = work / "out"
+        P.package(final, teachers, meta, out, {"test": True}, overwrite=False)
+    finally:
+        patch.undo()
+    return {"work": work, "out": out, "read": read, "subset": subset, "task_set": task_set}
+
+
+@pytest.mark.parametrize("stage", ["stage0_base", "stage1_meta_teacher/state", "stage2_hypernet", "stage3_distill"])
+def test_each_stage_writes_log_plot_and_checkpoint(pipeline_run: dict, stage: str):
+    stage_dir = pipeline_run["work"] / stage
+    records = [json.loads(line) for line in (stage_dir / LOG_FILE).read_text().splitlines()]
+    assert records and all(r["loss"] == r["loss"] for r in records if r["kind"] == "train")  # not NaN
+    assert (stage_dir / PLOT_FILE).exists()
+    assert (stage_dir / STATE_DIR / "model.safetensors").exists()
+
+
+def test_teachers_are_peft_directories(pipeline_run: dict):
+    from peft import PeftModel
+
+    teachers = pipeline_run["work"] / "stage1_teachers" / "teachers"
+    index = json.loads((teachers / "index.json").read_text())
+    assert len(index["task_to_teacher"]) == TRAIN_TASKS
+    name = next(iter(index["task_to_teacher"].values()))
+    base = P.load_checkpoint(pipeline_run["out"]).base  # any base module of the right shape
+    from training.teachers import load_base
+
+    model = PeftModel.from_pretrained(load_base(pipeline_run["work"] / "stage0_base" / "model"), teachers / name)
+    assert model is not None and base is not None
+
+
+def test_distill_logs_every_loss_term_and_per_primitive_accuracy(pipeline_run: dict):
+    records = [json.loads(line) for line in (pipeline_run["work"] / "stage3_distill" / LOG_FILE).read_text().splitlines()]
+    train = [r for r in records if r["kind"] == "train"]
+    assert {"ce", "kl", "ins"} <= set(train[-1])
+    assert train[-1]["kl"] > 0  # the teacher's distribution, not the student's own
+    evals = [r for r in records if r["kind"] == "eval"]
+    assert evals and "em" in evals[-1] and "em_no_fusion" in evals[-1]
+    assert any(k.startswith("em/") for k in evals[-1])
+
+
+def test_no_stage_reads_held_out_tasks(pipeline_run: dict):
+    read = pipeline_run["read"]
+    assert read, "the stages read no task files at all?"
+    assert all(Path(p).parent == pipeline_run["subset"] for p in read)
+    assert not any("unseen" in Path(p).name for p in read)
+
+
+def test_shipped_directory_loads_and_holds_eval_parts(pipeline_run: dict):
+    out = pipeline_run["out"]
+    model = load_checkpoint(out)
+    assert model.parameter_counts()["generator"] > 0
+    assert (out / "meta_teacher" / "config.json").exists()
+    assert (out / "teachers" / "index.json").exists()
+
+
+def test_eval_json_shape_and_absent_not_zero(pipeline_run: dict):
+    work, out = pipeline_run["work"], pipeline_run["out"]
+    held_out = sorted((work / "data" / "unseen_composition").glob("*.json"))[:2]
+    mixed = [str(p) for p in held_out] + [str(sorted(pipeline_run["subset"].glob("*.json"))[0])]
+    result = run_eval(out, mixed, "def", max_instances=2)
+    assert {"overall", "by_category", "by_task", "time_ratio_tagi_vs_concat"} <= set(result)
+    assert result["time_ratio_tagi_vs_concat"] > 0
+    for name in result["by_task"]:
+        for method, scores in result["by_task"][name].items():
+            assert method in METHODS and set(scores) == {"rougeL", "exact_match"}
+    train_name = Path(mixed[-1]).stem
+    assert "task_lora_oracle" in result["by_task"][train_name]
+    for path in held_out:  # no oracle LoRA for a held-out task: absent, not zero
+        assert "task_lora_oracle" not in result["by_task"][path.stem]
+        assert {"base_concat", "meta_teacher", "tagi_no_fusion", "tagi", "tagi_wrong_instruction"} <= set(result["by_task"][path.stem])
+    assert set(result["overall"]) == set(METHODS)
