@@ -70,7 +70,11 @@ def cmd_init(args: argparse.Namespace) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             build_tiny_base(texts, Path(tmp), PRESETS[args.preset], seed=args.seed)
             create_checkpoint(Path(tmp), out, config, seed=args.seed, overwrite=args.overwrite)
-    print(f"wrote untrained checkpoint to {out}")
+    counts = load_model(str(out)).parameter_counts()
+    print(
+        f"wrote untrained checkpoint to {out}: trainable generator {counts['generator']:,} parameters, "
+        f"fusion {counts['fusion']:,}, frozen base {counts['base_frozen']:,}"
+    )
 
 
 def corpus_for_init(paths: list[str] | None) -> list[str]:
