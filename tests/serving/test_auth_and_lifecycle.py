@@ -1,4 +1,5 @@
-"""API key, SIGTERM, and a registry that outlives the server (restart on the same state dir)."""
+"""API key, SIGTERM, SIGKILL, and a registry that outlives the server (restart on the same
+state dir). SIGINT is what every other server fixture is stopped with, checked in teardown."""
 
 from __future__ import annotations
 
@@ -79,7 +80,7 @@ def test_sigterm_leaves_no_process_and_adapters_survive_a_restart(keyed_server, 
             after = client.post("/v1/generate", json={"adapter_id": adapter_id, "inputs": INPUTS, "max_new_tokens": 8})
             assert after.status_code == 200 and after.json() == before
     finally:
-        stopped = restarted.stop(signal.SIGINT)
+        # The main process killed outright runs no cleanup: its children must notice and exit.
+        stopped = restarted.stop(signal.SIGKILL, to_group=False)
         restarted.kill()
-    assert stopped, "SIGINT left processes behind"
-    assert restarted.process.returncode == 0
+    assert stopped, "workers or HTTP servers outlived a SIGKILLed main process"

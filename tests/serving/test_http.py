@@ -6,7 +6,6 @@ import io
 import tarfile
 import threading
 import time
-from pathlib import Path
 
 import openai
 import pytest
@@ -93,7 +92,7 @@ def test_generate_by_instruction_and_by_id_agree(client):
     by_id = generate(client, adapter_id=by_instruction["adapter_id"], inputs=INPUTS)
     assert by_id == by_instruction and len(by_id["outputs"]) == len(INPUTS)
     shorter = generate(client, adapter_id=by_instruction["adapter_id"], inputs=INPUTS, max_new_tokens=3)
-    assert all(long.startswith(short) for short, long in zip(shorter["outputs"], by_id["outputs"]))
+    assert all(long.startswith(short) for short, long in zip(shorter["outputs"], by_id["outputs"], strict=True))
 
 
 def test_concurrent_different_instructions_share_a_batch_and_match_serving_alone(client):
@@ -165,7 +164,8 @@ def test_peft_archive_round_trip(client, serve_checkpoint, tmp_path):
     assert archive.status_code == 200 and archive.headers["content-type"] == "application/gzip"
     with tarfile.open(fileobj=io.BytesIO(archive.content), mode="r:gz") as tar:
         tar.extractall(tmp_path, filter="data")
-    assert {p.name for p in (tmp_path / adapter_id).iterdir()} == {"adapter_config.json", "adapter_model.safetensors", "tagi.json"}
+    files = {p.name for p in (tmp_path / adapter_id).iterdir()}
+    assert files == {"adapter_config.json", "adapter_model.safetensors", "tagi.json"}
     assert client.get(f"/v1/adapters/{adapter_id}/peft").content == archive.content, "served again from disk"
 
     base = T5ForConditionalGeneration.from_pretrained(serve_checkpoint / "base")
@@ -232,7 +232,8 @@ BAD_REQUESTS = [
     ("POST", "/v1/chat/completions", {"model": BASE_MODEL_ID, "messages": [
         {"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}, {"role": "user", "content": "c"}]}, 422),
     ("POST", "/v1/chat/completions", {"model": BASE_MODEL_ID, "n": 2, "messages": [{"role": "user", "content": "a"}]}, 422),
-    ("POST", "/v1/chat/completions", {"model": BASE_MODEL_ID, "max_tokens": 0, "messages": [{"role": "user", "content": "a"}]}, 422),
+    ("POST", "/v1/chat/completions", {"model": BASE_MODEL_ID, "max_tokens": 0, "messages": [{"role": "user", "content": "a"}]},
+     422),
     ("POST", "/v1/chat/completions", {"model": "nope", "messages": [{"role": "user", "content": "a"}]}, 404),
     ("GET", "/v1/nowhere", None, 404),
 ]

@@ -121,3 +121,15 @@ def test_export_writes_a_peft_archive(service):
 def test_results_round_trip_as_dicts():
     result = JobResult.error(413, "too long")
     assert JobResult.from_dict(result.to_dict()) == result and not result.ok
+
+
+def test_the_peft_swap_baseline_gives_the_same_outputs_without_fusion(model, checkpoint_dir, tmp_path):
+    from serving.baseline import SwapPerRequestEngine
+
+    swap = AdapterService(model, Registry(tmp_path, model.fingerprint), tmp_path, cache_bytes=2**26,
+                          engine=SwapPerRequestEngine(model, checkpoint_dir))
+    mixed = AdapterService(model, Registry(tmp_path, model.fingerprint), tmp_path, cache_bytes=2**26)
+    jobs = [gen(instruction=text, fusion=False) for text in INSTRUCTIONS] + [gen()]
+    assert swap.run(jobs) == mixed.run(jobs)
+    refused = swap.run([gen(instruction=INSTRUCTIONS[0], fusion=True)])[0]
+    assert refused.status == 422 and "cannot fuse" in refused.body["error"]["message"]

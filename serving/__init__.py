@@ -1,0 +1,20 @@
+"""tagi's server: generate adapters from instructions and serve them from one shared base model.
+
+Where things are:
+    schemas.py     request/response bodies and limits (pydantic)
+    errors.py      the one error format, validation messages
+    jobs.py        messages between HTTP processes and inference workers
+    service.py     AdapterService: a batch of jobs -> results, one forward pass per batch
+    baseline.py    the PEFT swap-per-request engine (benchmark baseline)
+    cache.py       LRU cache bounded in bytes
+    registry.py    SQLite registry of adapters (id -> instruction, metadata)
+    archive.py     PEFT .tar.gz exports
+    metrics.py     Prometheus metrics aggregated across processes
+    auth.py        optional API key
+    checkpoint.py  checkpoint config and fingerprint without torch
+    api.py         the LitAPI run by each inference worker
+    routes.py      the public HTTP routes
+    server.py      build and run the LitServer; signals
+    cli.py         `tagi serve`, `tagi bench serve`
+    bench.py       the serving benchmark
+"""

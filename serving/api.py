@@ -1,0 +1,103 @@
+"""The LitAPI: a thin shell that runs AdapterService in each inference worker.
+
+LitServe spawns one process per worker, each with its own model, all reading ONE queue and
+batching whatever is in it (up to max_batch_size requests within batch_timeout). The public
+routes (serving/routes.py) put typed jobs on that queue; this class only turns payloads into
+jobs, hands the batch to the service and returns one result per job.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import litserve as ls
+
+from serving.jobs import JobResult, parse_job
+from serving.lifecycle import exit_when_orphaned
+
+JOBS_PATH = "/internal/jobs"
+"""LitServe's own POST route for this API; the server removes it (jobs come from the typed routes)."""
+Engine = Literal["mixed", "peft-swap"]
+log = logging.getLogger("tagi.serving")
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    """Everything a spawned worker needs to build its service (pickled to it)."""
+
+    checkpoint: Path
+    state_dir: Path
+    metrics_dir: Path
+    cache_bytes: int
+    engine: Engine = "mixed"
+    torch_threads: int = 1
+
+
+class TagiAPI(ls.LitAPI):
+    def __init__(self, settings: WorkerSettings, max_batch_size: int, batch_timeout: float) -> None:
+        super().__init__(max_batch_size=max_batch_size, batch_timeout=batch_timeout, api_path=JOBS_PATH)
+        self.settings = settings
+        self.service = None
+
+    def setup(self, device: str) -> None:
+        # The main process stops workers on shutdown; a Ctrl+C sent to the whole process group
+        # must not interrupt them mid-batch first.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        exit_when_orphaned()
+        # Imported here: the main and HTTP processes import this module without loading torch.
+        import torch
+        from transformers.utils import logging as hf_logging
+
+        from hypernet.io import load_checkpoint
+        from serving.metrics import store_for
+        from serving.registry import Registry
+        from serving.service import AdapterService
+
+        if not logging.getLogger().handlers:  # a spawned worker starts with no logging set up
+            logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
+        hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
+        torch.set_num_threads(self.settings.torch_threads)
+        model = load_checkpoint(self.settings.checkpoint, device=device)
+        engine = None
+        if self.settings.engine == "peft-swap":
+            from serving.baseline import SwapPerRequestEngine
+
+            engine = SwapPerRequestEngine(model, self.settings.checkpoint)
+        worker = os.environ.get("LITSERVE_WORKER_ID", "0")
+        self.service = AdapterService(
+            model,
+            Registry(self.settings.state_dir, model.fingerprint),
+            self.settings.state_dir,
+            self.settings.cache_bytes,
+            engine=engine,
+            metrics=store_for(self.settings.metrics_dir, f"worker{worker}"),
+        )
+        log.info("worker %s ready: %s engine, checkpoint %s", worker, self.settings.engine, model.fingerprint[:12])
+
+    def authorize(self) -> None:
+        """No-op on purpose: ApiKeyMiddleware checks every request (X-API-Key or Bearer), and
+        defining this keeps LitServe's X-API-Key-only check off its own routes."""
+
+    def decode_request(self, request: dict):
+        return parse_job(request)
+
+    def batch(self, inputs: list) -> list:
+        return list(inputs)
+
+    def predict(self, jobs):
+        if self.max_batch_size == 1:  # LitServe passes a single request when batching is off
+            return self.service.run([jobs])[0]
+        return self.service.run(jobs)
+
+    def unbatch(self, outputs: list[JobResult]) -> list[JobResult]:
+        return outputs
+
+    def encode_response(self, result: JobResult) -> dict:
+        return result.to_dict()
+

@@ -1,0 +1,132 @@
+"""`tagi serve` and `tagi bench serve` (registered into hypernet.cli's parser)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import textwrap
+from pathlib import Path
+
+from hypernet.cli import UsageError, add_checkpoint_argument, resolve_checkpoint
+
+DEFAULT_STATE_DIR = Path.home() / ".cache" / "tagi" / "serve"
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    from serving.checkpoint import CheckpointInvalid
+    from serving.server import API_KEY_ENV, ServerSettings, serve
+
+    try:
+        settings = ServerSettings(
+            checkpoint=resolve_checkpoint(args.checkpoint),
+            state_dir=Path(args.state_dir),
+            host=args.host,
+            port=args.port,
+            workers=args.workers,
+            max_batch_size=args.max_batch_size,
+            batch_timeout=args.batch_timeout,
+            adapter_cache_mb=args.adapter_cache_mb,
+            engine=args.engine,
+            torch_threads=args.torch_threads,
+            api_key=os.environ.get(API_KEY_ENV) or None,
+        )
+        serve(settings)
+    except (CheckpointInvalid, ValueError) as err:
+        raise UsageError(str(err)) from err
+    except RuntimeError as err:  # LitServe: a worker failed to start; its traceback is in the log above
+        raise UsageError(f"the server could not start: {err}") from err
+
+
+def add_serve(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="serve adapters generated from instructions over HTTP (LitServe)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=textwrap.fill(
+            "Start a LitServe server: POST an instruction, get an adapter id; POST inputs with an instruction or "
+            "adapter id, get outputs. Requests with different instructions that arrive together share one batched "
+            "forward pass. Adapter ids persist in --state-dir. Stop with Ctrl+C or SIGTERM.", 88),
+        epilog="""endpoints:
+  POST   /v1/adapters             {"instruction"} -> adapter id and metadata
+  GET    /v1/adapters[/ID]        list / metadata;   DELETE /v1/adapters/ID
+  GET    /v1/adapters/ID/peft     PEFT directory as .tar.gz (PeftModel.from_pretrained after tar xzf)
+  POST   /v1/generate             {"instruction" | "adapter_id", "inputs", "max_new_tokens", "fusion"}
+  POST   /v1/chat/completions     OpenAI-compatible (system message = instruction, or model = adapter id)
+  GET    /v1/models, /health, /info, /metrics (Prometheus), /docs
+
+authentication:
+  Set LIT_SERVER_API_KEY to require a key on every endpoint but /health; clients send
+  'X-API-Key: KEY' or 'Authorization: Bearer KEY' (the openai client's api_key).""",
+    )
+    add_checkpoint_argument(p)
+    p.add_argument("--host", default="127.0.0.1", choices=["127.0.0.1", "0.0.0.0", "::"],
+                   help="interface to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="TCP port, 1024-65535 (default 8000)")
+    p.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="inference worker processes, each with its own copy of the model (default 1)")
+    p.add_argument("--max-batch-size", type=int, default=8, metavar="N",
+                   help="requests served together in one forward pass; 1 turns batching off (default 8)")
+    p.add_argument("--batch-timeout", type=float, default=0.01, metavar="S",
+                   help="seconds a worker waits to fill a batch before running what it has (default 0.01)")
+    p.add_argument("--adapter-cache-mb", type=float, default=256.0, metavar="M",
+                   help="per-worker memory for generated adapters, least recently used evicted (default 256)")
+    p.add_argument("--state-dir", default=str(DEFAULT_STATE_DIR), metavar="DIR",
+                   help="where the adapter registry (SQLite) and PEFT archives persist across workers and "
+                   f"restarts (default {DEFAULT_STATE_DIR})")
+    p.add_argument("--torch-threads", type=int, default=None, metavar="N",
+                   help="torch threads per worker (default: (cores - 1) / workers, at least 1)")
+    p.add_argument("--engine", choices=["mixed", "peft-swap"], default="mixed",
+                   help="mixed: per-example adapters in one batch (default); peft-swap: a benchmark baseline "
+                   "that runs each request alone on a PEFT model after set_adapter (no fusion)")
+    p.set_defaults(func=cmd_serve)
+
+
+def cmd_bench_serve(args: argparse.Namespace) -> None:
+    from serving.bench import BenchConfig, run_serve_benchmark
+
+    try:
+        config = BenchConfig(
+            requests=args.requests,
+            clients=args.clients,
+            instructions=args.instructions,
+            max_new_tokens=args.max_new_tokens,
+            time_limit_s=args.time_limit,
+        )
+    except ValueError as err:
+        raise UsageError(str(err)) from err
+    checkpoint = resolve_checkpoint(args.checkpoint) if args.checkpoint else None
+    run_serve_benchmark(config, checkpoint=checkpoint, json_path=Path(args.json) if args.json else None)
+
+
+def add_bench_serve(bench: argparse._SubParsersAction) -> None:
+    from serving.bench import BenchConfig
+
+    defaults = BenchConfig()
+    p = bench.add_parser(
+        "serve",
+        help="throughput and latency of `tagi serve` on loopback: mixed batches vs no batching, base, PEFT swap",
+        description="Start real servers on 127.0.0.1, side by side in one run, and drive each with the same bounded "
+        "load (concurrent clients, distinct instructions): mixed-adapter batching; batching off; the same server "
+        "answering base-model requests; and a PEFT swap-per-request baseline. Prints a table; fusion is off in "
+        "every configuration because PEFT cannot fuse. Without --checkpoint and no shipped checkpoint, a tiny "
+        "checkpoint with a randomly initialised generator is built in a temporary directory.",
+    )
+    p.add_argument("--checkpoint", default=None, metavar="DIR",
+                   help="tagi checkpoint (default: the shipped one, else a temporary tiny checkpoint)")
+    p.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
+    p.add_argument("--requests", type=int, default=defaults.requests,
+                   help=f"requests per configuration (default {defaults.requests})")
+    p.add_argument("--clients", type=int, default=defaults.clients,
+                   help=f"concurrent client threads (default {defaults.clients})")
+    p.add_argument("--instructions", type=int, default=defaults.instructions,
+                   help=f"distinct instructions, i.e. adapters, cycled over requests (default {defaults.instructions})")
+    p.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens,
+                   help=f"output tokens per request (default {defaults.max_new_tokens})")
+    p.add_argument("--time-limit", type=float, default=defaults.time_limit_s, metavar="S",
+                   help=f"stop a configuration's load after this many seconds (default {defaults.time_limit_s:g})")
+    p.set_defaults(func=cmd_bench_serve)
+
+
+def register(sub: argparse._SubParsersAction, bench: argparse._SubParsersAction) -> None:
+    add_serve(sub)
+    add_bench_serve(bench)

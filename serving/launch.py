@@ -1,0 +1,102 @@
+"""Start `tagi serve` as a child on a free loopback port, and stop it with nothing left behind.
+
+Used by the benchmark and the tests. The server runs in its own process session, so it can
+be signalled and reaped as a whole group: main process, HTTP servers, inference workers and
+multiprocessing helpers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def tagi_command() -> list[str]:
+    script = shutil.which("tagi", path=str(Path(sys.executable).parent))
+    return [script] if script else [sys.executable, "-m", "hypernet.cli"]
+
+
+def group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+class LocalServer:
+    """`tagi serve --checkpoint C --state-dir S --port <free> ARGS` on 127.0.0.1, logging to a file."""
+
+    def __init__(self, checkpoint: Path, state_dir: Path, log_path: Path, *args: str,
+                 env: dict[str, str] | None = None) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = Path(log_path)
+        self.api_key = (env or {}).get("LIT_SERVER_API_KEY")
+        command = [*tagi_command(), "serve", "--checkpoint", str(checkpoint), "--state-dir", str(state_dir),
+                   "--host", "127.0.0.1", "--port", str(self.port), *args]
+        # The child sees exactly the key it is given, never one inherited from this process.
+        child_env = {k: v for k, v in os.environ.items() if k != "LIT_SERVER_API_KEY"} | (env or {})
+        self._log = self.log_path.open("wb")
+        self.process = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT, env=child_env,
+                                        start_new_session=True)
+        self.pgid = self.process.pid  # a session leader's pid is its process group id
+
+    def wait_ready(self, timeout: float = 120.0) -> LocalServer:
+        """Poll /health (bounded); raise with the server's log if it dies or never gets ready."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log_tail()}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/health", timeout=2.0) as response:
+                    if response.status == 200:
+                        return self
+            except (urllib.error.URLError, OSError):
+                pass
+            time.sleep(0.25)
+        self.kill()
+        raise RuntimeError(f"server not healthy after {timeout:.0f} s:\n{self.log_tail()}")
+
+    def stop(self, sig: int = signal.SIGINT, to_group: bool = True, timeout: float = 30.0) -> bool:
+        """Signal the server (its whole group, or its main process only); True when every
+        process of the group is gone within `timeout`."""
+        try:
+            if to_group:
+                os.killpg(self.pgid, sig)
+            else:
+                os.kill(self.process.pid, sig)
+        except ProcessLookupError:
+            pass
+        deadline = time.monotonic() + timeout
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(timeout=timeout)
+        while time.monotonic() < deadline and group_alive(self.pgid):
+            time.sleep(0.1)
+        return not group_alive(self.pgid)
+
+    def kill(self) -> None:
+        """SIGKILL whatever is left of the group and close the log."""
+        if group_alive(self.pgid):
+            os.killpg(self.pgid, signal.SIGKILL)
+        self.process.wait(timeout=30)
+        self._log.close()
+
+    def log_tail(self, lines: int = 40) -> str:
+        self._log.flush()
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])

@@ -1,0 +1,182 @@
+"""The public HTTP API, as FastAPI routes on LitServe's app.
+
+Routes that need the model put a job on the inference workers' queue (JobQueue) and wait for
+its result; routes that only need the registry (list, metadata, delete, /v1/models) answer
+from SQLite in the HTTP process itself. Bodies are validated by the pydantic schemas before
+anything is queued.
+
+What a DELETE means across workers: the registry row goes (and the PEFT archive), and every
+worker checks the registry for each id-addressed request before use, so a deleted id is 404
+everywhere at once even where a worker still caches its weights. Posting the same instruction
+again re-creates the same id.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+import litserve as ls
+from fastapi import FastAPI, Response
+from fastapi.responses import StreamingResponse
+from litserve.server import RegularRequestHandler
+from pydantic import BaseModel
+from starlette.concurrency import run_in_threadpool
+
+from serving.archive import archive_path
+from serving.errors import ServingError, UnknownAdapter
+from serving.jobs import CreateJob, ExportJob, GenerateJob, JobResult
+from serving.metrics import CONTENT_TYPE, render, store_for
+from serving.registry import Registry
+from serving.schemas import (
+    BASE_MODEL_ID,
+    AdapterCreated,
+    AdapterCreateRequest,
+    AdapterDeleted,
+    AdapterInfo,
+    AdapterList,
+    ChatChoice,
+    ChatCompletion,
+    ChatCompletionRequest,
+    GenerateRequest,
+    GenerateResponse,
+    ModelCard,
+    ModelList,
+)
+
+
+class JobQueue:
+    """Submit a job to the inference workers through LitServe's request path and await it."""
+
+    def __init__(self, server: ls.LitServer, api: ls.LitAPI) -> None:
+        self._handler = RegularRequestHandler(api, server)
+
+    async def run(self, job: BaseModel) -> dict:
+        result = JobResult.from_dict(await self._handler.handle_request(job.model_dump(), dict))
+        if not result.ok:
+            raise ServingError(result.body["error"]["message"], result.status)
+        return result.body
+
+
+def add_routes(app: FastAPI, jobs: JobQueue, registry: Registry, state_dir: Path, metrics_dir: Path) -> None:
+    started = int(time.time())
+
+    # ---- adapters --------------------------------------------------------------------------
+
+    @app.post("/v1/adapters", response_model=AdapterCreated, tags=["adapters"])
+    async def create_adapter(body: AdapterCreateRequest) -> dict:
+        """Generate (or fetch from cache) the adapter of an instruction and register it."""
+        return await jobs.run(CreateJob(instruction=body.instruction))
+
+    @app.get("/v1/adapters", response_model=AdapterList, tags=["adapters"])
+    def list_adapters() -> AdapterList:
+        return AdapterList(adapters=registry.list())
+
+    @app.get("/v1/adapters/{adapter_id}", response_model=AdapterInfo, tags=["adapters"])
+    def get_adapter(adapter_id: str) -> AdapterInfo:
+        info = registry.get(adapter_id)
+        if info is None:
+            raise UnknownAdapter(adapter_id)
+        return info
+
+    @app.get("/v1/adapters/{adapter_id}/peft", tags=["adapters"], response_class=StreamingResponse)
+    async def download_peft(adapter_id: str) -> StreamingResponse:
+        """The adapter as a PEFT directory in a .tar.gz; untar, then PeftModel.from_pretrained."""
+        if await run_in_threadpool(registry.get, adapter_id) is None:
+            raise UnknownAdapter(adapter_id)
+        path = archive_path(state_dir, adapter_id)
+        if not path.exists():
+            await jobs.run(ExportJob(adapter_id=adapter_id))
+        try:
+            # Opened now, so a DELETE that unlinks the file mid-download cannot cut it short.
+            handle = path.open("rb")
+        except FileNotFoundError as err:
+            raise UnknownAdapter(adapter_id) from err
+        size = os.fstat(handle.fileno()).st_size
+        headers = {
+            "Content-Disposition": f'attachment; filename="{adapter_id}.tar.gz"',
+            "Content-Length": str(size),
+            "Content-Encoding": "identity",  # already gzip: keep GZipMiddleware off it
+        }
+        return StreamingResponse(_chunks(handle), media_type="application/gzip", headers=headers)
+
+    @app.delete("/v1/adapters/{adapter_id}", response_model=AdapterDeleted, tags=["adapters"])
+    def delete_adapter(adapter_id: str) -> AdapterDeleted:
+        if not registry.delete(adapter_id):
+            raise UnknownAdapter(adapter_id)
+        archive_path(state_dir, adapter_id).unlink(missing_ok=True)
+        return AdapterDeleted(adapter_id=adapter_id)
+
+    # ---- generation ------------------------------------------------------------------------
+
+    @app.post("/v1/generate", response_model=GenerateResponse, tags=["generation"])
+    async def generate(body: GenerateRequest) -> dict:
+        """Outputs for every input, with the adapter of `instruction` or `adapter_id`."""
+        return await jobs.run(GenerateJob(**body.model_dump()))
+
+    @app.post("/v1/chat/completions", response_model=ChatCompletion, tags=["openai"])
+    async def chat_completions(body: ChatCompletionRequest):
+        """OpenAI-compatible. The system message is the instruction and the user message the
+        input (model 'tagi-base'), or `model` is an adapter id and there is no system message."""
+        try:
+            instruction, text = body.instruction_and_input()
+        except ValueError as err:
+            raise ServingError(str(err), 422) from err
+        if body.model == BASE_MODEL_ID:
+            job = GenerateJob(instruction=instruction, inputs=[text], max_new_tokens=body.max_new_tokens, fusion=body.fusion)
+        elif instruction is not None:
+            raise ServingError(
+                f"model {body.model!r} is an adapter, which already is an instruction: drop the system message, "
+                f"or use model {BASE_MODEL_ID!r} with it", 422)
+        else:
+            job = GenerateJob(adapter_id=body.model, inputs=[text], max_new_tokens=body.max_new_tokens, fusion=body.fusion)
+        try:
+            result = await jobs.run(job)
+        except ServingError as err:
+            if err.status == 404:
+                raise ServingError(f"model {body.model!r} is neither {BASE_MODEL_ID!r} nor a known adapter id", 404) from err
+            raise
+        completion = ChatCompletion(
+            id=f"chatcmpl-{uuid.uuid4().hex}",
+            created=int(time.time()),
+            model=result["adapter_id"] or BASE_MODEL_ID,
+            choices=[ChatChoice(message={"role": "assistant", "content": result["outputs"][0]})],
+        )
+        if body.stream:
+            return StreamingResponse(_sse(completion), media_type="text/event-stream")
+        return completion
+
+    @app.get("/v1/models", response_model=ModelList, tags=["openai"])
+    def list_models() -> ModelList:
+        adapters = [ModelCard(id=a.adapter_id, created=int(a.created_at), parent=BASE_MODEL_ID) for a in registry.list()]
+        return ModelList(data=[ModelCard(id=BASE_MODEL_ID, created=started), *adapters])
+
+    # ---- operations ------------------------------------------------------------------------
+
+    @app.get("/metrics", tags=["operations"], response_class=Response)
+    def metrics() -> Response:
+        """Prometheus exposition of every process of this server."""
+        store_for(metrics_dir, "http").flush()
+        return Response(render(metrics_dir), media_type=CONTENT_TYPE)
+
+
+
+def _chunks(handle: BinaryIO, size: int = 1 << 16) -> Iterator[bytes]:
+    with handle:
+        while chunk := handle.read(size):
+            yield chunk
+
+
+def _sse(completion: ChatCompletion) -> Iterator[str]:
+    """`stream: true`: the whole answer as one chunk (generation is not incremental), then stop."""
+    base = {"id": completion.id, "object": "chat.completion.chunk", "created": completion.created, "model": completion.model}
+    content = completion.choices[0].message["content"]
+    for delta, finish in (({"role": "assistant", "content": content}, None), ({}, "stop")):
+        chunk = {**base, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+        yield f"data: {json.dumps(chunk)}\n\n"
+    yield "data: [DONE]\n\n"

@@ -1,0 +1,158 @@
+"""Build and run the LitServe server: one worker-backed LitAPI, the public routes, metrics,
+auth, and a shutdown that leaves no process behind.
+
+Process layout (LitServe's): the main process spawns `workers` inference workers (each loads
+the model) and forks HTTP servers that share the listening socket. SIGINT (Ctrl+C) runs
+LitServe's graceful shutdown; SIGTERM is turned into the same path, because LitServe's
+default SIGTERM handling kills only the main process and orphans its children.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import litserve as ls
+from fastapi import FastAPI
+
+from serving.api import JOBS_PATH, Engine, TagiAPI, WorkerSettings
+from serving.auth import ApiKeyMiddleware
+from serving.checkpoint import read_checkpoint
+from serving.errors import install_error_handlers
+from serving.lifecycle import exit_when_orphaned, sigterm_as_interrupt, stop_manager, stop_workers
+from serving.metrics import RequestMetricsMiddleware, init_metrics_dir
+from serving.registry import Registry
+from serving.routes import JobQueue, add_routes
+from serving.schemas import MAX_INPUTS, MAX_NEW_TOKENS
+
+API_KEY_ENV = "LIT_SERVER_API_KEY"
+MAX_PAYLOAD_BYTES = 4 * 2**20  # LitServe documents "4MB" strings, but its middleware compares ints
+log = logging.getLogger("tagi.serving")
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    checkpoint: Path
+    state_dir: Path
+    host: str = "127.0.0.1"
+    port: int = 8000
+    workers: int = 1
+    max_batch_size: int = 8
+    batch_timeout: float = 0.01
+    adapter_cache_mb: float = 256.0
+    engine: Engine = "mixed"
+    torch_threads: int | None = None
+    """None: the cores left after one for the HTTP side, shared by the workers (at least 1)."""
+    timeout: float = 60.0
+    """Seconds a request may wait in the queue before it is answered 504."""
+    api_key: str | None = None
+
+    def __post_init__(self) -> None:
+        checks = {
+            "workers": self.workers >= 1,
+            "max_batch_size": self.max_batch_size >= 1,
+            "batch_timeout": 0 <= self.batch_timeout < self.timeout,
+            "adapter_cache_mb": self.adapter_cache_mb >= 0,
+            "port": 1024 <= self.port <= 65535,
+            "torch_threads": self.torch_threads is None or self.torch_threads >= 1,
+        }
+        for name, ok in checks.items():
+            if not ok:
+                raise ValueError(f"invalid {name}: {getattr(self, name)!r}")
+        if self.host not in ("127.0.0.1", "0.0.0.0", "::"):
+            raise ValueError(f"host must be 127.0.0.1, 0.0.0.0 or :: (LitServe's choices), got {self.host!r}")
+
+    def threads_per_worker(self) -> int:
+        if self.torch_threads is not None:
+            return self.torch_threads
+        return max(1, ((os.cpu_count() or 1) - 1) // self.workers)
+
+
+def build_server(settings: ServerSettings, metrics_dir: Path) -> ls.LitServer:
+    """A ready-to-run LitServer (not started). Raises CheckpointInvalid for a bad checkpoint."""
+    checkpoint = read_checkpoint(settings.checkpoint)
+    state_dir = Path(settings.state_dir).resolve()
+    registry = Registry(state_dir, checkpoint.fingerprint)
+    init_metrics_dir(metrics_dir)
+    worker = WorkerSettings(
+        checkpoint=checkpoint.path,
+        state_dir=state_dir,
+        metrics_dir=Path(metrics_dir),
+        cache_bytes=int(settings.adapter_cache_mb * 2**20),
+        engine=settings.engine,
+        torch_threads=settings.threads_per_worker(),
+    )
+    api = TagiAPI(worker, max_batch_size=settings.max_batch_size, batch_timeout=settings.batch_timeout)
+    # LitServe adds its middlewares in order, each one outside the previous: auth is innermost,
+    # so the metrics middleware also counts the 401s.
+    middlewares: list = [(ApiKeyMiddleware, {"api_key": settings.api_key})] if settings.api_key else []
+    # The metrics middleware looks the routes up per request, by then `server` exists.
+    middlewares.append((RequestMetricsMiddleware, {"directory": str(metrics_dir), "routes": lambda: server.app.routes}))
+    server = ls.LitServer(
+        api,
+        workers_per_device=settings.workers,
+        timeout=settings.timeout,
+        max_payload_size=MAX_PAYLOAD_BYTES,
+        middlewares=middlewares,
+        model_metadata={
+            **checkpoint.describe(),
+            "engine": settings.engine,
+            "state_dir": str(state_dir),
+            "max_batch_size": settings.max_batch_size,
+            "batch_timeout": settings.batch_timeout,
+            "adapter_cache_mb": settings.adapter_cache_mb,
+            "max_inputs": MAX_INPUTS,
+            "max_new_tokens": MAX_NEW_TOKENS,
+            "auth": bool(settings.api_key),
+        },
+    )
+    server.uvicorn_graceful_timeout = 5  # seconds an HTTP process may drain on shutdown (LitServe: 30)
+    # Jobs reach the workers only through the typed routes, never raw.
+    server.app.router.routes = [r for r in server.app.router.routes if getattr(r, "path", None) != JOBS_PATH]
+    _exit_http_servers_when_orphaned(server)
+    install_error_handlers(server.app)
+    add_routes(server.app, JobQueue(server, api), registry, state_dir, Path(metrics_dir))
+    return server
+
+
+def _exit_http_servers_when_orphaned(server: ls.LitServer) -> None:
+    """Each forked HTTP server runs the app's lifespan once at startup: start its watch there."""
+    lifespan = server.app.router.lifespan_context
+
+    @asynccontextmanager
+    async def watched(app: FastAPI) -> AsyncIterator[None]:
+        exit_when_orphaned(before_exit=lambda: stop_manager(server))
+        async with lifespan(app) as state:
+            yield state
+
+    server.app.router.lifespan_context = watched
+
+
+def serve(settings: ServerSettings) -> None:
+    """Run until SIGINT or SIGTERM, then stop every process of the server."""
+    metrics_dir = Path(tempfile.mkdtemp(prefix="tagi-metrics-"))
+    try:
+        server = build_server(settings, metrics_dir)
+        log.info(
+            "serving %s on http://%s:%d with %d worker(s), batches of up to %d, state in %s%s",
+            settings.checkpoint, settings.host, settings.port, settings.workers, settings.max_batch_size,
+            settings.state_dir, ", API key required" if settings.api_key else "",
+        )
+        with sigterm_as_interrupt():
+            try:
+                server.run(host=settings.host, port=settings.port, generate_client_file=False, log_level="warning")
+            except (KeyboardInterrupt, RuntimeError):
+                # Interrupted, or workers failed, before LitServe's own shutdown took over.
+                stop_workers(server)
+                raise
+    except KeyboardInterrupt:
+        log.info("stopped")
+    finally:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+
