@@ -5,9 +5,11 @@ Where things are:
     targets.py    which T5 Linears get LoRA; LoraWeights, the batched factor layout
     lora.py       per-example LoRA math (bmm)
     inject.py     LoraLinear and attach/detach of factors
+    batching.py   AdapterBatcher: per-request adapters laid out as one batch, no per-step allocation
     generator.py  AdapterGenerator, the hypernetwork
     fusion.py     instruction fusion (fusion-in-decoder), masked pooling
     model.py      TagiModel: encode instruction -> adapter -> run inputs
-    io.py         checkpoints, fingerprints, PEFT export
+    files.py      checkpoint file names, config reading, fingerprints, atomic writes (no torch)
+    io.py         loading and saving checkpoints, PEFT export
     tiny.py       a from-scratch tiny T5 and SentencePiece tokenizer
 """

@@ -25,7 +25,8 @@ from transformers import (
     T5Tokenizer,
 )
 
-SPIECE = "spiece.model"
+from hypernet.files import SPIECE
+
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ DEFAULT_STATE_DIR = Path.home() / ".cache" / "tagi" / "serve"
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
-    from serving.checkpoint import CheckpointInvalid
+    from hypernet.files import CheckpointError
     from serving.server import API_KEY_ENV, ServerSettings, serve
 
     try:
@@ -31,7 +31,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
             api_key=os.environ.get(API_KEY_ENV) or None,
         )
         serve(settings)
-    except (CheckpointInvalid, ValueError) as err:
+    except (CheckpointError, ValueError) as err:
         raise UsageError(str(err)) from err
     except RuntimeError as err:  # LitServe: a worker failed to start; its traceback is in the log above
         raise UsageError(f"the server could not start: {err}") from err

@@ -75,7 +75,7 @@ class ServerSettings:
 
 
 def build_server(settings: ServerSettings, metrics_dir: Path) -> ls.LitServer:
-    """A ready-to-run LitServer (not started). Raises CheckpointInvalid for a bad checkpoint."""
+    """A ready-to-run LitServer (not started). Raises CheckpointError for a bad checkpoint."""
     checkpoint = read_checkpoint(settings.checkpoint)
     state_dir = Path(settings.state_dir).resolve()
     registry = Registry(state_dir, checkpoint.fingerprint)

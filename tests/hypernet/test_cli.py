@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import corpus
+from support import corpus
 from hypernet.cli import main
 
 

@@ -1,0 +1,46 @@
+"""Builders shared by the test packages: tiny checkpoints made from scratch in about a second."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from hypernet.config import CheckpointConfig, GeneratorConfig
+from hypernet.io import create_checkpoint, load_checkpoint, save_checkpoint
+from hypernet.model import TagiModel
+from hypernet.tiny import PRESETS, build_tiny_base
+
+WORDS = "apple river stone green house cloud seven bright table window music paper garden silver".split()
+ALL_TARGETS = ("q", "k", "v", "o", "wi", "wo")
+
+
+def corpus() -> list[str]:
+    texts = []
+    for i in range(200):
+        items = ", ".join(WORDS[(i + j) % len(WORDS)] for j in range(1 + i % 5))
+        texts.append(f"Reverse the list. Sort the items of the list: {items}, {i % 100}. Count the words.")
+    return texts
+
+
+def randomize_generator(model: TagiModel, seed: int) -> None:
+    """Stand-in for training: non-zero B heads, so generated adapters change outputs."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for head in model.generator.heads_B.values():
+            head.weight.copy_(torch.randn(head.weight.shape, generator=generator) * 0.05)
+            head.bias.copy_(torch.randn(head.bias.shape, generator=generator) * 0.05)
+
+
+def make_checkpoint(root: Path, targets: tuple[str, ...], trained: bool) -> Path:
+    base = root / "base_src"
+    if not base.exists():
+        build_tiny_base(corpus(), base, PRESETS["micro"], seed=0)
+    out = root / ("trained" if trained else "untrained")
+    config = CheckpointConfig(generator=GeneratorConfig(target_modules=targets), max_instruction_tokens=128, max_input_tokens=64)
+    create_checkpoint(base, out, config, seed=0)
+    if trained:
+        model = load_checkpoint(out)
+        randomize_generator(model, seed=1)
+        save_checkpoint(model, out, overwrite=True)
+    return out
