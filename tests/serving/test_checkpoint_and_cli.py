@@ -10,7 +10,8 @@ import pytest
 
 from hypernet.cli import build_parser, main
 from hypernet.io import checkpoint_fingerprint
-from serving.checkpoint import CheckpointInvalid, read_checkpoint
+from hypernet.files import CheckpointError
+from serving.checkpoint import read_checkpoint
 from serving.server import ServerSettings
 
 
@@ -26,9 +27,9 @@ def test_the_checkpoint_reader_does_not_import_torch():
 
 
 def test_bad_checkpoints_are_one_line_errors(tmp_path, serve_checkpoint):
-    with pytest.raises(CheckpointInvalid, match="does not exist"):
+    with pytest.raises(CheckpointError, match="does not exist"):
         read_checkpoint(tmp_path / "missing")
-    with pytest.raises(CheckpointInvalid, match="config.json is missing"):
+    with pytest.raises(CheckpointError, match="config.json is missing"):
         read_checkpoint(tmp_path)
 
 

@@ -102,7 +102,7 @@ def test_eval_json_shape_and_absent_not_zero(pipeline_run: dict):
     work, out = pipeline_run["work"], pipeline_run["out"]
     held_out = sorted((work / "data" / "unseen_composition").glob("*.json"))[:2]
     mixed = [str(p) for p in held_out] + [str(sorted(pipeline_run["subset"].glob("*.json"))[0])]
-    result = run_eval(out, mixed, "def", max_instances=2)
+    result = run_eval(out, mixed, "def", max_instances=2, max_new_tokens=6)
     assert {"overall", "by_category", "by_task", "time_ratio_tagi_vs_concat"} <= set(result)
     assert result["time_ratio_tagi_vs_concat"] > 0
     for name in result["by_task"]:

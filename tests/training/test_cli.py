@@ -1,0 +1,79 @@
+"""The training commands of `tagi`: help on every option, data synth, user errors."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pytest
+
+from hypernet.cli import build_parser, main
+
+
+def _subparsers(parser: argparse.ArgumentParser):
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            yield from action.choices.items()
+
+
+def _walk(parser: argparse.ArgumentParser, prefix: str = ""):
+    yield prefix, parser
+    for name, child in _subparsers(parser):
+        yield from _walk(child, f"{prefix} {name}".strip())
+
+
+def test_every_training_option_has_help():
+    parser = build_parser()
+    seen = set()
+    for name, sub in _walk(parser):
+        if not name.split(" ")[0] in ("train", "eval", "data"):
+            continue
+        seen.add(name)
+        for action in sub._actions:
+            if action.option_strings and action.dest != "help":
+                assert action.help, f"tagi {name} {action.option_strings} has no help"
+    assert {"data synth", "train", "train base", "train teachers", "train meta-teacher", "train hypernet-pretrain",
+            "train distill", "eval"} <= seen
+
+
+def test_data_synth_writes_the_suite(tmp_path: Path, capsys):
+    assert main(["data", "synth", "--out", str(tmp_path / "s"), "--seed", "3", "--preset", "smoke"]) == 0
+    assert (tmp_path / "s" / "splits" / "train.txt").exists()
+    assert list((tmp_path / "s" / "unseen_composition").glob("*.json"))
+    assert "wrote the synthetic suite" in capsys.readouterr().out
+    assert main(["data", "synth", "--out", str(tmp_path / "s"), "--preset", "smoke"]) == 2  # not empty
+
+
+def test_train_without_stage_needs_out(capsys):
+    assert main(["train", "--preset", "smoke"]) == 2
+    assert "--out" in capsys.readouterr().err
+
+
+def test_stage_without_its_inputs_is_a_usage_error(tmp_path: Path, capsys):
+    assert main(["train", "distill", "--preset", "smoke", "--work", str(tmp_path)]) == 2
+    assert "tagi train hypernet-pretrain" in capsys.readouterr().err
+
+
+def test_eval_defaults_to_the_shipped_checkpoint_or_says_so(tmp_path: Path, capsys, monkeypatch):
+    import hypernet.cli as cli
+
+    monkeypatch.setattr(cli, "DEFAULT_CHECKPOINT", tmp_path / "missing")
+    assert main(["eval", "--tasks", str(tmp_path)]) == 2
+    assert "no --checkpoint" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [["train", "--help"], ["train", "distill", "--help"], ["eval", "--help"]])
+def test_help_runs(argv, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 0
+    assert "usage" in capsys.readouterr().out
+
+
+def test_train_one_stage_from_the_command_line(tmp_path: Path, capsys):
+    work = tmp_path / "work"
+    assert main(["train", "base", "--preset", "smoke", "--work", str(work), "--steps", "2", "--device", "cpu"]) == 0
+    assert "stage base done" in capsys.readouterr().out
+    assert (work / "stage0_base" / "model" / "config.json").exists()
+    assert (work / "stage0_base" / "log.jsonl").exists()
+    assert (work / "data" / "splits" / "train.txt").exists()

@@ -1,0 +1,180 @@
+"""Stage 0: a tiny T5 base from scratch, so the default checkpoint is self-contained.
+
+Real users skip this and point at t5-lm-adapt or flan-t5. The base sees only training tasks
+(never a held-out task, never a held-back instance) and never an instruction:
+- span corruption (T5's objective, with sentinel tokens) on a corpus of the training tasks'
+  inputs, outputs and definitions;
+- instruction-free skills ("unconditioned"): input -> output of a training task with no hint
+  of which task, so the base learns the list operations as a mixture. A random base cannot
+  be steered by a rank-8 q/v update (probe-notes), and a base that reads instructions would
+  be the teacher; a base that knows the operations but not which one to apply leaves
+  exactly the choice to the adapter.
+
+The tokenizer is SentencePiece unigram with T5's ids plus sentinel pieces `<extra_id_N>`
+(hypernet.tiny's builder has none, and span corruption needs them). The training tasks'
+definitions are repeated in the tokenizer corpus so instruction words become whole pieces.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import random
+import string
+from dataclasses import asdict
+from pathlib import Path
+
+import sentencepiece as spm
+import torch
+from transformers import GenerationConfig, T5Config, T5ForConditionalGeneration
+
+from hypernet.tiny import SPIECE, load_tokenizer
+from training.common import TaskSet, seq2seq_batch, write_card
+from training.data import format_concat
+from training.loop import LoopConfig, resolve_device, seed_everything, train
+from training.presets import BaseConfig
+
+SENTINELS = 20
+BASE_CARD = "base_card.json"
+
+
+def sentinel(i: int) -> str:
+    return f"<extra_id_{i}>"
+
+
+def tokenizer_corpus(task_set: TaskSet) -> list[str]:
+    """Texts of the training tasks only; definitions weighted so their words become pieces."""
+    texts: dict[str, None] = {}
+    for task, instruction in zip(task_set.tasks, task_set.instructions):
+        texts[instruction] = None
+        texts[format_concat(instruction, task.instances[0].input)] = None
+        for example in task.positive_examples:
+            texts[example.input] = None
+            texts[example.output] = None
+    for pair in task_set.train:
+        texts[pair.input] = None
+        texts[pair.output] = None
+    corpus = list(texts)
+    corpus += [format_concat(i, "x") for i in task_set.instructions] * 20
+    # Every item word of the inputs upper-cased as well (the uppercase primitive's outputs).
+    words = sorted({w for p in task_set.train for w in p.input.replace(",", " ").split()})
+    corpus += (words + [w.upper() for w in words if w.isalpha()] + [str(i) for i in range(1000)]) * 3
+    return corpus
+
+
+def build_base(task_set: TaskSet, out_dir: Path, config: BaseConfig, seed: int) -> None:
+    """Tokenizer + randomly initialised T5 written as an HF directory."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model_bytes = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter([*tokenizer_corpus(task_set), " ".join(string.printable.strip())]),
+        model_writer=model_bytes,
+        model_type="unigram",
+        vocab_size=config.vocab_size,
+        hard_vocab_limit=False,
+        pad_id=0, eos_id=1, unk_id=2, bos_id=-1,
+        user_defined_symbols=[sentinel(i) for i in range(SENTINELS)],
+        character_coverage=1.0,
+        num_threads=2,
+        minloglevel=2,
+    )
+    (out_dir / SPIECE).write_bytes(model_bytes.getvalue())
+    vocab = spm.SentencePieceProcessor(model_file=str(out_dir / SPIECE)).vocab_size()
+    tokenizer = load_tokenizer(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    t5 = T5Config(
+        vocab_size=vocab, d_model=config.d_model, d_ff=config.d_ff, d_kv=config.d_model // config.num_heads,
+        num_layers=config.num_layers, num_decoder_layers=config.num_layers, num_heads=config.num_heads,
+        dropout_rate=0.0, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
+    )
+    seed_everything(seed)
+    model = T5ForConditionalGeneration(t5)
+    model.generation_config = GenerationConfig(decoder_start_token_id=0, eos_token_id=1, pad_token_id=0)
+    model.save_pretrained(out_dir)
+
+
+def span_corrupt(tokens: list[str], rng: random.Random, density: float, mean_span: float) -> tuple[str, str]:
+    """T5 span corruption on whitespace words: masked spans -> sentinels in the input,
+    the target lists each sentinel followed by the words it hid."""
+    n = len(tokens)
+    masked = max(1, round(n * density))
+    spans = max(1, round(masked / mean_span))
+    inp, out, i, k = [], [], 0, 0
+    starts = sorted(rng.sample(range(n), min(spans, n)))
+    span_len = max(1, masked // len(starts))
+    covered = set()
+    for s in starts:
+        covered.update(range(s, min(n, s + span_len)))
+    while i < n:
+        if i in covered and k < SENTINELS:
+            inp.append(sentinel(k))
+            out.append(sentinel(k))
+            while i < n and i in covered:
+                out.append(tokens[i])
+                i += 1
+            k += 1
+        else:
+            inp.append(tokens[i])
+            i += 1
+    return " ".join(inp), " ".join(out)
+
+
+def pretrain_base(task_set: TaskSet, out_dir: Path, config: BaseConfig, loop: LoopConfig, seed: int, resume: bool = True) -> Path:
+    """Build (once) and train the base in `out_dir`; returns the HF directory of the result."""
+    out_dir = Path(out_dir)
+    init_dir = out_dir / "init"
+    if not (init_dir / "config.json").exists():
+        build_base(task_set, init_dir, config, seed)
+    tokenizer = load_tokenizer(init_dir)
+    seed_everything(loop.seed)
+    model = T5ForConditionalGeneration.from_pretrained(init_dir, use_safetensors=True).to(resolve_device(loop.device))
+
+    # Span-corruption documents: a few training texts joined, like sentences of a paragraph.
+    span_texts = [*task_set.instructions, *(p.input for p in task_set.train), *(p.output for p in task_set.train)]
+    skills = task_set.train if config.skills == "unconditioned" else []
+    total = len(skills) or len(span_texts)  # an epoch = one pass over the skill pairs
+
+    def make_batch(indices: list[int], batch_seed: int) -> dict:
+        rng = random.Random(batch_seed)
+        inputs, outputs = [], []
+        for index in indices:
+            use_span = not skills or rng.random() < config.span_fraction
+            if use_span:
+                words = " ".join(rng.choice(span_texts) for _ in range(3)).split()
+                source, target = span_corrupt(words, rng, config.noise_density, config.mean_span)
+            else:
+                pair = skills[index]
+                source, target = pair.input, pair.output
+            inputs.append(source)
+            outputs.append(target)
+        return seq2seq_batch(tokenizer, inputs, outputs, config.max_input_tokens, config.max_output_tokens)
+
+    def loss_fn(batch: dict) -> tuple[torch.Tensor, dict]:
+        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"])
+        return out.loss, {}
+
+    result = train(model, total, make_batch, loss_fn, loop, out_dir, name="stage0-base", resume=resume)
+    final = out_dir / "model"
+    model.save_pretrained(final)
+    tokenizer.save_pretrained(final)
+    (final / SPIECE).write_bytes((init_dir / SPIECE).read_bytes())
+    write_card(final / BASE_CARD, {
+        "stage": "base_pretrain",
+        "saw": {
+            "span_corruption_texts": len(span_texts),
+            "skill_pairs": len(skills),
+            "skills": config.skills,
+            "instructions_as_input": False,
+            "tasks": [t.name for t in task_set.tasks],
+            "held_back_instances_per_task_excluded": True,
+        },
+        "config": asdict(config) | {"loop": asdict(loop)},
+        "steps": result.steps_done,
+        "seconds": round(result.seconds, 1),
+    })
+    return final
+
+
+def read_base_card(base_dir: Path) -> dict:
+    path = Path(base_dir) / BASE_CARD
+    return json.loads(path.read_text()) if path.exists() else {}

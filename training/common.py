@@ -1,0 +1,125 @@
+"""Pieces every stage shares: which instances a stage may train on, and text -> tensors.
+
+Held-back instances: every training task keeps `held_back` instances that no stage trains
+on (split by `training.data.split_instances`, seeded), so "the meta-trained teacher reaches
+80% on held-back instances of the training tasks" is measured on unseen inputs. Held-out
+*tasks* never reach a stage at all: stages receive task files, and the pipeline hands them
+only the `train/` split.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import PreTrainedTokenizerBase, T5ForConditionalGeneration
+
+from training.data import Task, exact_match, format_concat, format_instruction, load_tasks, split_instances
+from training.losses import IGNORE
+
+
+@dataclass(frozen=True)
+class Pair:
+    """One training example of a task."""
+
+    task: int  # index into the task list
+    input: str
+    output: str
+
+
+@dataclass(frozen=True)
+class TaskSet:
+    tasks: list[Task]
+    instructions: list[str]  # one per task, in the prompt format used everywhere
+    train: list[Pair]
+    held_back: list[Pair]
+
+    def categories(self) -> list[str]:
+        return [primitive_group(t.category) for t in self.tasks]
+
+
+def primitive_group(category: str) -> str:
+    """Report compositions as one group; single primitives by name."""
+    return "composition" if category.startswith("composition") else category
+
+
+def load_task_set(paths: list[str | Path], held_back: int, seed: int, prompt_format: str = "def", max_instances: int | None = None) -> TaskSet:
+    tasks = load_tasks(paths, max_instances=max_instances)
+    if not tasks:
+        raise ValueError("no tasks given")
+    train, held = [], []
+    for index, task in enumerate(tasks):
+        keep = min(held_back, max(0, len(task.instances) - 1))
+        fit, back = split_instances(task, keep, seed)
+        train += [Pair(index, i.input, i.outputs[0]) for i in fit]
+        held += [Pair(index, i.input, i.outputs[0]) for i in back]
+    return TaskSet(tasks, [format_instruction(t, prompt_format) for t in tasks], train, held)
+
+
+def encode(tokenizer: PreTrainedTokenizerBase, texts: list[str], max_tokens: int) -> dict[str, torch.Tensor]:
+    """Padded ids + mask, truncated to max_tokens (the training stages' inputs are short;
+    truncation only guards against an odd long text)."""
+    batch = tokenizer(texts, padding=True, truncation=True, max_length=max_tokens, return_tensors="pt")
+    return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+
+
+def encode_labels(tokenizer: PreTrainedTokenizerBase, texts: list[str], max_tokens: int) -> torch.Tensor:
+    labels = encode(tokenizer, texts, max_tokens)["input_ids"]
+    labels[labels == tokenizer.pad_token_id] = IGNORE
+    return labels
+
+
+def shift_right(labels: torch.Tensor, start_id: int = 0, pad_id: int = 0) -> torch.Tensor:
+    """T5 decoder inputs: the start token, then the labels shifted by one (ignored -> pad)."""
+    shifted = labels.new_full(labels.shape, pad_id)
+    shifted[:, 1:] = labels[:, :-1]
+    shifted[:, 0] = start_id
+    shifted[shifted == IGNORE] = pad_id
+    return shifted
+
+
+def seq2seq_batch(tokenizer: PreTrainedTokenizerBase, inputs: list[str], outputs: list[str], max_input: int, max_output: int) -> dict[str, torch.Tensor]:
+    batch = encode(tokenizer, inputs, max_input)
+    labels = encode_labels(tokenizer, outputs, max_output)
+    return {**batch, "labels": labels, "decoder_input_ids": shift_right(labels)}
+
+
+@torch.no_grad()
+def greedy(model: T5ForConditionalGeneration, tokenizer: PreTrainedTokenizerBase, inputs: list[str], max_input: int, max_new_tokens: int, batch_size: int = 64) -> list[str]:
+    outputs = []
+    device = model.device
+    for start in range(0, len(inputs), batch_size):
+        batch = {k: v.to(device) for k, v in encode(tokenizer, inputs[start : start + batch_size], max_input).items()}
+        tokens = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1)
+        outputs += tokenizer.batch_decode(tokens, skip_special_tokens=True)
+    return outputs
+
+
+def exact_match_by_group(predictions: list[str], pairs: list[Pair], groups: list[str]) -> dict[str, float]:
+    """{"em": overall, "em/<group>": per group} over the given pairs."""
+    hits: dict[str, list[float]] = defaultdict(list)
+    for prediction, pair in zip(predictions, pairs):
+        hits[groups[pair.task]].append(exact_match(prediction, pair.output))
+    everything = [h for values in hits.values() for h in values]
+    scores = {"em": sum(everything) / max(1, len(everything))}
+    scores.update({f"em/{g}": sum(v) / len(v) for g, v in sorted(hits.items())})
+    return scores
+
+
+def concat_inputs(task_set: TaskSet, pairs: list[Pair]) -> list[str]:
+    return [format_concat(task_set.instructions[p.task], p.input) for p in pairs]
+
+
+def spread(pairs: list[Pair], count: int) -> list[Pair]:
+    """At most `count` pairs, spread evenly over the list (so every task is represented)."""
+    if count >= len(pairs):
+        return list(pairs)
+    step = len(pairs) / count
+    return [pairs[int(i * step)] for i in range(count)]
+
+
+def write_card(path: Path, data: dict) -> None:
+    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")

@@ -1,0 +1,143 @@
+"""Stage 3: finetuning the generator with instructions ("learning with instruction").
+
+    L = L_ce + lambda1 * L_kl + lambda2 * L_ins      (each term switchable)
+
+- L_ce: gold targets; the student is base + generated LoRA, its input WITHOUT the
+  instruction (the instruction reaches it only through the generator and fusion).
+- L_kl: KL(meta teacher || student) with temperature T, over target tokens, times T^2. The
+  teacher sees instruction + input; both predict the same target tokens, so their logits
+  align position by position.
+- L_ins: the generated update vs the task's instance-trained PEFT LoRA in delta-W space,
+  each with its own alpha/r (training.losses.alignment_loss).
+
+A share of batches runs without fusion so that the adapter alone (what a PEFT export
+carries) learns the task too. Teacher forward passes run inside the loss function, never in
+batch building.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import torch
+
+from hypernet.fusion import InstructionEncoding, masked_mean
+from hypernet.model import TagiModel
+from hypernet.targets import LoraWeights
+from training.common import TaskSet, concat_inputs, encode, exact_match_by_group, seq2seq_batch, spread
+from training.losses import alignment_loss, cross_entropy, distill_kl, target_mask
+from training.loop import LoopConfig, train
+from training.presets import DistillConfig
+from training.teachers import load_base, load_teacher_weights, read_teacher_index
+
+
+def select_rows(lora: LoraWeights, rows: torch.Tensor) -> LoraWeights:
+    """LoraWeights.select with the index on the factors' device (select builds a CPU index)."""
+    first = next(iter(lora.lora_A.values()))
+    index = rows.to(device=first.device, dtype=torch.long)
+    return LoraWeights({g: a.index_select(1, index) for g, a in lora.lora_A.items()},
+                       {g: b.index_select(1, index) for g, b in lora.lora_B.items()}, lora.scale)
+
+
+def finetune(
+    model: TagiModel,
+    task_set: TaskSet,
+    out_dir: Path,
+    config: DistillConfig,
+    loop: LoopConfig,
+    meta_teacher_dir: Path | None,
+    teachers_dir: Path | None,
+    resume: bool = True,
+) -> None:
+    if not (config.use_ce or config.use_kl or config.use_ins):
+        raise ValueError("at least one of L_ce, L_kl, L_ins must be on")
+    tokenizer = model.tokenizer
+    device = model.device
+    teacher = None
+    if config.use_kl:
+        if meta_teacher_dir is None:
+            raise ValueError("L_kl needs the meta-trained teacher (--meta-teacher)")
+        teacher = load_base(meta_teacher_dir, device)
+        teacher.requires_grad_(False)
+        teacher.eval()
+    teacher_rows = None
+    teacher_lora = None
+    if config.use_ins:
+        if teachers_dir is None:
+            raise ValueError("L_ins needs the instance teachers (--teachers)")
+        index = read_teacher_index(teachers_dir)
+        names = sorted(set(index["task_to_teacher"].values()))
+        teacher_lora = load_teacher_weights(teachers_dir, names, model.layout).to(device)
+        teacher_rows = [names.index(index["task_to_teacher"][t.name]) for t in task_set.tasks]
+    pairs = task_set.train
+    groups = task_set.categories()
+
+    def make_batch(indices: list[int], batch_seed: int) -> dict:
+        chosen = [pairs[i] for i in indices]
+        tasks = sorted({p.task for p in chosen})
+        batch = seq2seq_batch(tokenizer, [p.input for p in chosen], [p.output for p in chosen], config.max_input_tokens, config.max_output_tokens)
+        instructions = encode(tokenizer, [task_set.instructions[t] for t in tasks], model.config.max_instruction_tokens)
+        batch.update({f"instruction_{k}": v for k, v in instructions.items()})
+        batch["rows"] = torch.tensor([tasks.index(p.task) for p in chosen])
+        batch["tasks"] = torch.tensor(tasks)
+        batch["fusion"] = random.Random(batch_seed).random() >= config.no_fusion_prob
+        if teacher is not None:
+            concat = encode(tokenizer, concat_inputs(task_set, chosen), 4 * config.max_input_tokens)
+            batch.update({f"teacher_{k}": v for k, v in concat.items()})
+        return batch
+
+    def student(batch: dict) -> tuple[torch.Tensor, object]:
+        # One instruction encoding and one adapter per distinct task of the batch.
+        with torch.no_grad():
+            states = model.base.encoder(input_ids=batch["instruction_input_ids"], attention_mask=batch["instruction_attention_mask"]).last_hidden_state
+        encoding = InstructionEncoding(states, batch["instruction_attention_mask"], masked_mean(states, batch["instruction_attention_mask"]))
+        lora = model.generate_lora(encoding)
+        rows = batch["rows"]
+        fused = encoding.select(rows) if batch["fusion"] else None
+        logits = model(batch["input_ids"], batch["attention_mask"], batch["decoder_input_ids"], lora=select_rows(lora, rows), instruction=fused)
+        return logits, lora
+
+    def loss_fn(batch: dict) -> tuple[torch.Tensor, dict]:
+        logits, lora = student(batch)
+        total = logits.new_zeros(())
+        metrics = {}
+        ce = cross_entropy(logits, batch["labels"])
+        metrics["ce"] = float(ce.detach())
+        if config.use_ce:
+            total = total + ce
+        if teacher is not None:
+            with torch.no_grad():
+                teacher_logits = teacher(input_ids=batch["teacher_input_ids"], attention_mask=batch["teacher_attention_mask"],
+                                         decoder_input_ids=batch["decoder_input_ids"]).logits
+            kl = distill_kl(logits, teacher_logits, target_mask(batch["labels"]), config.temperature)
+            total = total + config.lambda_kl * kl
+            metrics["kl"] = float(kl.detach())
+        if teacher_lora is not None:
+            rows = torch.tensor([teacher_rows[t] for t in batch["tasks"].tolist()])
+            ins = alignment_loss(lora, select_rows(teacher_lora, rows))
+            total = total + config.lambda_ins * ins
+            metrics["ins"] = float(ins.detach())
+        metrics["fusion"] = float(batch["fusion"])
+        return total, metrics
+
+    probe = spread(task_set.held_back, config.eval_instances)
+
+    def evaluate(_step: int) -> dict:
+        scores = {}
+        adapters = {t: model.make_adapter(task_set.instructions[t]) for t in sorted({p.task for p in probe})}
+        for fusion in (True, False):
+            predictions = []
+            for start in range(0, len(probe), 64):
+                chunk = probe[start : start + 64]
+                predictions += model.generate([p.input for p in chunk], [adapters[p.task] for p in chunk], fusion=fusion,
+                                              max_new_tokens=config.max_output_tokens)
+            result = exact_match_by_group(predictions, probe, groups)
+            suffix = "" if fusion else "_no_fusion"
+            scores[f"em{suffix}"] = result["em"]
+            if fusion:
+                scores.update({k: v for k, v in result.items() if k != "em"})
+        return scores
+
+    train(model, len(pairs), make_batch, loss_fn, loop, out_dir, name="stage3-distill", resume=resume,
+          eval_fn=evaluate if probe else None)

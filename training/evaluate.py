@@ -1,0 +1,275 @@
+"""`tagi eval`: every method side by side on the same instances, SNI metrics, and timing.
+
+Methods (JSON names):
+- base_concat: the frozen base with the instruction concatenated to the input (zero-shot);
+- meta_teacher: the meta-trained teacher (Tk-Instruct recipe), instruction concatenated;
+- task_lora_oracle: the task's instance-trained PEFT LoRA on the base, input only (only for
+  tasks that have one: absent elsewhere, never zero);
+- tagi_no_fusion: the generated adapter alone (what a PEFT export reproduces);
+- tagi: generated adapter + instruction fusion;
+- tagi_wrong_instruction: the control: each input run (with fusion) with the adapter and
+  instruction of ANOTHER task of the set, so a score near `tagi` would mean the adapter
+  carries no task.
+Scores are SNI's: Rouge-L and exact match (lowercased, normalised, max over references) in
+percent, averaged over a task's instances, then over tasks (per category and overall).
+
+Timing: a teacher-forced forward pass over the gold outputs, TAGI (adapter generation
+amortised over the task's inputs + adapted forward with fusion) vs instruction
+concatenation, on the same inputs; the ratio tracks FLOPs (the paper reports ~0.39x).
+Inputs longer than the limit are truncated (counted in the JSON) rather than skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+
+from hypernet.fusion import concat_instructions
+from hypernet.io import load_checkpoint
+from hypernet.model import TagiModel
+from hypernet.targets import LoraWeights
+from training.distill import select_rows
+from training.common import encode, encode_labels, primitive_group, shift_right
+from training.data import Task, exact_match, format_concat, format_instruction, load_tasks, read_split, rouge_l, split_instances
+from training.teachers import load_base, load_teacher_weights, read_teacher_index
+
+METHODS = ("base_concat", "meta_teacher", "task_lora_oracle", "tagi_no_fusion", "tagi", "tagi_wrong_instruction")
+META_TEACHER_DIR = "meta_teacher"
+TEACHERS_DIR = "teachers"
+
+
+def wrong_partner(tasks: list[Task], i: int) -> int:
+    """Another task for the control: the next one of a different category if any."""
+    n = len(tasks)
+    for offset in range(1, n):
+        j = (i + offset) % n
+        if primitive_group(tasks[j].category) != primitive_group(tasks[i].category):
+            return j
+    return (i + 1) % n
+
+
+def _decode(model: TagiModel, tokens: torch.Tensor) -> list[str]:
+    return model.tokenizer.batch_decode(tokens, skip_special_tokens=True)
+
+
+class Evaluator:
+    def __init__(self, checkpoint: Path, max_input_tokens: int, max_new_tokens: int, batch_size: int, device: str = "cpu", timing_tasks: int = 8) -> None:
+        self.checkpoint = Path(checkpoint)
+        self.model = load_checkpoint(self.checkpoint, device=device)
+        self.model.eval()
+        self.max_input = max_input_tokens
+        self.max_new = max_new_tokens
+        self.batch_size = batch_size
+        self.truncated = 0
+        self.truncated_instructions = 0
+        self.timing_tasks = timing_tasks
+        meta = self.checkpoint / META_TEACHER_DIR
+        self.meta_teacher = load_base(meta, device).eval() if (meta / "config.json").exists() else None
+        self.teacher_index = read_teacher_index(self.checkpoint / TEACHERS_DIR)
+
+    def _fit_instruction(self, text: str) -> str:
+        """Cut an instruction to the checkpoint's limit (counted), rather than refuse the task."""
+        limit = self.model.config.max_instruction_tokens - 1
+        ids = self.model.tokenizer(text, add_special_tokens=False)["input_ids"]
+        if len(ids) <= limit:
+            return text
+        self.truncated_instructions += 1
+        return self.model.tokenizer.decode(ids[:limit], skip_special_tokens=True)
+
+    def _batch(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        lengths = [len(ids) for ids in self.model.tokenizer(texts)["input_ids"]]
+        self.truncated += sum(length > self.max_input for length in lengths)
+        return {k: v.to(self.model.device) for k, v in encode(self.model.tokenizer, texts, self.max_input).items()}
+
+    @torch.no_grad()
+    def _generate(self, texts: list[str], lora: LoraWeights | None, instruction, t5=None) -> list[str]:
+        batch = self._batch(texts)
+        if t5 is not None:
+            tokens = t5.generate(**batch, max_new_tokens=self.max_new, do_sample=False, num_beams=1)
+        else:
+            tokens = self.model.generate_tokens(batch, lora, instruction, self.max_new)
+        return _decode(self.model, tokens)
+
+    def run_method(self, method: str, inputs: list[str], concat: list[str], adapters: list, oracle: LoraWeights | None) -> list[str]:
+        out: list[str] = []
+        for s in range(0, len(inputs), self.batch_size):
+            e = min(len(inputs), s + self.batch_size)
+            if method == "base_concat":
+                out += self._generate(concat[s:e], None, None)
+            elif method == "meta_teacher":
+                out += self._generate(concat[s:e], None, None, t5=self.meta_teacher)
+            elif method == "task_lora_oracle":
+                out += self._generate(inputs[s:e], select_rows(oracle, torch.zeros(e - s, dtype=torch.long)), None)
+            else:
+                rows = adapters[s:e]
+                lora = self.model.batch_adapters(rows)
+                fused = concat_instructions([a.instruction_encoding for a in rows]) if method != "tagi_no_fusion" else None
+                out += self._generate(inputs[s:e], lora, fused)
+        return out
+
+    @torch.no_grad()
+    def timing(self, inputs: list[str], concat: list[str], outputs: list[str], instruction: str, repeats: int = 3) -> dict[str, float]:
+        """Seconds per instance of a teacher-forced forward: TAGI (incl. adapter generation)
+        vs instruction concatenation, same inputs and gold outputs; median of repeats."""
+        model = self.model
+        labels = encode_labels(model.tokenizer, outputs, self.max_new).to(model.device)
+        decoder = shift_right(labels)
+        plain = {k: v.to(model.device) for k, v in encode(model.tokenizer, inputs, self.max_input).items()}
+        joined = {k: v.to(model.device) for k, v in encode(model.tokenizer, concat, self.max_input).items()}
+
+        def tagi() -> None:
+            adapter = model.make_adapter(instruction)
+            n = len(inputs)
+            lora = model.batch_adapters([adapter] * n)
+            fused = concat_instructions([adapter.instruction_encoding] * n)
+            model(plain["input_ids"], plain["attention_mask"], decoder, lora=lora, instruction=fused)
+
+        def concatenated() -> None:
+            model(joined["input_ids"], joined["attention_mask"], decoder)
+
+        result = {}
+        for name, fn in (("tagi", tagi), ("concat", concatenated)):
+            fn()  # warm-up
+            times = []
+            for _ in range(repeats):
+                start = time.perf_counter()
+                fn()
+                times.append(time.perf_counter() - start)
+            result[name] = sorted(times)[len(times) // 2] / len(inputs)
+        return result
+
+    def evaluate(self, tasks: list[Task], fmt: str, methods: tuple[str, ...] = METHODS) -> dict:
+        model = self.model
+        instructions = [self._fit_instruction(format_instruction(t, fmt)) for t in tasks]
+        adapters = [model.make_adapter(i) for i in instructions]
+        teacher_of = self.teacher_index.get("task_to_teacher", {})
+        per_task: dict[str, dict[str, dict[str, float]]] = {}
+        times = defaultdict(float)
+        timing_instances = 0
+        for i, task in enumerate(tasks):
+            inputs = [inst.input for inst in task.instances]
+            refs = [inst.outputs for inst in task.instances]
+            concat = [format_concat(instructions[i], x) for x in inputs]
+            oracle = None
+            if task.name in teacher_of:
+                oracle = load_teacher_weights(self.checkpoint / TEACHERS_DIR, [teacher_of[task.name]], model.layout).to(model.device)
+            scores = {}
+            for method in methods:
+                if method == "meta_teacher" and self.meta_teacher is None:
+                    continue
+                if method == "task_lora_oracle" and oracle is None:
+                    continue
+                if method == "tagi_wrong_instruction":
+                    if len(tasks) < 2:
+                        continue
+                    rows = [adapters[wrong_partner(tasks, i)]] * len(inputs)
+                    predictions = self.run_method("tagi", inputs, concat, rows, None)
+                else:
+                    predictions = self.run_method(method, inputs, concat, [adapters[i]] * len(inputs), oracle)
+                scores[method] = {
+                    "rougeL": 100 * sum(rouge_l(p, r) for p, r in zip(predictions, refs)) / len(refs),
+                    "exact_match": 100 * sum(exact_match(p, r) for p, r in zip(predictions, refs)) / len(refs),
+                }
+            per_task[task.name] = scores
+            if i >= self.timing_tasks:
+                continue
+            sample = slice(0, min(len(inputs), self.batch_size))
+            timed = self.timing(inputs[sample], concat[sample], [r[0] for r in refs[sample]], instructions[i])
+            n = len(inputs[sample])
+            times["tagi"] += timed["tagi"] * n
+            times["concat"] += timed["concat"] * n
+            timing_instances += n
+        categories = {t.name: primitive_group(t.category) for t in tasks}
+        return {
+            "overall": _average(per_task, list(per_task)),
+            "by_category": {c: _average(per_task, [t for t in per_task if categories[t] == c]) for c in sorted(set(categories.values()))},
+            "by_task": per_task,
+            "time_ratio_tagi_vs_concat": times["tagi"] / times["concat"] if times["concat"] else None,
+            "timing_seconds_per_instance": {k: v / max(1, timing_instances) for k, v in times.items()},
+            "format": fmt,
+            "tasks": len(tasks),
+            "instances": sum(len(t.instances) for t in tasks),
+            "truncated_inputs": self.truncated,
+            "truncated_instructions": self.truncated_instructions,
+            "timing_tasks": min(len(tasks), self.timing_tasks),
+            "metric_scale": "percent",
+        }
+
+
+def _average(per_task: dict[str, dict[str, dict[str, float]]], names: list[str]) -> dict[str, dict[str, float]]:
+    """Mean over the tasks where a method ran; a method that ran on none is absent."""
+    out = {}
+    for method in METHODS:
+        rows = [per_task[n][method] for n in names if method in per_task[n]]
+        if rows:
+            out[method] = {k: sum(r[k] for r in rows) / len(rows) for k in ("rougeL", "exact_match")}
+    return out
+
+
+def select_instances(tasks: list[Task], held_back: int | None, seed: int, max_instances: int | None) -> list[Task]:
+    """Optionally only each task's held-back instances (for training tasks), then a prefix."""
+    from dataclasses import replace
+
+    out = []
+    for task in tasks:
+        instances = task.instances
+        if held_back is not None:
+            instances = split_instances(task, min(held_back, len(instances)), seed)[1]
+        if max_instances is not None:
+            instances = instances[:max_instances]
+        out.append(replace(task, instances=tuple(instances)))
+    return out
+
+
+def run_eval(checkpoint: Path, task_paths: list[str], fmt: str = "def", held_back: int | None = None, seed: int = 0,
+             max_instances: int | None = None, max_input_tokens: int | None = None, max_new_tokens: int = 48,
+             batch_size: int = 64, device: str = "cpu", split_file: str | None = None) -> dict:
+    tasks = load_tasks(task_paths)
+    if split_file is not None:
+        wanted = set(read_split(split_file))
+        tasks = [t for t in tasks if t.name in wanted]
+    tasks = select_instances(tasks, held_back, seed, max_instances)
+    tasks = [t for t in tasks if t.instances]
+    if not tasks:
+        raise ValueError("no instances to evaluate")
+    limit = max_input_tokens or 1024
+    evaluator = Evaluator(checkpoint, limit, max_new_tokens, batch_size, device)
+    result = evaluator.evaluate(tasks, fmt)
+    result["checkpoint"] = str(checkpoint)
+    result["max_input_tokens"] = limit
+    return result
+
+
+def format_table(result: dict, title: str = "") -> str:
+    """Plain-text tables: overall, per category, per task (EM / Rouge-L per method)."""
+    methods = [m for m in METHODS if any(m in row for row in [result["overall"], *result["by_category"].values()])]
+    lines = [title] if title else []
+
+    def table(rows: dict[str, dict], label: str) -> None:
+        width = max([len(label), *(len(r) for r in rows)]) + 2
+        lines.append(f"{label:<{width}}" + "".join(f"{m:>24}" for m in methods))
+        for name, row in rows.items():
+            cells = "".join(f"{'-':>24}" if m not in row else f"{row[m]['exact_match']:>11.1f} / {row[m]['rougeL']:>9.1f}" for m in methods)
+            lines.append(f"{name:<{width}}" + cells)
+
+    lines.append("exact match / Rouge-L (percent)")
+    table({"overall": result["overall"]}, "")
+    lines.append("")
+    table(result["by_category"], "category")
+    if len(result["by_task"]) <= 40:
+        lines.append("")
+        table(result["by_task"], "task")
+    ratio = result.get("time_ratio_tagi_vs_concat")
+    if ratio is not None:
+        lines.append(f"\ntime per instance, TAGI vs instruction concatenation: {ratio:.2f}x "
+                     f"({result['timing_seconds_per_instance']['tagi'] * 1e3:.2f} ms vs {result['timing_seconds_per_instance']['concat'] * 1e3:.2f} ms)")
+    return "\n".join(lines)
+
+
+def write_json(path: Path, data: dict) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")

@@ -1,0 +1,68 @@
+"""Stage 2: hypernetwork pretraining (missing from the authors' release).
+
+A text is split into three segments a / b / c: a goes through the frozen encoder to the
+generator (and to fusion), b is the adapted base's input, c its target; the loss is the
+cross-entropy of c. Texts are built from the training corpus only (a few of its texts
+joined), so pretraining teaches the generator to turn "context" into an adapter that helps
+continue it, without any task labels.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import torch
+
+from hypernet.fusion import InstructionEncoding, masked_mean
+from hypernet.model import TagiModel
+from training.common import TaskSet, shift_right
+from training.losses import IGNORE, cross_entropy
+from training.loop import LoopConfig, train
+from training.presets import HypernetPretrainConfig
+
+
+def _pad(rows: list[list[int]], value: int) -> torch.Tensor:
+    width = max(len(r) for r in rows)
+    return torch.tensor([r + [value] * (width - len(r)) for r in rows])
+
+
+def corpus(task_set: TaskSet) -> list[str]:
+    return [*task_set.instructions, *(f"{p.input} {p.output}" for p in task_set.train)]
+
+
+def pretrain_hypernet(model: TagiModel, task_set: TaskSet, out_dir: Path, config: HypernetPretrainConfig, loop: LoopConfig, resume: bool = True) -> None:
+    """Train model.generator in place; `out_dir` holds the loop state, log and plot."""
+    texts = corpus(task_set)
+    tokenizer = model.tokenizer
+    eos = tokenizer.eos_token_id
+    n = config.segment_tokens
+
+    def make_batch(indices: list[int], batch_seed: int) -> dict:
+        rng = random.Random(batch_seed)
+        a_rows, b_rows, c_rows = [], [], []
+        for index in indices:
+            ids: list[int] = []
+            pieces = [texts[index]]
+            while len(ids) < 3 * n:
+                ids = tokenizer(" ".join(pieces), add_special_tokens=False)["input_ids"]
+                pieces.append(rng.choice(texts))
+            ids = ids[: 3 * n]
+            a_rows.append(ids[:n] + [eos])
+            b_rows.append(ids[n : 2 * n] + [eos])
+            c_rows.append(ids[2 * n :] + [eos])
+        a, b, c = _pad(a_rows, 0), _pad(b_rows, 0), _pad(c_rows, IGNORE)
+        return {"a_ids": a, "a_mask": (a != 0).long(), "input_ids": b, "attention_mask": (b != 0).long(),
+                "labels": c, "decoder_input_ids": shift_right(c)}
+
+    def loss_fn(batch: dict) -> tuple[torch.Tensor, dict]:
+        with torch.no_grad():
+            states = model.base.encoder(input_ids=batch["a_ids"], attention_mask=batch["a_mask"]).last_hidden_state
+        encoding = InstructionEncoding(states, batch["a_mask"], masked_mean(states, batch["a_mask"]))
+        lora = model.generate_lora(encoding)
+        fused = encoding if model.config.fusion else None
+        logits = model(batch["input_ids"], batch["attention_mask"], batch["decoder_input_ids"], lora=lora, instruction=fused)
+        loss = cross_entropy(logits, batch["labels"])
+        return loss, {"ce": float(loss.detach())}
+
+    train(model, len(texts), make_batch, loss_fn, loop, out_dir, name="stage2-hypernet-pretrain", resume=resume)

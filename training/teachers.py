@@ -1,0 +1,182 @@
+"""Stage 1: the teachers.
+
+- Instance teachers ("training with instance"): one LoRA per training task (or per task
+  category), trained with real PEFT on that task's instances, input only (no instruction),
+  saved as standard PEFT directories (adapter_config.json + adapter_model.safetensors).
+  `teachers/index.json` maps every task to its teacher. They are the targets of L_ins and the
+  per-task "oracle" of the evaluation.
+- The meta-trained teacher (Tk-Instruct recipe): the base finetuned on instruction + input of
+  all training tasks. Its output distributions feed the KL term, and it is the baseline TAGI
+  has to match. It is saved as an HF directory in bfloat16 (half the bytes; it is cast back
+  to float32 when loaded) so that the shipped checkpoint stays under 30 MB.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import defaultdict
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from safetensors.torch import load_file
+from transformers import T5ForConditionalGeneration
+
+from hypernet.tiny import SPIECE, load_tokenizer
+from hypernet.targets import LoraWeights, TargetLayout
+from training.common import (
+    Pair, TaskSet, concat_inputs, exact_match_by_group, greedy, seq2seq_batch, spread, write_card,
+)
+from training.loop import LoopConfig, resolve_device, seed_everything, train
+from training.presets import TeacherConfig
+
+INDEX_FILE = "index.json"
+PEFT_WEIGHTS = "adapter_model.safetensors"
+META_CARD = "meta_card.json"
+
+
+def teacher_name(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.+-]", "_", text)[:120]
+
+
+_SYNTH_PREFIX = re.compile(r"^synth_[a-z_]+?_\d{3}_")
+
+
+def function_key(task_name: str) -> str:
+    """Synthetic tasks that differ only in wording share a function: their names differ only
+    in the split/index prefix (synth_train_012_first_k_2 -> first_k_2). Other tasks: the name."""
+    return _SYNTH_PREFIX.sub("", task_name)
+
+
+def teacher_groups(task_set: TaskSet, per: str) -> dict[str, list[int]]:
+    """teacher name -> task indices it is trained on.
+
+    per="task": one teacher per task; "function": per task up to wording (paraphrases of the
+    same function have identically distributed instances); "category": per task category."""
+    groups: dict[str, list[int]] = defaultdict(list)
+    for index, task in enumerate(task_set.tasks):
+        key = {"task": task.name, "function": function_key(task.name), "category": task.category}[per]
+        groups[teacher_name(key)].append(index)
+    return dict(groups)
+
+
+def load_base(base_dir: Path, device: torch.device | str = "cpu") -> T5ForConditionalGeneration:
+    return T5ForConditionalGeneration.from_pretrained(base_dir, use_safetensors=True, dtype=torch.float32).to(device)
+
+
+def train_instance_teachers(task_set: TaskSet, base_dir: Path, out_dir: Path, config: TeacherConfig, loop: LoopConfig, resume: bool = True) -> Path:
+    """Train every missing teacher; a finished teacher directory is kept (resume = per teacher,
+    and within the teacher that was interrupted, from its last checkpoint)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tokenizer = load_tokenizer(base_dir)
+    device = resolve_device(loop.device)
+    groups = teacher_groups(task_set, config.per)
+    results = {}
+    for position, (name, task_ids) in enumerate(sorted(groups.items())):
+        target = out_dir / name
+        if (target / PEFT_WEIGHTS).exists() and resume:
+            continue
+        pairs = [p for p in task_set.train if p.task in set(task_ids)]
+        seed_everything(loop.seed)
+        base = load_base(base_dir, device)
+        peft_config = LoraConfig(r=config.rank, lora_alpha=config.alpha, target_modules=list(config.target_modules),
+                                 lora_dropout=0.0, bias="none", task_type="SEQ_2_SEQ_LM")
+        model = get_peft_model(base, peft_config)
+
+        def make_batch(indices: list[int], _seed: int, pairs: list[Pair] = pairs) -> dict:
+            chosen = [pairs[i] for i in indices]
+            return seq2seq_batch(tokenizer, [p.input for p in chosen], [p.output for p in chosen], config.max_input_tokens, config.max_output_tokens)
+
+        def loss_fn(batch: dict, model: PeftModel = model) -> tuple[torch.Tensor, dict]:
+            out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"])
+            return out.loss, {}
+
+        state_dir = out_dir.parent / "teacher_states" / name
+        result = train(model, len(pairs), make_batch, loss_fn, loop, state_dir, name=f"teacher {position + 1}/{len(groups)}", resume=resume)
+        model.save_pretrained(target)
+        results[name] = {"tasks": [task_set.tasks[i].name for i in task_ids], "final_loss": result.last_metrics.get("loss")}
+    index = {
+        "per": config.per,
+        "rank": config.rank,
+        "alpha": config.alpha,
+        "target_modules": list(config.target_modules),
+        "task_to_teacher": {task_set.tasks[i].name: name for name, ids in groups.items() for i in ids},
+        "loop": asdict(loop),
+    }
+    (out_dir / INDEX_FILE).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+    return out_dir
+
+
+def read_teacher_index(teachers_dir: Path) -> dict:
+    path = Path(teachers_dir) / INDEX_FILE
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def load_teacher_weights(teachers_dir: Path, names: list[str], layout: TargetLayout) -> LoraWeights:
+    """PEFT teacher directories -> one LoraWeights batch (row i = names[i]) in the layout of
+    a TagiModel, with the teachers' own alpha/r as its scale."""
+    teachers_dir = Path(teachers_dir)
+    index = read_teacher_index(teachers_dir)
+    scale = index["alpha"] / index["rank"]
+    lora_A: dict[str, list[list[torch.Tensor]]] = {}
+    lora_B: dict[str, list[list[torch.Tensor]]] = {}
+    states = [load_file(teachers_dir / name / PEFT_WEIGHTS) for name in names]
+    for target, group, slot in layout.slots():
+        prefix = f"base_model.model.{target.path}"
+        rows_A = [state[f"{prefix}.lora_A.weight"].float() for state in states]
+        rows_B = [state[f"{prefix}.lora_B.weight"].float() for state in states]
+        lora_A.setdefault(group, []).append(torch.stack(rows_A))
+        lora_B.setdefault(group, []).append(torch.stack(rows_B))
+    return LoraWeights({g: torch.stack(v) for g, v in lora_A.items()}, {g: torch.stack(v) for g, v in lora_B.items()}, scale)
+
+
+# ---- meta-trained teacher ---------------------------------------------------------------------
+
+def train_meta_teacher(task_set: TaskSet, base_dir: Path, out_dir: Path, config: TeacherConfig, loop: LoopConfig, resume: bool = True) -> Path:
+    """Tk-Instruct: full finetune of the base on (instruction + input) -> output."""
+    out_dir = Path(out_dir)
+    tokenizer = load_tokenizer(base_dir)
+    seed_everything(loop.seed)
+    model = load_base(base_dir, resolve_device(loop.device))
+    sources = concat_inputs(task_set, task_set.train)
+    groups = task_set.categories()
+    probe = spread(task_set.held_back, config.eval_instances)
+    probe_inputs = concat_inputs(task_set, probe)
+
+    def make_batch(indices: list[int], _seed: int) -> dict:
+        return seq2seq_batch(tokenizer, [sources[i] for i in indices], [task_set.train[i].output for i in indices],
+                             config.max_input_tokens, config.max_output_tokens)
+
+    def loss_fn(batch: dict) -> tuple[torch.Tensor, dict]:
+        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"])
+        return out.loss, {}
+
+    def evaluate(_step: int) -> dict:
+        predictions = greedy(model, tokenizer, probe_inputs, config.max_input_tokens, config.max_output_tokens)
+        return exact_match_by_group(predictions, probe, groups)
+
+    result = train(model, len(sources), make_batch, loss_fn, loop, out_dir / "state", name="stage1-meta-teacher", resume=resume,
+                   eval_fn=evaluate if probe else None)
+    final = out_dir / "model"
+    save_half(model, final)
+    tokenizer.save_pretrained(final)
+    (final / SPIECE).write_bytes((Path(base_dir) / SPIECE).read_bytes())
+    scores = evaluate(result.steps_done) if probe else {}
+    write_card(final / META_CARD, {
+        "stage": "meta_teacher",
+        "what": "the stage-0 base fully finetuned on 'instruction + input' of the training tasks (Tk-Instruct recipe), stored in bfloat16",
+        "tasks": len(task_set.tasks), "train_pairs": len(sources), "held_back_em": scores,
+        "loop": asdict(loop), "seconds": round(result.seconds, 1),
+    })
+    return final
+
+
+def save_half(model: T5ForConditionalGeneration, out_dir: Path) -> None:
+    """bfloat16 weights on disk; the live model stays float32."""
+    half = T5ForConditionalGeneration(model.config).to(torch.bfloat16)
+    half.load_state_dict({k: v.to(torch.bfloat16) for k, v in model.state_dict().items()})
+    half.generation_config = model.generation_config
+    half.save_pretrained(out_dir)
