@@ -105,7 +105,8 @@ class LoraWeights:
 
     def select(self, rows: torch.Tensor | list[int]) -> LoraWeights:
         """Row i of the result is row rows[i] of self: maps examples to the adapter of their task."""
-        index = torch.as_tensor(rows, dtype=torch.long)
+        device = next(iter(self.lora_A.values())).device
+        index = torch.as_tensor(rows, dtype=torch.long, device=device)
         return LoraWeights(
             {g: a.index_select(1, index) for g, a in self.lora_A.items()},
             {g: b.index_select(1, index) for g, b in self.lora_B.items()},
