@@ -35,11 +35,17 @@ from training.loop import LoopConfig, resolve_device, seed_everything, train
 from training.presets import BaseConfig
 
 SENTINELS = 20
+SKILL_CODES = 128
 BASE_CARD = "base_card.json"
 
 
 def sentinel(i: int) -> str:
     return f"<extra_id_{i}>"
+
+
+def skill_code(i: int) -> str:
+    """An opaque symbol naming a training function: no words, so no instruction."""
+    return f"<skill_{i}>"
 
 
 def tokenizer_corpus(task_set: TaskSet) -> list[str]:
@@ -73,7 +79,7 @@ def build_base(task_set: TaskSet, out_dir: Path, config: BaseConfig, seed: int) 
         vocab_size=config.vocab_size,
         hard_vocab_limit=False,
         pad_id=0, eos_id=1, unk_id=2, bos_id=-1,
-        user_defined_symbols=[sentinel(i) for i in range(SENTINELS)],
+        user_defined_symbols=[sentinel(i) for i in range(SENTINELS)] + [skill_code(i) for i in range(SKILL_CODES)],
         character_coverage=1.0,
         num_threads=2,
         minloglevel=2,
@@ -131,7 +137,16 @@ def pretrain_base(task_set: TaskSet, out_dir: Path, config: BaseConfig, loop: Lo
 
     # Span-corruption documents: a few training texts joined, like sentences of a paragraph.
     span_texts = [*task_set.instructions, *(p.input for p in task_set.train), *(p.output for p in task_set.train)]
-    skills = task_set.train if config.skills == "unconditioned" else []
+    skills = task_set.train if config.skills in ("unconditioned", "codes") else []
+    # "codes": each training function (tasks equal up to wording) gets an opaque symbol that is
+    # prepended to its inputs for a share of the examples, so the base learns every operation
+    # exactly instead of only as an ambiguous mixture; held-out tasks have no code.
+    from training.teachers import function_key
+
+    functions = sorted({function_key(t.name) for t in task_set.tasks})
+    if config.skills == "codes" and len(functions) > SKILL_CODES:
+        raise ValueError(f"{len(functions)} training functions but only {SKILL_CODES} skill codes")
+    code_of = [functions.index(function_key(t.name)) for t in task_set.tasks]
     total = len(skills) or len(span_texts)  # an epoch = one pass over the skill pairs
 
     def make_batch(indices: list[int], batch_seed: int) -> dict:
@@ -145,6 +160,8 @@ def pretrain_base(task_set: TaskSet, out_dir: Path, config: BaseConfig, loop: Lo
             else:
                 pair = skills[index]
                 source, target = pair.input, pair.output
+                if config.skills == "codes" and rng.random() >= config.unconditioned_share:
+                    source = f"{skill_code(code_of[pair.task])} {source}"
             inputs.append(source)
             outputs.append(target)
         return seq2seq_batch(tokenizer, inputs, outputs, config.max_input_tokens, config.max_output_tokens)
@@ -164,6 +181,7 @@ def pretrain_base(task_set: TaskSet, out_dir: Path, config: BaseConfig, loop: Lo
             "span_corruption_texts": len(span_texts),
             "skill_pairs": len(skills),
             "skills": config.skills,
+            "skill_codes": {f: skill_code(i) for i, f in enumerate(functions)} if config.skills == "codes" else {},
             "instructions_as_input": False,
             "tasks": [t.name for t in task_set.tasks],
             "held_back_instances_per_task_excluded": True,

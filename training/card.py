@@ -21,6 +21,23 @@ def _overall_table(results: dict) -> list[str]:
     return lines
 
 
+def _targets(results: dict) -> list[str]:
+    """The issue's targets per synthetic held-out set: TAGI >= 0.9x the meta teacher's exact
+    match; the wrong-instruction control <= 20% of TAGI's."""
+    lines = ["## Targets", "", "| task set | TAGI / meta teacher (>= 0.9) | wrong instruction / TAGI (<= 0.2) | no fusion / meta teacher |", "|---|---|---|---|"]
+    for name, result in results.items():
+        if not name.startswith("synthetic_unseen"):
+            continue
+        o = result["overall"]
+        em = {m: o[m]["exact_match"] for m in o}
+
+        def ratio(a: str, b: str) -> str:
+            return f"{em[a] / em[b]:.2f}" if em.get(b) else "n/a (denominator 0)"
+
+        lines.append(f"| {name} | {ratio('tagi', 'meta_teacher')} | {ratio('tagi_wrong_instruction', 'tagi')} | {ratio('tagi_no_fusion', 'meta_teacher')} |")
+    return [*lines, ""]
+
+
 def write_card(out: Path, command: str) -> Path:
     out = Path(out)
     info = json.loads((out / "pipeline.json").read_text())
@@ -62,6 +79,7 @@ def write_card(out: Path, command: str) -> Path:
         *_overall_table(results),
         "",
     ]
+    lines += _targets(results)
     for name, result in results.items():
         lines += [f"### {name}", "", "```", format_table(result), "```", ""]
     (out / "README.md").write_text("\n".join(lines))

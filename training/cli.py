@@ -8,7 +8,6 @@ subcommand working in a shared --work directory (see training.pipeline for the l
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from hypernet.cli import UsageError, add_checkpoint_argument, resolve_checkpoint

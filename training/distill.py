@@ -24,20 +24,11 @@ import torch
 
 from hypernet.fusion import InstructionEncoding, masked_mean
 from hypernet.model import TagiModel
-from hypernet.targets import LoraWeights
 from training.common import TaskSet, concat_inputs, encode, exact_match_by_group, seq2seq_batch, spread
 from training.losses import alignment_loss, cross_entropy, distill_kl, target_mask
 from training.loop import LoopConfig, train
 from training.presets import DistillConfig
 from training.teachers import load_base, load_teacher_weights, read_teacher_index
-
-
-def select_rows(lora: LoraWeights, rows: torch.Tensor) -> LoraWeights:
-    """LoraWeights.select with the index on the factors' device (select builds a CPU index)."""
-    first = next(iter(lora.lora_A.values()))
-    index = rows.to(device=first.device, dtype=torch.long)
-    return LoraWeights({g: a.index_select(1, index) for g, a in lora.lora_A.items()},
-                       {g: b.index_select(1, index) for g, b in lora.lora_B.items()}, lora.scale)
 
 
 def finetune(
@@ -95,7 +86,7 @@ def finetune(
         lora = model.generate_lora(encoding)
         rows = batch["rows"]
         fused = encoding.select(rows) if batch["fusion"] else None
-        logits = model(batch["input_ids"], batch["attention_mask"], batch["decoder_input_ids"], lora=select_rows(lora, rows), instruction=fused)
+        logits = model(batch["input_ids"], batch["attention_mask"], batch["decoder_input_ids"], lora=lora.select(rows), instruction=fused)
         return logits, lora
 
     def loss_fn(batch: dict) -> tuple[torch.Tensor, dict]:
@@ -115,7 +106,7 @@ def finetune(
             metrics["kl"] = float(kl.detach())
         if teacher_lora is not None:
             rows = torch.tensor([teacher_rows[t] for t in batch["tasks"].tolist()])
-            ins = alignment_loss(lora, select_rows(teacher_lora, rows))
+            ins = alignment_loss(lora, teacher_lora.select(rows))
             total = total + config.lambda_ins * ins
             metrics["ins"] = float(ins.detach())
         metrics["fusion"] = float(batch["fusion"])

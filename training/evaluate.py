@@ -32,7 +32,6 @@ from hypernet.fusion import concat_instructions
 from hypernet.io import load_checkpoint
 from hypernet.model import TagiModel
 from hypernet.targets import LoraWeights
-from training.distill import select_rows
 from training.common import encode, encode_labels, primitive_group, shift_right
 from training.data import Task, exact_match, format_concat, format_instruction, load_tasks, read_split, rouge_l, split_instances
 from training.teachers import load_base, load_teacher_weights, read_teacher_index
@@ -80,9 +79,11 @@ class Evaluator:
         self.truncated_instructions += 1
         return self.model.tokenizer.decode(ids[:limit], skip_special_tokens=True)
 
-    def _batch(self, texts: list[str]) -> dict[str, torch.Tensor]:
+    def _count_truncated(self, texts: list[str]) -> None:
         lengths = [len(ids) for ids in self.model.tokenizer(texts)["input_ids"]]
         self.truncated += sum(length > self.max_input for length in lengths)
+
+    def _batch(self, texts: list[str]) -> dict[str, torch.Tensor]:
         return {k: v.to(self.model.device) for k, v in encode(self.model.tokenizer, texts, self.max_input).items()}
 
     @torch.no_grad()
@@ -103,7 +104,7 @@ class Evaluator:
             elif method == "meta_teacher":
                 out += self._generate(concat[s:e], None, None, t5=self.meta_teacher)
             elif method == "task_lora_oracle":
-                out += self._generate(inputs[s:e], select_rows(oracle, torch.zeros(e - s, dtype=torch.long)), None)
+                out += self._generate(inputs[s:e], oracle.select(torch.zeros(e - s, dtype=torch.long)), None)
             else:
                 rows = adapters[s:e]
                 lora = self.model.batch_adapters(rows)
@@ -154,6 +155,7 @@ class Evaluator:
             inputs = [inst.input for inst in task.instances]
             refs = [inst.outputs for inst in task.instances]
             concat = [format_concat(instructions[i], x) for x in inputs]
+            self._count_truncated(concat)  # the longest inputs of any method
             oracle = None
             if task.name in teacher_of:
                 oracle = load_teacher_weights(self.checkpoint / TEACHERS_DIR, [teacher_of[task.name]], model.layout).to(model.device)
@@ -193,7 +195,7 @@ class Evaluator:
             "format": fmt,
             "tasks": len(tasks),
             "instances": sum(len(t.instances) for t in tasks),
-            "truncated_inputs": self.truncated,
+            "truncated_inputs": self.truncated,  # instruction + input texts cut to max_input_tokens
             "truncated_instructions": self.truncated_instructions,
             "timing_tasks": min(len(tasks), self.timing_tasks),
             "metric_scale": "percent",

@@ -71,7 +71,9 @@ class LoopConfig:
     device: str = "auto"
     """cpu, cuda, or auto (cuda when available)."""
     threads: int = 0
-    """torch CPU threads (0: leave torch's default)."""
+    """torch CPU threads (0: leave torch's default). The tiny preset uses 1: on a shared 2-core
+    machine a 2-thread run next to any other busy process slowed ~15x (OpenMP threads waiting
+    on each other), while a 1-thread run keeps its core."""
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "checkpoint_every", "log_every"):

@@ -33,14 +33,18 @@ class BaseConfig:
     vocab_size: int = 2000
     span_fraction: float = 0.3
     """Share of examples that are span corruption; the rest are instruction-free skills."""
-    skills: Literal["unconditioned", "none"] = "unconditioned"
+    skills: Literal["unconditioned", "codes", "none"] = "unconditioned"
     """unconditioned: input -> output of a training task, with no instruction at all, so the
-    base learns the list operations as a mixture and a LoRA has something to select."""
+    base learns the list operations as a mixture and a LoRA has something to select.
+    codes: the same, but a share of the inputs is prefixed by an opaque per-function symbol,
+    so each operation is learned exactly (no words: still no instruction)."""
+    unconditioned_share: float = 0.3
+    """With skills=codes: share of skill examples shown without their code."""
     noise_density: float = 0.15
     mean_span: float = 3.0
     max_input_tokens: int = 96
     max_output_tokens: int = 48
-    loop: LoopConfig = field(default_factory=lambda: LoopConfig(steps=4000, batch_size=32, lr=1e-3, warmup_steps=200, threads=2))
+    loop: LoopConfig = field(default_factory=lambda: LoopConfig(steps=4000, batch_size=32, lr=1e-3, warmup_steps=200, threads=1))
 
 
 @dataclass(frozen=True)
@@ -53,8 +57,8 @@ class TeacherConfig:
     rank: int = 8
     alpha: float = 16.0
     target_modules: tuple[str, ...] = ("q", "v")
-    teacher_loop: LoopConfig = field(default_factory=lambda: LoopConfig(steps=60, batch_size=32, lr=3e-3, warmup_steps=6, checkpoint_every=1000, log_every=10, threads=2))
-    meta_loop: LoopConfig = field(default_factory=lambda: LoopConfig(steps=3000, batch_size=32, lr=1e-3, warmup_steps=100, eval_every=500, threads=2))
+    teacher_loop: LoopConfig = field(default_factory=lambda: LoopConfig(steps=60, batch_size=32, lr=3e-3, warmup_steps=6, checkpoint_every=1000, log_every=10, threads=1))
+    meta_loop: LoopConfig = field(default_factory=lambda: LoopConfig(steps=3000, batch_size=32, lr=1e-3, warmup_steps=100, eval_every=500, threads=1))
     max_input_tokens: int = 128
     max_output_tokens: int = 32
     eval_instances: int = 300
@@ -67,7 +71,7 @@ class HypernetPretrainConfig:
 
     segment_tokens: int = 12
     """Tokens per segment (a, b, c each)."""
-    loop: LoopConfig = field(default_factory=lambda: LoopConfig(steps=300, batch_size=32, lr=1e-3, warmup_steps=30, threads=2))
+    loop: LoopConfig = field(default_factory=lambda: LoopConfig(steps=300, batch_size=32, lr=1e-3, warmup_steps=30, threads=1))
 
 
 @dataclass(frozen=True)
@@ -85,7 +89,7 @@ class DistillConfig:
     max_input_tokens: int = 64
     max_output_tokens: int = 32
     eval_instances: int = 200
-    loop: LoopConfig = field(default_factory=lambda: LoopConfig(steps=2500, batch_size=32, lr=1e-3, warmup_steps=100, eval_every=500, threads=2))
+    loop: LoopConfig = field(default_factory=lambda: LoopConfig(steps=2500, batch_size=32, lr=1e-3, warmup_steps=100, eval_every=500, threads=1))
 
 
 @dataclass(frozen=True)
