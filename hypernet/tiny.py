@@ -45,8 +45,9 @@ class TinyPreset:
 PRESETS = {"tiny": TinyPreset(), "micro": TinyPreset(d_model=64, d_ff=128, num_layers=2, num_heads=4, d_kv=16, vocab_size=400)}
 
 
-def train_tokenizer(texts: list[str], out_dir: Path, vocab_size: int) -> Path:
-    """Train a unigram SentencePiece model with T5's ids on `texts`; returns the spiece.model path."""
+def train_tokenizer(texts: list[str], out_dir: Path, vocab_size: int, symbols: tuple[str, ...] = ()) -> Path:
+    """Train a unigram SentencePiece model with T5's ids on `texts`; returns the spiece.model path.
+    `symbols` become single pieces whatever the corpus (e.g. span-corruption sentinels)."""
     model = io.BytesIO()
     spm.SentencePieceTrainer.train(
         sentence_iterator=iter([*texts, " ".join(string.printable.strip())]),
@@ -58,6 +59,7 @@ def train_tokenizer(texts: list[str], out_dir: Path, vocab_size: int) -> Path:
         eos_id=1,
         unk_id=2,
         bos_id=-1,
+        user_defined_symbols=list(symbols),
         character_coverage=1.0,
         num_threads=2,
         minloglevel=2,
@@ -76,9 +78,9 @@ def load_tokenizer(base_dir: Path) -> PreTrainedTokenizerBase:
     return T5Tokenizer.from_pretrained(base_dir, extra_ids=0)
 
 
-def build_tiny_base(texts: list[str], out_dir: Path, preset: TinyPreset, seed: int = 0) -> None:
+def build_tiny_base(texts: list[str], out_dir: Path, preset: TinyPreset, seed: int = 0, symbols: tuple[str, ...] = ()) -> None:
     """Write an HF model directory (random weights, tokenizer, spiece.model) to `out_dir`."""
-    spiece = train_tokenizer(texts, out_dir, preset.vocab_size)
+    spiece = train_tokenizer(texts, out_dir, preset.vocab_size, symbols)
     vocab_size = spm.SentencePieceProcessor(model_file=str(spiece)).vocab_size()
     tokenizer = load_tokenizer(out_dir)
     tokenizer.save_pretrained(out_dir)

@@ -17,18 +17,16 @@ definitions are repeated in the tokenizer corpus so instruction words become who
 
 from __future__ import annotations
 
-import io
 import json
 import random
-import string
 from dataclasses import asdict
 from pathlib import Path
 
-import sentencepiece as spm
 import torch
-from transformers import GenerationConfig, T5Config, T5ForConditionalGeneration
+from transformers import T5ForConditionalGeneration
 
-from hypernet.tiny import SPIECE, load_tokenizer
+from hypernet.files import SPIECE
+from hypernet.tiny import TinyPreset, build_tiny_base, load_tokenizer
 from training.common import TaskSet, seq2seq_batch, write_card
 from training.data import format_concat
 from training.loop import LoopConfig, resolve_device, seed_everything, train
@@ -69,34 +67,14 @@ def tokenizer_corpus(task_set: TaskSet) -> list[str]:
 
 
 def build_base(task_set: TaskSet, out_dir: Path, config: BaseConfig, seed: int) -> None:
-    """Tokenizer + randomly initialised T5 written as an HF directory."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    model_bytes = io.BytesIO()
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter([*tokenizer_corpus(task_set), " ".join(string.printable.strip())]),
-        model_writer=model_bytes,
-        model_type="unigram",
-        vocab_size=config.vocab_size,
-        hard_vocab_limit=False,
-        pad_id=0, eos_id=1, unk_id=2, bos_id=-1,
-        user_defined_symbols=[sentinel(i) for i in range(SENTINELS)] + [skill_code(i) for i in range(SKILL_CODES)],
-        character_coverage=1.0,
-        num_threads=2,
-        minloglevel=2,
+    """Tokenizer (with sentinel and skill-code pieces) + randomly initialised T5, as an HF directory."""
+    preset = TinyPreset(
+        d_model=config.d_model, d_ff=config.d_ff, num_layers=config.num_layers, num_heads=config.num_heads,
+        d_kv=config.d_model // config.num_heads, vocab_size=config.vocab_size,
     )
-    (out_dir / SPIECE).write_bytes(model_bytes.getvalue())
-    vocab = spm.SentencePieceProcessor(model_file=str(out_dir / SPIECE)).vocab_size()
-    tokenizer = load_tokenizer(out_dir)
-    tokenizer.save_pretrained(out_dir)
-    t5 = T5Config(
-        vocab_size=vocab, d_model=config.d_model, d_ff=config.d_ff, d_kv=config.d_model // config.num_heads,
-        num_layers=config.num_layers, num_decoder_layers=config.num_layers, num_heads=config.num_heads,
-        dropout_rate=0.0, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
-    )
+    symbols = tuple(sentinel(i) for i in range(SENTINELS)) + tuple(skill_code(i) for i in range(SKILL_CODES))
     seed_everything(seed)
-    model = T5ForConditionalGeneration(t5)
-    model.generation_config = GenerationConfig(decoder_start_token_id=0, eos_token_id=1, pad_token_id=0)
-    model.save_pretrained(out_dir)
+    build_tiny_base(tokenizer_corpus(task_set), out_dir, preset, seed=seed, symbols=symbols)
 
 
 def span_corrupt(tokens: list[str], rng: random.Random, density: float, mean_span: float) -> tuple[str, str]:

@@ -103,3 +103,15 @@ def test_generator_weights_round_trip(model, checkpoint_dir):
     again = load_checkpoint(checkpoint_dir)
     for (k, a), (_, b) in zip(model.generator.state_dict().items(), again.generator.state_dict().items()):
         assert torch.equal(a, b), k
+
+
+def test_user_symbols_are_single_pieces(tmp_path):
+    from hypernet.tiny import PRESETS, build_tiny_base
+
+    build_tiny_base(["apple river stone"] * 50, tmp_path, PRESETS["micro"], symbols=("<extra_id_0>", "<skill_3>"))
+    tokenizer = load_tokenizer(tmp_path)
+    processor = spm.SentencePieceProcessor(model_file=str(tmp_path / "spiece.model"))
+    text = "apple <extra_id_0> river <skill_3>"
+    pieces = tokenizer.convert_ids_to_tokens(tokenizer(text)["input_ids"])
+    assert "<extra_id_0>" in pieces and "<skill_3>" in pieces
+    assert tokenizer(text)["input_ids"] == processor.encode(text) + [1]
