@@ -70,8 +70,13 @@ def create_checkpoint(base_dir: Path, out_dir: Path, config: CheckpointConfig, s
     save_checkpoint(TagiModel(base, tokenizer, config), out_dir, overwrite=overwrite)
 
 
-def load_checkpoint(path: Path, device: str | torch.device = "cpu", verify: bool = True) -> TagiModel:
-    """Load and check a checkpoint; every problem is a CheckpointError with one clear line."""
+def load_checkpoint(
+    path: Path, device: str | torch.device = "cpu", verify: bool = True, dtype: torch.dtype = torch.float32
+) -> TagiModel:
+    """Load and check a checkpoint; every problem is a CheckpointError with one clear line.
+
+    The base is cast to `dtype` whatever it was stored in, so a base may ship in bf16 to save
+    space and still run in float32 on a CPU."""
     path = Path(path)
     config = read_checkpoint_config(path)
     if verify and base_fingerprint(path / BASE_DIR) != config.base_fingerprint:
@@ -80,7 +85,7 @@ def load_checkpoint(path: Path, device: str | torch.device = "cpu", verify: bool
             "(fingerprint mismatch); use the base it was saved with"
         )
     try:
-        base = T5ForConditionalGeneration.from_pretrained(path / BASE_DIR, use_safetensors=True)
+        base = T5ForConditionalGeneration.from_pretrained(path / BASE_DIR, use_safetensors=True, dtype=dtype)
         tokenizer = load_tokenizer(path / BASE_DIR)
         state = load_file(path / GENERATOR_FILE)
     except (OSError, ValueError) as err:
@@ -90,7 +95,7 @@ def load_checkpoint(path: Path, device: str | torch.device = "cpu", verify: bool
     if missing or unexpected:
         raise CheckpointError(f"{path / GENERATOR_FILE} does not fit the config: missing {missing}, unexpected {unexpected}")
     model = TagiModel(base, tokenizer, config, generator, fingerprint=checkpoint_fingerprint(path))
-    return model.to(device)
+    return model.to(device=device, dtype=dtype)
 
 
 def peft_state_dict(model: TagiModel, adapter: Adapter) -> dict[str, torch.Tensor]:

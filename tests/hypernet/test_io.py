@@ -117,3 +117,17 @@ def test_user_symbols_are_single_pieces(tmp_path):
     # keeps it as a piece), so ids differ from raw SentencePiece around them; training only
     # ever uses the transformers tokenizer.
     assert tokenizer.decode(tokenizer(text)["input_ids"], skip_special_tokens=False).replace(" ", "") == (text + "</s>").replace(" ", "")
+
+
+def test_a_bf16_base_loads_in_float32(checkpoint_dir, tmp_path):
+    from hypernet.files import base_fingerprint, read_checkpoint_config, write_json
+
+    copy = tmp_path / "ckpt"
+    shutil.copytree(checkpoint_dir, copy)
+    base = AutoModelForSeq2SeqLM.from_pretrained(copy / "base").to(torch.bfloat16)
+    base.save_pretrained(copy / "base")
+    config = read_checkpoint_config(copy)
+    write_json(copy / "config.json", {**config.to_dict(), "base_fingerprint": base_fingerprint(copy / "base")})
+    model = load_checkpoint(copy)
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+    assert len(model.generate(["apple, river"], [model.make_adapter("Reverse the list.")], max_new_tokens=3)) == 1  # runs
