@@ -31,6 +31,16 @@ T5_BASE = dict(d_model=768, d_ff=3072, d_kv=64, num_heads=12, num_layers=12, voc
 QUICK = dict(d_model=128, d_ff=512, d_kv=32, num_heads=4, num_layers=2, vocab_size=1000)
 
 
+def randomize_generator(model: TagiModel, seed: int, std: float = 0.05) -> None:
+    """Stand-in for training in benchmarks and tests: non-zero B heads, so that generated
+    adapters change outputs (an untrained generator emits exactly zero updates)."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for head in model.generator.heads_B.values():
+            head.weight.copy_(torch.randn(head.weight.shape, generator=generator) * std)
+            head.bias.copy_(torch.randn(head.bias.shape, generator=generator) * std)
+
+
 def elapsed_ms(fn: Callable[[], object]) -> float:
     start = time.perf_counter()
     fn()

@@ -203,8 +203,7 @@ def warm_up(url: str, config: BenchConfig) -> None:
 def build_checkpoint(root: Path) -> Path:
     """A tiny checkpoint (7.6M-parameter T5) whose generator's B heads are random instead of
     zero, a stand-in for training so that adapters change outputs."""
-    import torch
-
+    from hypernet.bench import randomize_generator
     from hypernet.config import CheckpointConfig
     from hypernet.io import create_checkpoint, load_checkpoint, save_checkpoint
     from hypernet.tiny import PRESETS, build_tiny_base
@@ -214,11 +213,7 @@ def build_checkpoint(root: Path) -> Path:
     out = root / "checkpoint"
     create_checkpoint(root / "base", out, CheckpointConfig(), seed=0)
     model = load_checkpoint(out)
-    generator = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for head in model.generator.heads_B.values():
-            head.weight.copy_(torch.randn(head.weight.shape, generator=generator) * 0.05)
-            head.bias.copy_(torch.randn(head.bias.shape, generator=generator) * 0.05)
+    randomize_generator(model, seed=1)
     save_checkpoint(model, out, overwrite=True)
     return out
 

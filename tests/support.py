@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 
+from hypernet.bench import randomize_generator
 from hypernet.config import CheckpointConfig, GeneratorConfig
 from hypernet.io import create_checkpoint, load_checkpoint, save_checkpoint
-from hypernet.model import TagiModel
 from hypernet.tiny import PRESETS, build_tiny_base
 
 WORDS = "apple river stone green house cloud seven bright table window music paper garden silver".split()
@@ -21,15 +20,6 @@ def corpus() -> list[str]:
         items = ", ".join(WORDS[(i + j) % len(WORDS)] for j in range(1 + i % 5))
         texts.append(f"Reverse the list. Sort the items of the list: {items}, {i % 100}. Count the words.")
     return texts
-
-
-def randomize_generator(model: TagiModel, seed: int) -> None:
-    """Stand-in for training: non-zero B heads, so generated adapters change outputs."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for head in model.generator.heads_B.values():
-            head.weight.copy_(torch.randn(head.weight.shape, generator=generator) * 0.05)
-            head.bias.copy_(torch.randn(head.bias.shape, generator=generator) * 0.05)
 
 
 def make_checkpoint(root: Path, targets: tuple[str, ...], trained: bool) -> Path:

@@ -8,7 +8,7 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForSeq2SeqLM, T5Config, T5ForConditionalGeneration
 
-from support import randomize_generator
+from hypernet.bench import randomize_generator
 from hypernet.config import CheckpointConfig, GeneratorConfig
 from hypernet.io import CheckpointError, create_checkpoint, export_peft, load_checkpoint
 from hypernet.tiny import load_tokenizer
