@@ -4,21 +4,24 @@ Real users skip this and point at t5-lm-adapt or flan-t5. The base sees only tra
 (never a held-out task, never a held-back instance) and never an instruction:
 - span corruption (T5's objective, with sentinel tokens) on a corpus of the training tasks'
   inputs, outputs and definitions;
-- instruction-free skills ("unconditioned"): input -> output of a training task with no hint
-  of which task, so the base learns the list operations as a mixture. A random base cannot
-  be steered by a rank-8 q/v update (probe-notes), and a base that reads instructions would
-  be the teacher; a base that knows the operations but not which one to apply leaves
-  exactly the choice to the adapter.
+- instruction-free skills. A random base cannot be steered by a rank-8 q/v update
+  (probe-notes), and a base that reads instructions would be the teacher, so the base
+  learns the operations without words:
+  - "world" (the tiny preset): fresh list-world examples of the training functions, named
+    by opaque primitive symbols (WorldSkills); a share is shown without symbols, so input
+    alone means "some operation", and choosing it is left to the adapter;
+  - "unconditioned": the training pairs with no hint of the task (a mixture only; works
+    for any task files, e.g. SNI).
 
 The tokenizer is SentencePiece unigram with T5's ids plus sentinel pieces `<extra_id_N>`
-(hypernet.tiny's builder has none, and span corruption needs them). The training tasks'
-definitions are repeated in the tokenizer corpus so instruction words become whole pieces.
+(hypernet.tiny's builder has none, and span corruption needs them) and the skill symbols.
 """
 
 from __future__ import annotations
 
 import json
 import random
+import re
 from dataclasses import asdict
 from pathlib import Path
 
@@ -27,13 +30,16 @@ from transformers import T5ForConditionalGeneration
 
 from hypernet.files import SPIECE
 from hypernet.tiny import TinyPreset, build_tiny_base, load_tokenizer
-from training.common import TaskSet, seq2seq_batch, write_card
+from training.common import TaskSet, exact_match_by_group, greedy, seq2seq_batch, spread, write_card
 from training.data import format_concat
 from training.loop import LoopConfig, resolve_device, seed_everything, train
 from training.presets import BaseConfig
+from training.synthetic import PRIMITIVES, PRIMITIVES_BY_NAME, Step, SuiteConfig, sample_instance, steps_from_slug
+from training.teachers import function_key
 
 SENTINELS = 20
-SKILL_CODES = 128
+SKILL_CODES = 32
+PRIMITIVE_INDEX = {p.name: i for i, p in enumerate(PRIMITIVES)}
 BASE_CARD = "base_card.json"
 
 
@@ -42,7 +48,7 @@ def sentinel(i: int) -> str:
 
 
 def skill_code(i: int) -> str:
-    """An opaque symbol naming a training function: no words, so no instruction."""
+    """An opaque symbol naming a list-world primitive: no words, so no instruction."""
     return f"<skill_{i}>"
 
 
@@ -59,11 +65,52 @@ def tokenizer_corpus(task_set: TaskSet) -> list[str]:
         texts[pair.input] = None
         texts[pair.output] = None
     corpus = list(texts)
-    corpus += [format_concat(i, "x") for i in task_set.instructions] * 20
-    # Every item word of the inputs upper-cased as well (the uppercase primitive's outputs).
-    words = sorted({w for p in task_set.train for w in p.input.replace(",", " ").split()})
-    corpus += (words + [w.upper() for w in words if w.isalpha()] + [str(i) for i in range(1000)]) * 3
+    # Every word of the prompts and every item of the inputs also as a sentence of its own:
+    # inside whole prompts, SentencePiece's unigram trainer kept splitting frequent words
+    # ("Re tur n") however often the prompts were repeated; standalone copies make each one
+    # piece, so a tiny model reads an instruction in ~15 tokens instead of ~40.
+    prompts = [format_concat(i, "x") for i in task_set.instructions]
+    words = sorted({w for text in prompts for w in re.findall(r"\w+|[^\w\s]", text)})
+    items = sorted({w for p in task_set.train for w in p.input.replace(",", " ").split()})
+    corpus += prompts * 20 + (words + items) * 50
     return corpus
+
+
+class WorldSkills:
+    """Coded list-world examples of the training tasks' functions, drawn fresh every time.
+
+    Each primitive has an opaque symbol (no words, so no instruction); a step is its symbol
+    followed by its parameter, and a composition is its steps in order: "<skill_3> 1
+    <skill_11> : apple, pear". The base thus learns every training operation exactly and
+    composing steps as a skill, instead of an ambiguous mixture it could never be steered
+    out of. Inputs are drawn fresh (a tiny model memorises a few hundred instances per task
+    long before it learns the operation), never equal to a held-back instance, and step
+    parameters are redrawn from the primitive's training values only: held-out parameter
+    values, paraphrases and compositions never reach this stage.
+    """
+
+    def __init__(self, task_set: TaskSet, world: SuiteConfig):
+        self.functions = [steps_from_slug(function_key(t.name)) for t in task_set.tasks]
+        self.world = world
+        self.excluded = {p.input for p in task_set.held_back}
+
+    @staticmethod
+    def prefix(steps: tuple[Step, ...]) -> str:
+        parts = [skill_code(PRIMITIVE_INDEX[s.primitive]) + ("" if s.param is None else f" {s.param}") for s in steps]
+        return " ".join(parts) + " :"
+
+    def coded(self, task: int, input_text: str) -> str:
+        return f"{self.prefix(self.functions[task])} {input_text}"
+
+    def sample(self, rng: random.Random, task: int) -> tuple[str, str]:
+        steps = tuple(
+            Step(s.primitive, None if s.param is None else rng.choice(PRIMITIVES_BY_NAME[s.primitive].train_values), 0)
+            for s in self.functions[task]
+        )
+        while True:
+            source, target = sample_instance(rng, steps, self.world)
+            if source not in self.excluded:
+                return f"{self.prefix(steps)} {source}", target
 
 
 def build_base(task_set: TaskSet, out_dir: Path, config: BaseConfig, seed: int) -> None:
@@ -103,8 +150,10 @@ def span_corrupt(tokens: list[str], rng: random.Random, density: float, mean_spa
     return " ".join(inp), " ".join(out)
 
 
-def pretrain_base(task_set: TaskSet, out_dir: Path, config: BaseConfig, loop: LoopConfig, seed: int, resume: bool = True) -> Path:
-    """Build (once) and train the base in `out_dir`; returns the HF directory of the result."""
+def pretrain_base(task_set: TaskSet, out_dir: Path, config: BaseConfig, loop: LoopConfig, seed: int, resume: bool = True,
+                  world_config: SuiteConfig = SuiteConfig()) -> Path:
+    """Build (once) and train the base in `out_dir`; returns the HF directory of the result.
+    `world_config` shapes skills="world" inputs like the suite's (list lengths)."""
     out_dir = Path(out_dir)
     init_dir = out_dir / "init"
     if not (init_dir / "config.json").exists():
@@ -115,16 +164,8 @@ def pretrain_base(task_set: TaskSet, out_dir: Path, config: BaseConfig, loop: Lo
 
     # Span-corruption documents: a few training texts joined, like sentences of a paragraph.
     span_texts = [*task_set.instructions, *(p.input for p in task_set.train), *(p.output for p in task_set.train)]
-    skills = task_set.train if config.skills in ("unconditioned", "codes") else []
-    # "codes": each training function (tasks equal up to wording) gets an opaque symbol that is
-    # prepended to its inputs for a share of the examples, so the base learns every operation
-    # exactly instead of only as an ambiguous mixture; held-out tasks have no code.
-    from training.teachers import function_key
-
-    functions = sorted({function_key(t.name) for t in task_set.tasks})
-    if config.skills == "codes" and len(functions) > SKILL_CODES:
-        raise ValueError(f"{len(functions)} training functions but only {SKILL_CODES} skill codes")
-    code_of = [functions.index(function_key(t.name)) for t in task_set.tasks]
+    skills = task_set.train if config.skills in ("unconditioned", "world") else []
+    world = WorldSkills(task_set, world_config) if config.skills == "world" else None
     total = len(skills) or len(span_texts)  # an epoch = one pass over the skill pairs
 
     def make_batch(indices: list[int], batch_seed: int) -> dict:
@@ -136,10 +177,10 @@ def pretrain_base(task_set: TaskSet, out_dir: Path, config: BaseConfig, loop: Lo
                 words = " ".join(rng.choice(span_texts) for _ in range(3)).split()
                 source, target = span_corrupt(words, rng, config.noise_density, config.mean_span)
             else:
-                pair = skills[index]
+                pair = skills[index]  # the training set's task mix
                 source, target = pair.input, pair.output
-                if config.skills == "codes" and rng.random() >= config.unconditioned_share:
-                    source = f"{skill_code(code_of[pair.task])} {source}"
+                if world is not None and rng.random() >= config.unconditioned_share:
+                    source, target = world.sample(rng, pair.task)
             inputs.append(source)
             outputs.append(target)
         return seq2seq_batch(tokenizer, inputs, outputs, config.max_input_tokens, config.max_output_tokens)
@@ -148,7 +189,17 @@ def pretrain_base(task_set: TaskSet, out_dir: Path, config: BaseConfig, loop: Lo
         out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"])
         return out.loss, {}
 
-    result = train(model, total, make_batch, loss_fn, loop, out_dir, name="stage0-base", resume=resume)
+    # How well the base does each coded operation on held-back instances shows early whether
+    # it will be worth steering (per-primitive exact match in log.jsonl).
+    probe = spread(task_set.held_back, config.eval_instances) if world is not None else []
+
+    def evaluate(_step: int) -> dict:
+        inputs = [world.coded(p.task, p.input) for p in probe]
+        predictions = greedy(model, tokenizer, inputs, config.max_input_tokens, config.max_output_tokens)
+        return exact_match_by_group(predictions, probe, task_set.categories())
+
+    result = train(model, total, make_batch, loss_fn, loop, out_dir, name="stage0-base", resume=resume,
+                   eval_fn=evaluate if probe else None)
     final = out_dir / "model"
     model.save_pretrained(final)
     tokenizer.save_pretrained(final)
@@ -159,7 +210,7 @@ def pretrain_base(task_set: TaskSet, out_dir: Path, config: BaseConfig, loop: Lo
             "span_corruption_texts": len(span_texts),
             "skill_pairs": len(skills),
             "skills": config.skills,
-            "skill_codes": {f: skill_code(i) for i, f in enumerate(functions)} if config.skills == "codes" else {},
+            "skill_codes": {p.name: skill_code(i) for i, p in enumerate(PRIMITIVES)} if world is not None else {},
             "instructions_as_input": False,
             "tasks": [t.name for t in task_set.tasks],
             "held_back_instances_per_task_excluded": True,

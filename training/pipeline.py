@@ -74,7 +74,8 @@ def checkpoint_config(preset: Preset) -> CheckpointConfig:
 def stage_base(preset: Preset, work: Path, task_set: TaskSet, device: str, resume: bool) -> Path:
     stage = work / "stage0_base"
     if not _done(stage):
-        pretrain_base(task_set, stage, preset.base, loop_for(preset.base.loop, preset.seed, device), preset.seed, resume=resume)
+        pretrain_base(task_set, stage, preset.base, loop_for(preset.base.loop, preset.seed, device), preset.seed, resume=resume,
+                      world_config=SuiteConfig(**preset.suite))
         _mark(stage, {"stage": "base"})
     return stage / "model"
 

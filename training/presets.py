@@ -33,17 +33,18 @@ class BaseConfig:
     vocab_size: int = 2000
     span_fraction: float = 0.3
     """Share of examples that are span corruption; the rest are instruction-free skills."""
-    skills: Literal["unconditioned", "codes", "none"] = "unconditioned"
-    """unconditioned: input -> output of a training task, with no instruction at all, so the
-    base learns the list operations as a mixture and a LoRA has something to select.
-    codes: the same, but a share of the inputs is prefixed by an opaque per-function symbol,
-    so each operation is learned exactly (no words: still no instruction)."""
-    unconditioned_share: float = 0.3
-    """With skills=codes: share of skill examples shown without their code."""
+    skills: Literal["world", "unconditioned", "none"] = "world"
+    """world: fresh list-world examples of the training functions, named by opaque primitive
+    symbols (training.base_pretrain.WorldSkills); needs synthetic training tasks.
+    unconditioned: the training pairs with no instruction and no symbol (a mixture only)."""
+    unconditioned_share: float = 0.1
+    """With skills=world: share of skill examples shown without their symbols."""
     noise_density: float = 0.15
     mean_span: float = 3.0
     max_input_tokens: int = 96
     max_output_tokens: int = 48
+    eval_instances: int = 300
+    """Held-back instances scored (with their symbols) at each evaluation, when skills=world."""
     loop: LoopConfig = field(default_factory=lambda: LoopConfig(steps=4000, batch_size=32, lr=1e-3, warmup_steps=200, threads=1))
 
 
