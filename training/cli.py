@@ -34,11 +34,15 @@ def cmd_data_synth(args: argparse.Namespace) -> None:
 def _preset(args: argparse.Namespace):
     from dataclasses import replace
 
-    from training.presets import get_preset
+    from training.presets import get_preset, with_threads
 
     preset = get_preset(args.preset)
     if args.seed is not None:
         preset = replace(preset, seed=args.seed)
+    if args.threads is not None:
+        if args.threads < 1:
+            raise UsageError(f"--threads must be >= 1, got {args.threads}")
+        preset = with_threads(preset, args.threads)
     return preset
 
 
@@ -156,6 +160,9 @@ def _common_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", choices=sorted(PRESETS), default="tiny", help="sizes and budgets of every stage (default: tiny; smoke: ~1 minute, for tests)")
     p.add_argument("--seed", type=int, default=None, help="seed of data, initialisation and batch order (default: the preset's, 0)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="where to train; bf16 autocast on CUDA (default: auto)")
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="torch CPU threads of every stage (default: the preset's; tiny uses all cores, so run it alone, "
+                   "or pass 1 when sharing the machine)")
     p.add_argument("--no-resume", action="store_true", help="start over instead of resuming from the last periodic checkpoint")
 
 

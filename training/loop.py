@@ -27,7 +27,7 @@ from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -53,7 +53,9 @@ class LoopConfig:
     batch_size: int = 32
     """Examples per step."""
     lr: float = 1e-3
-    """Peak learning rate of AdamW."""
+    """Peak learning rate (for Adafactor: relative to each weight's RMS)."""
+    optimizer: Literal["adamw", "adafactor"] = "adamw"
+    """adafactor for full training of a T5 (see make_optimizer); adamw for LoRA and the generator."""
     min_lr_ratio: float = 0.1
     """The cosine decays to lr * min_lr_ratio at the last step."""
     warmup_steps: int = 100
@@ -71,9 +73,9 @@ class LoopConfig:
     device: str = "auto"
     """cpu, cuda, or auto (cuda when available)."""
     threads: int = 0
-    """torch CPU threads (0: leave torch's default). The tiny preset uses 1: on a shared 2-core
-    machine a 2-thread run next to any other busy process slowed ~15x (OpenMP threads waiting
-    on each other), while a 1-thread run keeps its core."""
+    """torch CPU threads (0: leave torch's default, all cores). Run a multi-threaded job alone:
+    on a shared 2-core machine a 2-thread run next to any other busy process slowed ~15x
+    (OpenMP threads waiting on each other); set 1 when sharing the machine."""
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "checkpoint_every", "log_every"):
@@ -81,6 +83,8 @@ class LoopConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.lr <= 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.optimizer not in ("adamw", "adafactor"):
+            raise ValueError(f"optimizer must be adamw or adafactor, got {self.optimizer!r}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
 
@@ -148,6 +152,24 @@ class EpochSampler:
         self.epoch = int(state["epoch"])
         self.offset = int(state["offset"])
         self._order = self._permutation(self.epoch)
+
+
+def make_optimizer(params: list[nn.Parameter], config: LoopConfig) -> torch.optim.Optimizer:
+    """AdamW, or Adafactor with parameter-relative updates.
+
+    T5 initialises its weights at very different scales (embeddings ~1, attention queries
+    ~0.01); one absolute AdamW step size is then too slow for some and too fast for others.
+    Training a tiny T5 from scratch, Adafactor (lr 1e-2, updates scaled by each weight's RMS,
+    as in the T5 paper) reached 78% exact match on reversing lists in 750 steps where AdamW
+    at 2e-3 had 11%. LoRA factors start at zero, where relative updates vanish, so LoRA and
+    generator training stay on AdamW.
+    """
+    if config.optimizer == "adafactor":
+        from transformers.optimization import Adafactor
+
+        return Adafactor(params, lr=config.lr, scale_parameter=True, relative_step=False, warmup_init=False,
+                         weight_decay=config.weight_decay)
+    return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
 
 
 # ---- optimizer state <-> safetensors + JSON ----------------------------------------------------
@@ -319,7 +341,7 @@ def train(
     params = [p for p in module.parameters() if p.requires_grad]
     if not params:
         raise ValueError(f"{name}: nothing to train (no parameter requires grad)")
-    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = make_optimizer(params, config)
     sampler = EpochSampler(num_examples, config.seed)
     log_path = out_dir / LOG_FILE
     start = 0

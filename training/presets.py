@@ -30,8 +30,9 @@ class BaseConfig:
     d_ff: int = 768
     num_layers: int = 3
     num_heads: int = 6
-    vocab_size: int = 2000
-    span_fraction: float = 0.3
+    vocab_size: int = 1000
+    """An upper bound: SentencePiece keeps what the small corpus supports (~740 pieces)."""
+    span_fraction: float = 0.1
     """Share of examples that are span corruption; the rest are instruction-free skills."""
     skills: Literal["world", "unconditioned", "none"] = "world"
     """world: fresh list-world examples of the training functions, named by opaque primitive
@@ -45,7 +46,8 @@ class BaseConfig:
     max_output_tokens: int = 48
     eval_instances: int = 300
     """Held-back instances scored (with their symbols) at each evaluation, when skills=world."""
-    loop: LoopConfig = field(default_factory=lambda: LoopConfig(steps=4000, batch_size=32, lr=1e-3, warmup_steps=200, threads=1))
+    loop: LoopConfig = field(default_factory=lambda: LoopConfig(
+        steps=6000, batch_size=64, lr=1e-2, optimizer="adafactor", weight_decay=0.0, warmup_steps=150, eval_every=1000))
 
 
 @dataclass(frozen=True)
@@ -58,8 +60,9 @@ class TeacherConfig:
     rank: int = 8
     alpha: float = 16.0
     target_modules: tuple[str, ...] = ("q", "v")
-    teacher_loop: LoopConfig = field(default_factory=lambda: LoopConfig(steps=60, batch_size=32, lr=3e-3, warmup_steps=6, checkpoint_every=1000, log_every=10, threads=1))
-    meta_loop: LoopConfig = field(default_factory=lambda: LoopConfig(steps=3000, batch_size=32, lr=1e-3, warmup_steps=100, eval_every=500, threads=1))
+    teacher_loop: LoopConfig = field(default_factory=lambda: LoopConfig(steps=80, batch_size=32, lr=3e-3, warmup_steps=8, checkpoint_every=1000, log_every=10))
+    meta_loop: LoopConfig = field(default_factory=lambda: LoopConfig(
+        steps=2000, batch_size=64, lr=1e-3, optimizer="adafactor", weight_decay=0.0, warmup_steps=100, eval_every=500))
     max_input_tokens: int = 128
     max_output_tokens: int = 32
     eval_instances: int = 300
@@ -72,7 +75,7 @@ class HypernetPretrainConfig:
 
     segment_tokens: int = 12
     """Tokens per segment (a, b, c each)."""
-    loop: LoopConfig = field(default_factory=lambda: LoopConfig(steps=300, batch_size=32, lr=1e-3, warmup_steps=30, threads=1))
+    loop: LoopConfig = field(default_factory=lambda: LoopConfig(steps=300, batch_size=32, lr=1e-3, warmup_steps=30))
 
 
 @dataclass(frozen=True)
@@ -90,7 +93,7 @@ class DistillConfig:
     max_input_tokens: int = 64
     max_output_tokens: int = 32
     eval_instances: int = 200
-    loop: LoopConfig = field(default_factory=lambda: LoopConfig(steps=2500, batch_size=32, lr=1e-3, warmup_steps=100, eval_every=500, threads=1))
+    loop: LoopConfig = field(default_factory=lambda: LoopConfig(steps=2500, batch_size=32, lr=1e-3, warmup_steps=100, eval_every=500))
 
 
 @dataclass(frozen=True)
@@ -119,7 +122,7 @@ def _smoke_loop(steps: int, batch: int = 8, **kw: Any) -> LoopConfig:
 
 
 PRESETS: dict[str, Preset] = {
-    "tiny": Preset(name="tiny", suite={}),
+    "tiny": Preset(name="tiny", suite={"train_instances": 300}),
     "smoke": Preset(
         name="smoke",
         suite={"train_instances": 24, "test_instances": 6, "train_compositions": 4, "unseen_compositions": 2,
@@ -151,3 +154,13 @@ def with_steps(loop: LoopConfig, steps: int | None = None, seed: int | None = No
     if device is not None:
         changes["device"] = device
     return replace(loop, **changes)
+
+
+def with_threads(preset: Preset, threads: int) -> Preset:
+    """The preset with every stage's loop on `threads` CPU threads."""
+    def loop(section: Any, name: str = "loop") -> Any:
+        return replace(section, **{name: replace(getattr(section, name), threads=threads)})
+
+    teachers = loop(loop(preset.teachers, "teacher_loop"), "meta_loop")
+    return replace(preset, base=loop(preset.base), teachers=teachers, hypernet_pretrain=loop(preset.hypernet_pretrain),
+                   distill=loop(preset.distill))

@@ -6,6 +6,7 @@ import json
 import random
 from pathlib import Path
 
+import pytest
 import torch
 from torch import nn
 
@@ -49,10 +50,12 @@ def _weights(net: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.clone() for k, v in net.state_dict().items()}
 
 
-def test_resume_is_bit_exact(tmp_path: Path):
-    straight = _weights(run(tmp_path / "straight", CONFIG))
-    run(tmp_path / "split", CONFIG, stop_after=5)  # interrupted between checkpoints: resumes from step 5's save
-    resumed = _weights(run(tmp_path / "split", CONFIG))
+@pytest.mark.parametrize("optimizer", ["adamw", "adafactor"])
+def test_resume_is_bit_exact(tmp_path: Path, optimizer: str):
+    config = LoopConfig(**{**CONFIG.__dict__, "optimizer": optimizer})
+    straight = _weights(run(tmp_path / "straight", config))
+    run(tmp_path / "split", config, stop_after=5)  # interrupted between checkpoints: resumes from step 5's save
+    resumed = _weights(run(tmp_path / "split", config))
     assert straight.keys() == resumed.keys()
     for key in straight:
         assert torch.equal(straight[key], resumed[key]), key
@@ -102,3 +105,16 @@ def test_lr_schedule_warms_up_then_decays():
     assert lr_at(config, 9) == 1.0
     assert lr_at(config, 50) < 1.0
     assert abs(lr_at(config, 99) - 0.1) < 1e-3
+
+
+def test_adafactor_trains_and_unknown_optimizer_is_refused(tmp_path: Path):
+    config = LoopConfig(**{**CONFIG.__dict__, "optimizer": "adafactor", "steps": 60, "lr": 0.05})
+    torch.manual_seed(0)
+    initial = Net().eval()
+    trained = run(tmp_path / "a", config).eval()
+    assert torch.equal(initial.frozen.weight, trained.frozen.weight)
+    with torch.no_grad():
+        error = [float(((net(DATA) - TARGET) ** 2).mean()) for net in (initial, trained)]
+    assert error[1] < 0.9 * error[0]
+    with pytest.raises(ValueError, match="optimizer"):
+        LoopConfig(optimizer="sgd")
