@@ -75,6 +75,9 @@ class CheckpointConfig:
     """sha256 over the base model's weight and tokenizer files; loading refuses a mismatch."""
     input_template: str = "{input}"
     """How an input is written for the adapted model (the instruction is NOT part of it)."""
+    instruction_template: str = "{instruction}"
+    """How a user's instruction is written for the generator: the form it was trained on
+    (checkpoints from `tagi train` use SNI's "Definition: {instruction}")."""
     max_instruction_tokens: int = 512
     max_input_tokens: int = 512
     fusion: bool = True
@@ -83,9 +86,15 @@ class CheckpointConfig:
     def __post_init__(self) -> None:
         if "{input}" not in self.input_template:
             raise ValueError(f"input_template must contain '{{input}}', got {self.input_template!r}")
+        if "{instruction}" not in self.instruction_template:
+            raise ValueError(f"instruction_template must contain '{{instruction}}', got {self.instruction_template!r}")
         for name in ("max_instruction_tokens", "max_input_tokens"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
+
+    def format_instruction(self, instruction: str) -> str:
+        # replace, not str.format: instructions may contain braces
+        return self.instruction_template.replace("{instruction}", instruction)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

@@ -109,10 +109,17 @@ class TagiModel(nn.Module):
         return self.generator(encoding.pooled)
 
     @torch.no_grad()
-    def make_adapter(self, instruction: str) -> Adapter:
+    def make_adapter(self, instruction: str, formatted: bool = False) -> Adapter:
         """One instruction, encoded alone (no padding), so its tensors never depend on what it
-        was batched with."""
-        encoding = self.encode_instructions([instruction])
+        was batched with.
+
+        The checkpoint's `instruction_template` (the wording its generator was trained on,
+        e.g. "Definition: {instruction}") is applied first, so a user types just the task;
+        `formatted=True` is for text already in that form (the trainer's and evaluator's SNI
+        prompts). The id is always computed from `instruction` as given.
+        """
+        text = instruction if formatted else self.config.format_instruction(instruction)
+        encoding = self.encode_instructions([text])
         weights = self.generate_lora(encoding)
         return Adapter(adapter_id(self.fingerprint, instruction), instruction, weights, encoding)
 

@@ -218,6 +218,7 @@ def pretrain_base(task_set: TaskSet, out_dir: Path, config: BaseConfig, loop: Lo
         "config": asdict(config) | {"loop": asdict(loop)},
         "steps": result.steps_done,
         "seconds": round(result.seconds, 1),
+        "final_eval": evaluate(result.steps_done) if probe else {},
     })
     return final
 

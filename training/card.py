@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from training.evaluate import METHODS, format_table
+from training.ablation import card_section, load_report
+from training.evaluate import METHODS, format_table, write_json
 
 
 def _overall_table(results: dict) -> list[str]:
@@ -38,9 +39,16 @@ def _targets(results: dict) -> list[str]:
     return [*lines, ""]
 
 
-def write_card(out: Path, command: str) -> Path:
+def write_card(out: Path, command: str | None = None) -> Path:
+    """README.md of `out`. The command is recorded in pipeline.json, so a later rewrite (e.g.
+    after the curriculum ablation) can omit it."""
     out = Path(out)
     info = json.loads((out / "pipeline.json").read_text())
+    if command is None:
+        command = info.get("command", "(command not recorded)")
+    elif info.get("command") != command:
+        info["command"] = command
+        write_json(out / "pipeline.json", info)
     results = json.loads((out / "eval.json").read_text()) if (out / "eval.json").exists() else {}
     preset = info["preset"]
     size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
@@ -64,8 +72,13 @@ def write_card(out: Path, command: str) -> Path:
         "",
         "## What each part saw",
         f"- Base (stage 0): a from-scratch T5 ({preset['base']['d_model']} wide, {preset['base']['num_layers']}+{preset['base']['num_layers']} layers); "
-        f"span corruption on the training tasks' texts plus instruction-free skills (`{base.get('saw', {}).get('skills', '?')}`: "
-        "input -> output of a training task, no instruction). It never saw an instruction as a condition.",
+        f"span corruption on the training tasks' texts plus instruction-free skills (`{base.get('saw', {}).get('skills', '?')}`), "
+        "never an instruction as a condition. With `world` skills it learned fresh examples of the training tasks' functions, "
+        "each primitive named by an opaque symbol with its parameter (\"<skill_3> 1 <skill_0> : apple, pear\"), parameters "
+        "drawn from training values only, held-back inputs excluded; "
+        f"{int(100 * preset['base']['unconditioned_share'])}% of them without symbols. "
+        + (f"Exact match of the coded operations on held-back instances at the end: {100 * base['final_eval']['em']:.1f}%."
+           if base.get("final_eval") else ""),
         "- Instance teachers (stage 1): PEFT LoRA per " + preset["teachers"]["per"] + f" (r={preset['teachers']['rank']}, alpha={preset['teachers']['alpha']}), "
         "input only; shipped in `teachers/` (float16).",
         "- Meta-trained teacher (stage 1): the base fully finetuned on instruction + input of the training tasks (Tk-Instruct recipe); "
@@ -79,7 +92,18 @@ def write_card(out: Path, command: str) -> Path:
         *_overall_table(results),
         "",
     ]
+    meta_card = out / "meta_teacher" / "meta_card.json"
+    meta_scores = json.loads(meta_card.read_text()).get("held_back_em", {}) if meta_card.exists() else {}
+    meta_em = meta_scores.get("em")
+    if meta_em is not None:
+        lines += ["## Meta-trained teacher on held-back instances of the training tasks (target >= 80%)", "",
+                  f"{100 * meta_em:.1f}% exact match (per primitive: "
+                  + ", ".join(f"{k[3:]} {100 * v:.0f}" for k, v in sorted(meta_scores.items()) if k.startswith("em/"))
+                  + ").", ""]
     lines += _targets(results)
+    report = load_report(out)
+    if report is not None:
+        lines += card_section(report)
     for name, result in results.items():
         lines += [f"### {name}", "", "```", format_table(result), "```", ""]
     (out / "README.md").write_text("\n".join(lines))

@@ -93,6 +93,8 @@ def cmd_train(args: argparse.Namespace) -> None:
         write_card(out, "tagi " + " ".join(shlex.quote(a) for a in sys.argv[1:]))
         print(f"wrote {out} ({info['bytes'] / 1e6:.1f} MB) in {info['train_seconds'] / 60:.1f} min of training; stages: {info['stage_seconds']}")
         return
+    if args.stage == "finetune":  # the name for stage 3
+        args.stage = "distill"
     preset = _preset(args)
     if args.steps is not None:
         loops = {
@@ -126,6 +128,8 @@ def cmd_train(args: argparse.Namespace) -> None:
             distill = replace(distill, lambda_kl=args.lambda_kl)
         if args.lambda_ins is not None:
             distill = replace(distill, lambda_ins=args.lambda_ins)
+        if args.curriculum is not None:
+            distill = replace(distill, curriculum=replace(distill.curriculum, kind=args.curriculum))
         preset = replace(preset, distill=distill)
         meta = work / "stage1_meta_teacher" / "model"
         teachers = work / "stage1_teachers" / "teachers"
@@ -133,7 +137,8 @@ def cmd_train(args: argparse.Namespace) -> None:
             _need(meta, "the meta-trained teacher", "meta-teacher")
         if distill.use_ins:
             _need(teachers, "the instance teachers", "teachers")
-        path = P.stage_distill(preset, work, task_set, start, meta, teachers, device, resume)
+        stage_dir = Path(args.stage_dir) if args.stage_dir else work / P.DISTILL_DIR
+        path = P.stage_distill(preset, work, task_set, start, meta, teachers, device, resume, stage_dir=stage_dir)
     print(f"stage {args.stage} done: {path}")
 
 
@@ -150,6 +155,27 @@ def cmd_eval(args: argparse.Namespace) -> None:
     if args.json:
         write_json(Path(args.json), result)
         print(f"wrote {args.json}")
+
+
+# ---- curriculum ablation ---------------------------------------------------------------------
+
+def cmd_ablate_curriculum(args: argparse.Namespace) -> None:
+    from training.ablation import run_ablation
+    from training.card import write_card
+
+    preset = _preset(args)
+    out = Path(args.out)
+    if not (out / "pipeline.json").exists():
+        raise UsageError(f"{out} is not a `tagi train` output (no pipeline.json); pass the checkpoint the pipeline wrote")
+    work = Path(args.work) if args.work else Path("runs") / f"train-{preset.name}"
+    try:
+        report = run_ablation(preset, work, out, None if args.no_sni else Path(args.sni), device=args.device, resume=not args.no_resume)
+    except FileNotFoundError as error:
+        raise UsageError(str(error)) from None
+    write_card(out)
+    means = report["synthetic_mean_exact_match"]
+    print(f"wrote {out / 'curriculum.json'}: synthetic held-out mean exact match uniform {means['uniform']:.1f}, "
+          f"tapir {means['tapir']:.1f}; winner {report['winner']}")
 
 
 # ---- registration ----------------------------------------------------------------------------
@@ -198,7 +224,8 @@ def register(sub: argparse._SubParsersAction, bench: argparse._SubParsersAction 
         "distill": "stage 3: finetuning with L_ce + lambda1 L_kl + lambda2 L_ins",
     }
     for stage in STAGES:
-        p = stages.add_parser(stage, help=helps[stage], description=helps[stage])
+        aliases = ["finetune"] if stage == "distill" else []
+        p = stages.add_parser(stage, help=helps[stage], description=helps[stage], aliases=aliases)
         _common_train_args(p)
         p.add_argument("--work", required=True, metavar="DIR", help="work directory shared by the stages")
         p.add_argument("--tasks", nargs="+", metavar="PATH", help="training task files/directories (default: the synthetic suite's train split in --work)")
@@ -209,8 +236,24 @@ def register(sub: argparse._SubParsersAction, bench: argparse._SubParsersAction 
             p.add_argument("--no-ins", action="store_true", help="switch off L_ins (no instance teachers needed)")
             p.add_argument("--lambda-kl", type=float, help="weight lambda1 of L_kl")
             p.add_argument("--lambda-ins", type=float, help="weight lambda2 of L_ins")
+            p.add_argument("--curriculum", choices=("uniform", "tapir"),
+                           help="data schedule: uniform (every training instance, epoch by epoch) or tapir (rounds balanced "
+                           "across categories with a growing share of the tasks furthest behind the teacher); default: the preset's")
+            p.add_argument("--stage-dir", metavar="DIR", help="where this run's state and checkpoint go (default: WORK/stage3_distill)")
         p.set_defaults(func=cmd_train)
     train.set_defaults(func=cmd_train, stage=None)
+
+    ablate = sub.add_parser("ablate-curriculum", help="stage 3 with the uniform vs the tapir curriculum at equal compute",
+                            description="Run stage 3 with both data schedules (uniform, tapir) from the same pretrained "
+                            "hypernetwork and teachers, for the same number of steps and examples; score TAGI on the "
+                            "synthetic held-out sets and the SNI test tasks; write OUT/curriculum.json and a section of "
+                            "OUT/README.md. The arm the preset already uses is the pipeline's own stage 3.")
+    _common_train_args(ablate)
+    ablate.add_argument("--work", metavar="DIR", help="the pipeline's work directory (default: runs/train-<preset>)")
+    ablate.add_argument("--out", required=True, metavar="DIR", help="the checkpoint `tagi train` wrote (gets curriculum.json)")
+    ablate.add_argument("--sni", default="/work/shared/data/sni", metavar="DIR", help="SNI subset directory for the sni_test set")
+    ablate.add_argument("--no-sni", action="store_true", help="skip the SNI test tasks")
+    ablate.set_defaults(func=cmd_ablate_curriculum)
 
     ev = sub.add_parser("eval", help="score every method side by side on task files",
                         description="Per task, per category and overall Rouge-L and exact match (SNI convention, percent) for "

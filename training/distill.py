@@ -12,7 +12,8 @@
 
 A share of batches runs without fusion so that the adapter alone (what a PEFT export
 carries) learns the task too. Teacher forward passes run inside the loss function, never in
-batch building.
+batch building. With `config.curriculum.kind == "tapir"` the steps are split into rounds
+whose data mix training.curriculum plans from the student's gap to the teacher.
 """
 
 from __future__ import annotations
@@ -24,9 +25,22 @@ import torch
 
 from hypernet.fusion import InstructionEncoding, masked_mean
 from hypernet.model import TagiModel
-from training.common import TaskSet, concat_inputs, encode, exact_match_by_group, seq2seq_batch, spread
+from training.common import TaskSet, concat_inputs, encode, exact_match_by_group, greedy, seq2seq_batch, spread
+from training.curriculum import (
+    RoundSampler,
+    em_by_task,
+    plan_from_record,
+    plan_record,
+    plan_round,
+    read_plans,
+    round_ends,
+    sampled_mix,
+    split_probes,
+    write_plans,
+)
+from training.data import exact_match
 from training.losses import alignment_loss, cross_entropy, distill_kl, target_mask
-from training.loop import LoopConfig, train
+from training.loop import LoopConfig, checkpoint_step, has_checkpoint, step_seed, train
 from training.presets import DistillConfig
 from training.teachers import load_base, load_teacher_weights, read_teacher_index
 
@@ -61,10 +75,20 @@ def finetune(
         names = sorted(set(index["task_to_teacher"].values()))
         teacher_lora = load_teacher_weights(teachers_dir, names, model.layout).to(device)
         teacher_rows = [names.index(index["task_to_teacher"][t.name]) for t in task_set.tasks]
-    pairs = task_set.train
     groups = task_set.categories()
+    curriculum = config.curriculum
+    pairs, probes = (task_set.train, []) if curriculum.kind == "uniform" else split_probes(task_set, curriculum.probe_instances, loop.seed)
+    if probes and teacher is None:
+        if meta_teacher_dir is None:
+            raise ValueError("the tapir curriculum measures difficulty against the meta-trained teacher (--meta-teacher)")
+        teacher = load_base(meta_teacher_dir, device)
+        teacher.requires_grad_(False)
+        teacher.eval()
+    current: list[RoundSampler] = []  # the running round's sampler (tapir only)
 
     def make_batch(indices: list[int], batch_seed: int) -> dict:
+        if current:
+            indices = current[0].draw(len(indices), batch_seed)
         chosen = [pairs[i] for i in indices]
         tasks = sorted({p.task for p in chosen})
         batch = seq2seq_batch(tokenizer, [p.input for p in chosen], [p.output for p in chosen], config.max_input_tokens, config.max_output_tokens)
@@ -73,7 +97,7 @@ def finetune(
         batch["rows"] = torch.tensor([tasks.index(p.task) for p in chosen])
         batch["tasks"] = torch.tensor(tasks)
         batch["fusion"] = random.Random(batch_seed).random() >= config.no_fusion_prob
-        if teacher is not None:
+        if config.use_kl:
             concat = encode(tokenizer, concat_inputs(task_set, chosen), 4 * config.max_input_tokens)
             batch.update({f"teacher_{k}": v for k, v in concat.items()})
         return batch
@@ -97,7 +121,7 @@ def finetune(
         metrics["ce"] = float(ce.detach())
         if config.use_ce:
             total = total + ce
-        if teacher is not None:
+        if config.use_kl:
             with torch.no_grad():
                 teacher_logits = teacher(input_ids=batch["teacher_input_ids"], attention_mask=batch["teacher_attention_mask"],
                                          decoder_input_ids=batch["decoder_input_ids"]).logits
@@ -116,7 +140,7 @@ def finetune(
 
     def evaluate(_step: int) -> dict:
         scores = {}
-        adapters = {t: model.make_adapter(task_set.instructions[t]) for t in sorted({p.task for p in probe})}
+        adapters = {t: model.make_adapter(task_set.instructions[t], formatted=True) for t in sorted({p.task for p in probe})}
         for fusion in (True, False):
             predictions = []
             for start in range(0, len(probe), 64):
@@ -130,5 +154,45 @@ def finetune(
                 scores.update({k: v for k, v in result.items() if k != "em"})
         return scores
 
-    train(model, len(pairs), make_batch, loss_fn, loop, out_dir, name="stage3-distill", resume=resume,
-          eval_fn=evaluate if probe else None)
+    eval_fn = evaluate if probe else None
+    if not probes:
+        train(model, len(pairs), make_batch, loss_fn, loop, out_dir, name="stage3-distill", resume=resume, eval_fn=eval_fn)
+        return
+
+    names = [t.name for t in task_set.tasks]
+    teacher_outputs = greedy(teacher, tokenizer, concat_inputs(task_set, probes), 4 * config.max_input_tokens, config.max_output_tokens)
+    teacher_em = em_by_task(teacher_outputs, probes, len(names), exact_match)
+
+    def student_em() -> list[float]:
+        adapters = {t: model.make_adapter(task_set.instructions[t], formatted=True) for t in sorted({p.task for p in probes})}
+        outputs = []
+        for start in range(0, len(probes), 64):
+            chunk = probes[start : start + 64]
+            outputs += model.generate([p.input for p in chunk], [adapters[p.task] for p in chunk], fusion=True,
+                                      max_new_tokens=config.max_output_tokens)
+        return em_by_task(outputs, probes, len(names), exact_match)
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if not resume:
+        write_plans(out_dir, [])
+    records = read_plans(out_dir)
+    ends = round_ends(loop.steps, curriculum.rounds)
+    for index, end in enumerate(ends):
+        begin = ends[index - 1] if index else 0
+        continuing = resume or index > 0
+        if continuing and has_checkpoint(out_dir) and checkpoint_step(out_dir) >= end:
+            continue
+        if len(records) <= index:
+            model.eval()
+            plan = plan_round(index, names, groups, teacher_em, student_em(), curriculum)
+            records = records[:index] + [plan_record(plan)]
+            write_plans(out_dir, records)
+        plan = plan_from_record(records[index])
+        current[:] = [RoundSampler(plan, names, groups, pairs)]
+        train(model, len(pairs), make_batch, loss_fn, loop, out_dir, name=f"stage3-distill (tapir round {index + 1}/{len(ends)})",
+              resume=continuing, eval_fn=eval_fn, stop_after=end)
+        seeds = [(loop.batch_size, step_seed(loop.seed, step)) for step in range(begin, end)]
+        records[index] = plan_record(plan, sampled_mix(current[0], groups, pairs, seeds))
+        write_plans(out_dir, records)
+    current.clear()

@@ -22,6 +22,7 @@ Inputs longer than the limit are truncated (counted in the JSON) rather than ski
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -123,7 +124,7 @@ class Evaluator:
         joined = {k: v.to(model.device) for k, v in encode(model.tokenizer, concat, self.max_input).items()}
 
         def tagi() -> None:
-            adapter = model.make_adapter(instruction)
+            adapter = model.make_adapter(instruction, formatted=True)
             n = len(inputs)
             lora = model.batch_adapters([adapter] * n)
             fused = concat_instructions([adapter.instruction_encoding] * n)
@@ -146,7 +147,7 @@ class Evaluator:
     def evaluate(self, tasks: list[Task], fmt: str, methods: tuple[str, ...] = METHODS) -> dict:
         model = self.model
         instructions = [self._fit_instruction(format_instruction(t, fmt)) for t in tasks]
-        adapters = [model.make_adapter(i) for i in instructions]
+        adapters = [model.make_adapter(i, formatted=True) for i in instructions]
         teacher_of = self.teacher_index.get("task_to_teacher", {})
         per_task: dict[str, dict[str, dict[str, float]]] = {}
         times = defaultdict(float)
@@ -229,7 +230,8 @@ def select_instances(tasks: list[Task], held_back: int | None, seed: int, max_in
 
 def run_eval(checkpoint: Path, task_paths: list[str], fmt: str = "def", held_back: int | None = None, seed: int = 0,
              max_instances: int | None = None, max_input_tokens: int | None = None, max_new_tokens: int = 48,
-             batch_size: int = 64, device: str = "cpu", split_file: str | None = None) -> dict:
+             batch_size: int = 64, device: str = "cpu", split_file: str | None = None, methods: tuple[str, ...] = METHODS,
+             timing_tasks: int = 8) -> dict:
     tasks = load_tasks(task_paths)
     if split_file is not None:
         wanted = set(read_split(split_file))
@@ -239,8 +241,11 @@ def run_eval(checkpoint: Path, task_paths: list[str], fmt: str = "def", held_bac
     if not tasks:
         raise ValueError("no instances to evaluate")
     limit = max_input_tokens or 1024
-    evaluator = Evaluator(checkpoint, limit, max_new_tokens, batch_size, device)
-    result = evaluator.evaluate(tasks, fmt)
+    unknown = set(methods) - set(METHODS)
+    if unknown:
+        raise ValueError(f"unknown methods {sorted(unknown)}; choose from {METHODS}")
+    evaluator = Evaluator(checkpoint, limit, max_new_tokens, batch_size, device, timing_tasks=timing_tasks)
+    result = evaluator.evaluate(tasks, fmt, methods)
     result["checkpoint"] = str(checkpoint)
     result["max_input_tokens"] = limit
     return result
@@ -273,5 +278,9 @@ def format_table(result: dict, title: str = "") -> str:
 
 
 def write_json(path: Path, data: dict) -> None:
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    """Atomic: a reader never sees half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)

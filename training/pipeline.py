@@ -26,6 +26,7 @@ from hypernet.config import CheckpointConfig, GeneratorConfig
 from hypernet.io import atomic_directory, create_checkpoint, load_checkpoint, save_checkpoint
 from training.base_pretrain import pretrain_base, read_base_card
 from training.common import TaskSet, load_task_set
+from training.data import DEFINITION_TEMPLATE
 from training.distill import finetune
 from training.hypernet_pretrain import pretrain_hypernet
 from training.loop import LoopConfig, resolve_device
@@ -34,6 +35,7 @@ from training.synthetic import SuiteConfig, build_suite, write_suite
 from training.teachers import INDEX_FILE, PEFT_WEIGHTS, train_instance_teachers, train_meta_teacher
 
 DONE = "DONE"
+DISTILL_DIR = "stage3_distill"
 SYNTH_SETS = {
     "synthetic_unseen_composition": "unseen_composition",
     "synthetic_unseen_parameter": "unseen_parameter",
@@ -68,7 +70,10 @@ def loop_for(loop: LoopConfig, seed: int, device: str) -> LoopConfig:
 
 def checkpoint_config(preset: Preset) -> CheckpointConfig:
     generator = GeneratorConfig(rank=preset.generator_rank, alpha=preset.generator_alpha, target_modules=preset.target_modules)
-    return CheckpointConfig(generator=generator, max_instruction_tokens=1024, max_input_tokens=preset.distill.max_input_tokens * 8)
+    # Stages feed the generator SNI "def" prompts, so a user's bare instruction gets the same form.
+    template = DEFINITION_TEMPLATE.replace("{definition}", "{instruction}")
+    return CheckpointConfig(generator=generator, instruction_template=template, max_instruction_tokens=1024,
+                            max_input_tokens=preset.distill.max_input_tokens * 8)
 
 
 def stage_base(preset: Preset, work: Path, task_set: TaskSet, device: str, resume: bool) -> Path:
@@ -109,8 +114,9 @@ def stage_hypernet(preset: Preset, work: Path, task_set: TaskSet, base: Path, de
     return ckpt
 
 
-def stage_distill(preset: Preset, work: Path, task_set: TaskSet, start: Path, meta: Path | None, teachers: Path | None, device: str, resume: bool) -> Path:
-    stage = work / "stage3_distill"
+def stage_distill(preset: Preset, work: Path, task_set: TaskSet, start: Path, meta: Path | None, teachers: Path | None, device: str,
+                  resume: bool, stage_dir: Path | None = None) -> Path:
+    stage = stage_dir or work / DISTILL_DIR
     ckpt = stage / "checkpoint"
     if not _done(stage):
         model = load_checkpoint(start, device=resolve_device(device))

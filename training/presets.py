@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
+from training.curriculum import CurriculumConfig
 from training.loop import LoopConfig
 
 
@@ -93,6 +94,8 @@ class DistillConfig:
     max_input_tokens: int = 64
     max_output_tokens: int = 32
     eval_instances: int = 200
+    curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)
+    """uniform (every training instance, epoch by epoch) or tapir (training.curriculum)."""
     loop: LoopConfig = field(default_factory=lambda: LoopConfig(steps=2500, batch_size=32, lr=1e-3, warmup_steps=100, eval_every=500))
 
 

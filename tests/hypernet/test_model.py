@@ -118,3 +118,28 @@ def test_limits_and_bad_values_are_refused(model):
         model.generate(["apple " * 200], [None])
     with pytest.raises(ValueError, match="max_new_tokens"):
         model.generate(["apple"], [None], max_new_tokens=0)
+
+
+def test_instruction_template_is_applied_to_user_text_only(model):
+    """A checkpoint trained on "Definition: ..." prompts gets the same form from a bare instruction;
+    text already in that form (the trainer's, the evaluator's) is taken as is."""
+    from dataclasses import replace
+
+    from hypernet.config import CheckpointConfig
+
+    plain = model.config
+    try:
+        model.config = replace(plain, instruction_template="Definition: {instruction}")
+        bare = model.make_adapter(INSTRUCTION)
+        formatted = model.make_adapter(f"Definition: {INSTRUCTION}", formatted=True)
+        assert all(torch.equal(a, b) for a, b in zip(all_tensors(bare), all_tensors(formatted)))
+        assert bare.instruction == INSTRUCTION and bare.adapter_id != formatted.adapter_id
+        model.config = plain
+        untemplated = model.make_adapter(INSTRUCTION)
+        assert untemplated.instruction_encoding.states.shape[1] < bare.instruction_encoding.states.shape[1]  # no prefix
+        assert model.config.format_instruction("{x} braces stay") == "{x} braces stay"
+    finally:
+        model.config = plain
+    assert CheckpointConfig.from_dict(replace(plain, instruction_template="Task: {instruction}").to_dict()).instruction_template == "Task: {instruction}"
+    with pytest.raises(ValueError, match="instruction_template"):
+        CheckpointConfig(instruction_template="no slot")

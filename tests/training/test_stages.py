@@ -114,3 +114,49 @@ def test_eval_json_shape_and_absent_not_zero(pipeline_run: dict):
         assert "task_lora_oracle" not in result["by_task"][path.stem]
         assert {"base_concat", "meta_teacher", "tagi_no_fusion", "tagi", "tagi_wrong_instruction"} <= set(result["by_task"][path.stem])
     assert set(result["overall"]) == set(METHODS)
+
+
+def test_tapir_distill_runs_in_rounds_and_logs_each_plan(pipeline_run: dict):
+    from training.curriculum import CURRICULUM_LOG, CurriculumConfig, read_plans
+
+    work = pipeline_run["work"]
+    preset = get_preset("smoke")
+    # The smoke teacher is untrained: keep every task (min_teacher_em 0) so the rounds have data.
+    curriculum = CurriculumConfig(kind="tapir", rounds=3, probe_instances=2, min_teacher_em=0.0)
+    preset = replace(preset, distill=replace(preset.distill, curriculum=curriculum))
+    stage = work / "stage3_tapir"
+    P.stage_distill(preset, work, pipeline_run["task_set"], work / "stage2_hypernet" / "checkpoint",
+                    work / "stage1_meta_teacher" / "model", work / "stage1_teachers" / "teachers", "cpu", True, stage_dir=stage)
+    plans = read_plans(stage)
+    assert [p["round"] for p in plans] == [0, 1, 2]
+    assert all(a["hard_share"] <= b["hard_share"] for a, b in zip(plans, plans[1:]))
+    for plan in plans:
+        assert set(plan["teacher_em"]) == {t.name for t in pipeline_run["task_set"].tasks}
+        assert plan["sampled_mix"] and sum(plan["sampled_mix"].values()) == pytest.approx(1.0)
+        assert set(plan["difficulty"]) == set(plan["kept"])
+    records = [json.loads(line) for line in (stage / LOG_FILE).read_text().splitlines()]
+    steps = [r["step"] for r in records if r["kind"] == "train"]
+    assert steps[-1] == preset.distill.loop.steps and len(set(steps)) == len(steps)  # one run, no repeated steps
+    assert (stage / "checkpoint" / "config.json").exists() and (stage / CURRICULUM_LOG).exists()
+
+
+def test_curriculum_ablation_scores_both_arms_at_equal_compute(pipeline_run: dict):
+    from training.ablation import ABLATION_FILE, card_section, run_ablation
+
+    work, out = pipeline_run["work"], pipeline_run["out"]
+    preset = get_preset("smoke")
+    curriculum = replace(preset.distill.curriculum, rounds=2, probe_instances=2, min_teacher_em=0.0)
+    # L_ins off: the fixture's teachers cover only its three-task subset.
+    preset = replace(preset, distill=replace(preset.distill, curriculum=curriculum, use_ins=False))
+    report = run_ablation(preset, work, out, sni_dir=None, device="cpu")
+    assert set(report["arms"]) == {"uniform", "tapir"}
+    assert report["arms"]["uniform"]["examples_seen"] == report["arms"]["tapir"]["examples_seen"] > 0
+    assert len(report["arms"]["tapir"]["rounds"]) == 2
+    assert set(report["sets"]) == {"synthetic_unseen_composition", "synthetic_unseen_parameter", "synthetic_unseen_paraphrase"}
+    for arms in report["sets"].values():
+        for summary in arms.values():
+            assert summary["worst_category"]["name"] in summary["by_category"]
+            assert summary["worst_category"]["exact_match"] <= summary["mean"]["exact_match"] + 1e-9
+    assert report["winner"] in ("uniform", "tapir")
+    assert json.loads((out / ABLATION_FILE).read_text())["winner"] == report["winner"]
+    assert any("Curriculum ablation" in line for line in card_section(report))
