@@ -178,12 +178,23 @@ def finetune(
         write_plans(out_dir, [])
     records = read_plans(out_dir)
     ends = round_ends(loop.steps, curriculum.rounds)
+    in_memory = False  # whether the model holds the latest trained state (else: the checkpoint does)
     for index, end in enumerate(ends):
         begin = ends[index - 1] if index else 0
         continuing = resume or index > 0
-        if continuing and has_checkpoint(out_dir) and checkpoint_step(out_dir) >= end:
-            continue
+        last = index == len(ends) - 1
+        seeds = [(loop.batch_size, step_seed(loop.seed, step)) for step in range(begin, end)]
+        if continuing and not last and has_checkpoint(out_dir) and checkpoint_step(out_dir) >= end:
+            if "sampled_mix" not in records[index]:  # interrupted right after the round
+                records[index]["sampled_mix"] = sampled_mix(RoundSampler(plan_from_record(records[index]), names, groups, pairs), groups, pairs, seeds)
+                write_plans(out_dir, records)
+            continue  # the last round always runs: resuming a finished run is what loads its weights
         if len(records) <= index:
+            if continuing and not in_memory and has_checkpoint(out_dir):
+                # A resumed run plans from the saved student, not from stage 2's: a zero-step
+                # call of the loop loads the checkpoint.
+                train(model, len(pairs), make_batch, loss_fn, loop, out_dir, name="stage3-distill (resume)",
+                      resume=True, stop_after=checkpoint_step(out_dir))
             model.eval()
             plan = plan_round(index, names, groups, teacher_em, student_em(), curriculum)
             records = records[:index] + [plan_record(plan)]
@@ -192,7 +203,7 @@ def finetune(
         current[:] = [RoundSampler(plan, names, groups, pairs)]
         train(model, len(pairs), make_batch, loss_fn, loop, out_dir, name=f"stage3-distill (tapir round {index + 1}/{len(ends)})",
               resume=continuing, eval_fn=eval_fn, stop_after=end)
-        seeds = [(loop.batch_size, step_seed(loop.seed, step)) for step in range(begin, end)]
+        in_memory = True
         records[index] = plan_record(plan, sampled_mix(current[0], groups, pairs, seeds))
         write_plans(out_dir, records)
     current.clear()

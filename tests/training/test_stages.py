@@ -160,3 +160,37 @@ def test_curriculum_ablation_scores_both_arms_at_equal_compute(pipeline_run: dic
     assert report["winner"] in ("uniform", "tapir")
     assert json.loads((out / ABLATION_FILE).read_text())["winner"] == report["winner"]
     assert any("Curriculum ablation" in line for line in card_section(report))
+
+
+def test_tapir_resume_after_an_interruption_equals_a_straight_run(pipeline_run: dict, monkeypatch: pytest.MonkeyPatch):
+    import torch
+
+    import training.distill as distill_module
+    from training.curriculum import CurriculumConfig, read_plans
+
+    work = pipeline_run["work"]
+    preset = get_preset("smoke")
+    curriculum = CurriculumConfig(kind="tapir", rounds=3, probe_instances=2, min_teacher_em=0.0)
+    preset = replace(preset, distill=replace(preset.distill, curriculum=curriculum))
+    args = (preset, work, pipeline_run["task_set"], work / "stage2_hypernet" / "checkpoint", work / "stage1_meta_teacher" / "model",
+            work / "stage1_teachers" / "teachers", "cpu", True)
+    straight = load_checkpoint(P.stage_distill(*args, stage_dir=work / "tapir_straight"))
+
+    real_train, calls = distill_module.train, []
+
+    def interrupted(*a, **kw):  # the process dies right after round 2 is saved
+        result = real_train(*a, **kw)
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return result
+
+    monkeypatch.setattr(distill_module, "train", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        P.stage_distill(*args, stage_dir=work / "tapir_resumed")
+    monkeypatch.setattr(distill_module, "train", real_train)
+    resumed = load_checkpoint(P.stage_distill(*args, stage_dir=work / "tapir_resumed"))
+    for (name, a), (_, b) in zip(straight.generator.state_dict().items(), resumed.generator.state_dict().items()):
+        assert torch.equal(a, b), name
+    plans = [read_plans(work / d) for d in ("tapir_straight", "tapir_resumed")]
+    assert plans[0] == plans[1]  # same plans (from the same students) and every round's sampled mix
