@@ -218,7 +218,8 @@ def pretrain_base(task_set: TaskSet, out_dir: Path, config: BaseConfig, loop: Lo
         "config": asdict(config) | {"loop": asdict(loop)},
         "steps": result.steps_done,
         "seconds": round(result.seconds, 1),
-        "final_eval": evaluate(result.steps_done) if probe else {},
+        # The loop scored the last step; a resumed, already finished run did not.
+        "final_eval": result.last_eval or (evaluate(result.steps_done) if probe else {}),
     })
     return final
 

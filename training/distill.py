@@ -25,7 +25,7 @@ import torch
 
 from hypernet.fusion import InstructionEncoding, masked_mean
 from hypernet.model import TagiModel
-from training.common import TaskSet, concat_inputs, encode, exact_match_by_group, greedy, seq2seq_batch, spread
+from training.common import Pair, TaskSet, concat_inputs, encode, exact_match_by_group, greedy, seq2seq_batch, spread
 from training.curriculum import (
     RoundSampler,
     em_by_task,
@@ -40,7 +40,7 @@ from training.curriculum import (
 )
 from training.data import exact_match
 from training.losses import alignment_loss, cross_entropy, distill_kl, target_mask
-from training.loop import LoopConfig, checkpoint_step, has_checkpoint, step_seed, train
+from training.loop import LoopConfig, checkpoint_step, has_checkpoint, load_weights, step_seed, train
 from training.presets import DistillConfig
 from training.teachers import load_base, load_teacher_weights, read_teacher_index
 
@@ -138,16 +138,20 @@ def finetune(
 
     probe = spread(task_set.held_back, config.eval_instances)
 
+    def student_outputs(scored: list[Pair], fusion: bool) -> list[str]:
+        """Greedy outputs of the current student (TAGI) on `scored`, one adapter per task."""
+        adapters = {t: model.make_adapter(task_set.instructions[t], formatted=True) for t in sorted({p.task for p in scored})}
+        outputs = []
+        for start in range(0, len(scored), 64):
+            chunk = scored[start : start + 64]
+            outputs += model.generate([p.input for p in chunk], [adapters[p.task] for p in chunk], fusion=fusion,
+                                      max_new_tokens=config.max_output_tokens)
+        return outputs
+
     def evaluate(_step: int) -> dict:
         scores = {}
-        adapters = {t: model.make_adapter(task_set.instructions[t], formatted=True) for t in sorted({p.task for p in probe})}
         for fusion in (True, False):
-            predictions = []
-            for start in range(0, len(probe), 64):
-                chunk = probe[start : start + 64]
-                predictions += model.generate([p.input for p in chunk], [adapters[p.task] for p in chunk], fusion=fusion,
-                                              max_new_tokens=config.max_output_tokens)
-            result = exact_match_by_group(predictions, probe, groups)
+            result = exact_match_by_group(student_outputs(probe, fusion), probe, groups)
             suffix = "" if fusion else "_no_fusion"
             scores[f"em{suffix}"] = result["em"]
             if fusion:
@@ -163,14 +167,6 @@ def finetune(
     teacher_outputs = greedy(teacher, tokenizer, concat_inputs(task_set, probes), 4 * config.max_input_tokens, config.max_output_tokens)
     teacher_em = em_by_task(teacher_outputs, probes, len(names), exact_match)
 
-    def student_em() -> list[float]:
-        adapters = {t: model.make_adapter(task_set.instructions[t], formatted=True) for t in sorted({p.task for p in probes})}
-        outputs = []
-        for start in range(0, len(probes), 64):
-            chunk = probes[start : start + 64]
-            outputs += model.generate([p.input for p in chunk], [adapters[p.task] for p in chunk], fusion=True,
-                                      max_new_tokens=config.max_output_tokens)
-        return em_by_task(outputs, probes, len(names), exact_match)
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -191,12 +187,10 @@ def finetune(
             continue  # the last round always runs: resuming a finished run is what loads its weights
         if len(records) <= index:
             if continuing and not in_memory and has_checkpoint(out_dir):
-                # A resumed run plans from the saved student, not from stage 2's: a zero-step
-                # call of the loop loads the checkpoint.
-                train(model, len(pairs), make_batch, loss_fn, loop, out_dir, name="stage3-distill (resume)",
-                      resume=True, stop_after=checkpoint_step(out_dir))
+                load_weights(out_dir, model)  # a resumed run plans from the saved student, not stage 2's
             model.eval()
-            plan = plan_round(index, names, groups, teacher_em, student_em(), curriculum)
+            student_em = em_by_task(student_outputs(probes, fusion=True), probes, len(names), exact_match)
+            plan = plan_round(index, names, groups, teacher_em, student_em, curriculum)
             records = records[:index] + [plan_record(plan)]
             write_plans(out_dir, records)
         plan = plan_from_record(records[index])

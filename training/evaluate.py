@@ -21,14 +21,13 @@ Inputs longer than the limit are truncated (counted in the JSON) rather than ski
 
 from __future__ import annotations
 
-import json
-import os
 import time
 from collections import defaultdict
 from pathlib import Path
 
 import torch
 
+from hypernet import files
 from hypernet.fusion import concat_instructions
 from hypernet.io import load_checkpoint
 from hypernet.model import TagiModel
@@ -278,9 +277,7 @@ def format_table(result: dict, title: str = "") -> str:
 
 
 def write_json(path: Path, data: dict) -> None:
-    """Atomic: a reader never sees half a file."""
+    """Atomic (hypernet.files.write_json), creating the parent directory."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    files.write_json(path, data)

@@ -257,6 +257,8 @@ class LoopResult:
     resumed_from: int
     seconds: float
     last_metrics: dict[str, float]
+    last_eval: dict[str, float]
+    """Scores of the evaluation at the last step (empty when this call ran none)."""
 
 
 def _save_state(
@@ -283,14 +285,20 @@ def _save_state(
         )
 
 
+def load_weights(out_dir: Path, module: nn.Module) -> int:
+    """Put the last checkpoint's trained weights into `module`; returns its step."""
+    state_dir = Path(out_dir) / STATE_DIR
+    params = dict(module.named_parameters())
+    with torch.no_grad():
+        for name, value in load_file(state_dir / MODEL_FILE).items():
+            params[name].copy_(value)
+    return checkpoint_step(out_dir)
+
+
 def _load_state(out_dir: Path, module: nn.Module, optimizer: torch.optim.Optimizer, sampler: EpochSampler) -> int:
     state_dir = out_dir / STATE_DIR
     meta = json.loads((state_dir / STATE_FILE).read_text())
-    weights = load_file(state_dir / MODEL_FILE)
-    params = dict(module.named_parameters())
-    with torch.no_grad():
-        for name, value in weights.items():
-            params[name].copy_(value)
+    load_weights(out_dir, module)
     tensors = load_file(state_dir / OPTIMIZER_FILE)
     rng = {k.removeprefix("rng."): v for k, v in tensors.items() if k.startswith("rng.")}
     opt = {k: v for k, v in tensors.items() if not k.startswith("rng.")}
@@ -356,6 +364,7 @@ def train(
     module.train()
     began = time.time()
     metrics: dict[str, float] = {}
+    last_eval: dict[str, float] = {}
     bar = tqdm(total=config.steps, initial=start, desc=name, dynamic_ncols=True, disable=None)
     with log_path.open("a") as log:
         for step in range(start, end):
@@ -383,6 +392,8 @@ def train(
                 module.train()
                 log.write(json.dumps({"kind": "eval", "step": done, "time": round(time.time() - began, 2), **scores}) + "\n")
                 log.flush()
+                if done == end:
+                    last_eval = scores
             bar.update(1)
             if done % config.checkpoint_every == 0 or done == end:
                 log.flush()
@@ -390,4 +401,4 @@ def train(
                 plot_log(log_path, out_dir / PLOT_FILE, title=name)
     bar.close()
     module.eval()
-    return LoopResult(steps_done=end, resumed_from=start, seconds=time.time() - began, last_metrics=metrics)
+    return LoopResult(steps_done=end, resumed_from=start, seconds=time.time() - began, last_metrics=metrics, last_eval=last_eval)

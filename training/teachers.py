@@ -164,7 +164,7 @@ def train_meta_teacher(task_set: TaskSet, base_dir: Path, out_dir: Path, config:
     save_half(model, final)
     tokenizer.save_pretrained(final)
     (final / SPIECE).write_bytes((Path(base_dir) / SPIECE).read_bytes())
-    scores = evaluate(result.steps_done) if probe else {}
+    scores = result.last_eval or (evaluate(result.steps_done) if probe else {})
     write_card(final / META_CARD, {
         "stage": "meta_teacher",
         "what": "the stage-0 base fully finetuned on 'instruction + input' of the training tasks (Tk-Instruct recipe), stored in bfloat16",

@@ -118,3 +118,17 @@ def test_adafactor_trains_and_unknown_optimizer_is_refused(tmp_path: Path):
     assert error[1] < 0.9 * error[0]
     with pytest.raises(ValueError, match="optimizer"):
         LoopConfig(optimizer="sgd")
+
+
+def test_result_carries_the_last_steps_evaluation_and_weights_reload(tmp_path: Path):
+    from training.loop import load_weights
+
+    torch.manual_seed(CONFIG.seed)
+    net = Net()
+    calls: list[int] = []
+    result = train(net, len(DATA), make_batch, lambda b: (((net(b["x"]) - b["y"]) ** 2).mean(), {}), CONFIG, tmp_path,
+                   eval_fn=lambda step: calls.append(step) or {"score": float(step)})
+    assert calls[-1] == CONFIG.steps and result.last_eval == {"score": float(CONFIG.steps)}
+    fresh = Net()
+    assert load_weights(tmp_path, fresh) == CONFIG.steps
+    assert torch.equal(fresh.body[0].weight, net.body[0].weight)
