@@ -3,12 +3,16 @@
 Everything that knows the SNI file schema or the Tk-Instruct prompt layout
 lives here, so the synthetic suite, training and evaluation cannot drift
 apart on how a task is read, shown to a model, or scored.
+
+The schema has one addition of ours, ``"tagi_function"``: a synthetic task
+names the function it computes (``{"steps": [{"primitive": ..., "param": ...}]}``)
+so that stages group and re-sample tasks by what they compute, not by parsing
+file names. SNI's own tasks lack it; each of them is its own function.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import random
 import re
 import string
@@ -17,7 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-logger = logging.getLogger(__name__)
+SNI_DIR = Path(__file__).resolve().parents[1] / "data" / "sni"
+"""The SNI subset shipped with the repository (see its README for source and license)."""
 
 PromptFormat = Literal["def", "def+2pos"]
 PROMPT_FORMATS: tuple[PromptFormat, ...] = ("def", "def+2pos")
@@ -28,9 +33,6 @@ DEFINITION_TEMPLATE = "Definition: {definition}"
 POSITIVE_EXAMPLE_TEMPLATE = "Positive Example {index} -\nInput: {input}\nOutput: {output}"
 SECTION_SEPARATOR = "\n\n"
 CONCAT_TEMPLATE = "{instruction}\n\nNow complete the following example -\nInput: {input}\nOutput:"
-# The TAGI student never sees the instruction in its input: the adapter
-# generated from the instruction has to carry it.
-INPUT_TEMPLATE = "{input}"
 POSITIVE_EXAMPLES_IN_PROMPT = 2
 
 
@@ -48,6 +50,20 @@ class Instance:
     outputs: tuple[str, ...]
 
 
+FUNCTION_FIELD = "tagi_function"
+STEP_JOIN = "_then_"
+"""Joins the steps of a composition in function keys (and so in teacher and task names)."""
+
+Param = int | str | None
+FunctionStep = tuple[str, Param]
+"""One step of a declared task function: (primitive name, parameter or None)."""
+
+
+def function_key(function: Sequence[FunctionStep]) -> str:
+    """A function as a file-name-safe text: [("first_k", 3), ("reverse", None)] -> "first_k_3_then_reverse"."""
+    return STEP_JOIN.join(name if param is None else f"{name}_{param}" for name, param in function)
+
+
 @dataclass(frozen=True)
 class Task:
     name: str
@@ -56,11 +72,18 @@ class Task:
     negative_examples: tuple[Example, ...]
     instances: tuple[Instance, ...]
     categories: tuple[str, ...]
+    function: tuple[FunctionStep, ...] | None = None
+    """What the task computes, when its file declares it (synthetic tasks); None for SNI tasks."""
 
     @property
     def category(self) -> str:
         """SNI tasks carry one category in practice; reports group by it."""
         return self.categories[0]
+
+    @property
+    def function_key(self) -> str:
+        """Tasks that differ only in wording share this key; a task without a declared function is its own."""
+        return self.name if self.function is None else function_key(self.function)
 
 
 # --------------------------------------------------------------------------
@@ -154,6 +177,22 @@ def _instances(data: dict[str, object], where: str, max_instances: int | None) -
     return tuple(instances)
 
 
+def _function(data: dict[str, object], where: str) -> tuple[FunctionStep, ...] | None:
+    if FUNCTION_FIELD not in data:
+        return None
+    at = f"{where} {FUNCTION_FIELD!r}"
+    steps = _list(_field(_object(data[FUNCTION_FIELD], at), "steps", at), f"{at}.steps", non_empty=True)
+    function = []
+    for i, raw in enumerate(steps):
+        step_at = f"{at}.steps[{i}]"
+        obj = _object(raw, step_at)
+        param = obj.get("param")
+        if param is not None and (isinstance(param, bool) or not isinstance(param, (int, str))):
+            raise ValueError(f"{step_at}.param: expected an int, a string or null, got {type(param).__name__}")
+        function.append((_string(_field(obj, "primitive", step_at), f"{step_at}.primitive"), param))
+    return tuple(function)
+
+
 def _check_max_instances(max_instances: int | None) -> None:
     if max_instances is not None and (isinstance(max_instances, bool) or max_instances < 0):
         raise ValueError(f"max_instances must be None or a non-negative int, got {max_instances!r}")
@@ -177,6 +216,7 @@ def load_task(path: str | Path, max_instances: int | None = None) -> Task:
         negative_examples=_examples(data, "Negative Examples", where),
         instances=_instances(data, where, max_instances),
         categories=_strings(_field(data, "Categories", where), f"{where} 'Categories'", non_empty=True),
+        function=_function(data, where),
     )
 
 
@@ -186,13 +226,16 @@ def task_to_dict(task: Task) -> dict[str, object]:
     def example(e: Example) -> dict[str, str]:
         return {"input": e.input, "output": e.output, "explanation": e.explanation}
 
-    return {
+    document: dict[str, object] = {
         "Categories": list(task.categories),
         "Definition": [task.definition],
         "Positive Examples": [example(e) for e in task.positive_examples],
         "Negative Examples": [example(e) for e in task.negative_examples],
         "Instances": [{"id": i.id, "input": i.input, "output": list(i.outputs)} for i in task.instances],
     }
+    if task.function is not None:
+        document[FUNCTION_FIELD] = {"steps": [{"primitive": name, "param": param} for name, param in task.function]}
+    return document
 
 
 def read_split(split_file: str | Path) -> list[str]:
@@ -202,38 +245,6 @@ def read_split(split_file: str | Path) -> list[str]:
         raise ValueError(f"split file not found: {split_file}")
     names = [line.strip() for line in split_file.read_text(encoding="utf-8").splitlines()]
     return list(dict.fromkeys(name for name in names if name))
-
-
-def partition_split(tasks_dir: str | Path, split_file: str | Path) -> tuple[list[str], list[str]]:
-    """(present, absent) task names of a split, each sorted.
-
-    The shipped split lists are the full SNI splits while only a subset of the
-    task files exists locally, so absence is expected and must be countable.
-    """
-    tasks_dir = Path(tasks_dir)
-    if not tasks_dir.is_dir():
-        raise ValueError(f"tasks directory not found: {tasks_dir}")
-    names = read_split(split_file)
-    present = sorted(n for n in names if (tasks_dir / f"{n}.json").is_file())
-    absent = sorted(set(names) - set(present))
-    return present, absent
-
-
-def load_split(
-    tasks_dir: str | Path, split_file: str | Path, max_instances: int | None = None
-) -> list[Task]:
-    """Tasks listed in ``split_file`` that exist in ``tasks_dir``, sorted by name."""
-    _check_max_instances(max_instances)
-    present, absent = partition_split(tasks_dir, split_file)
-    if absent:
-        logger.warning(
-            "%d of %d tasks listed in %s are absent from %s and were skipped",
-            len(absent),
-            len(present) + len(absent),
-            split_file,
-            tasks_dir,
-        )
-    return [load_task(Path(tasks_dir) / f"{name}.json", max_instances) for name in present]
 
 
 def load_tasks(paths: Sequence[str | Path], max_instances: int | None = None) -> list[Task]:

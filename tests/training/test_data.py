@@ -3,38 +3,48 @@
 from __future__ import annotations
 
 import json
-import logging
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from training.data import (
-    INPUT_TEMPLATE,
+    SNI_DIR,
     Example,
     Instance,
     Task,
     exact_match,
     format_concat,
     format_instruction,
-    load_split,
     load_task,
     load_tasks,
     normalize_answer,
-    partition_split,
     read_split,
     rouge_l,
     split_instances,
     task_to_dict,
 )
 
-SNI_DIR = Path(__file__).resolve().parents[3] / "shared" / "data" / "sni"
-
 
 @pytest.fixture(scope="module")
 def sni_dir() -> Path:
-    if not SNI_DIR.is_dir():
-        pytest.skip(f"shared SNI subset not found at {SNI_DIR}")
+    """The subset the repository ships (data/sni): never skipped, a missing copy is a failure."""
+    assert (SNI_DIR / "README.md").is_file() and (SNI_DIR / "tasks").is_dir(), f"the shipped SNI subset is missing: {SNI_DIR}"
     return SNI_DIR
+
+
+def partition_split(tasks_dir: Path, split_file: Path) -> tuple[list[str], list[str]]:
+    """(present, absent) task names of a split, each sorted: the split lists are SNI's full
+    splits while only a subset of the task files ships."""
+    names = read_split(split_file)
+    present = sorted(n for n in names if (tasks_dir / f"{n}.json").is_file())
+    return present, sorted(set(names) - set(present))
+
+
+def load_split(tasks_dir: Path, split_file: Path, max_instances: int | None = None) -> list[Task]:
+    """Tasks of a split that exist in ``tasks_dir``, sorted by name."""
+    present, _ = partition_split(tasks_dir, split_file)
+    return [load_task(tasks_dir / f"{name}.json", max_instances) for name in present]
 
 
 def _task(definition: str = "Say the word twice.", positives: int = 3) -> Task:
@@ -94,25 +104,23 @@ def test_known_task_content(sni_dir: Path) -> None:
     ("split", "subset", "present", "listed"),
     [("train_tasks.txt", "subset_train.txt", 18, 756), ("test_tasks.txt", "subset_test.txt", 20, 119)],
 )
-def test_load_split_skips_and_reports_absent_tasks(
-    sni_dir: Path, caplog: pytest.LogCaptureFixture, split: str, subset: str, present: int, listed: int
-) -> None:
-    with caplog.at_level(logging.WARNING, logger="training.data"):
-        tasks = load_split(sni_dir / "tasks", sni_dir / "splits" / split)
+def test_shipped_subset_is_part_of_the_full_split(sni_dir: Path, split: str, subset: str, present: int, listed: int) -> None:
+    tasks = load_split(sni_dir / "tasks", sni_dir / "splits" / split)
     names = [t.name for t in tasks]
     assert names == sorted(read_split(sni_dir / "splits" / subset))
     assert len(names) == present
-    assert f"{listed - present} of {listed} tasks" in caplog.text
+    assert len(read_split(sni_dir / "splits" / split)) == listed
     found, absent = partition_split(sni_dir / "tasks", sni_dir / "splits" / split)
     assert found == names and len(absent) == listed - present
     assert absent == sorted(absent) and not set(absent) & set(found)
 
 
-def test_subset_split_loads_without_warning(sni_dir: Path, caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="training.data"):
-        tasks = load_split(sni_dir / "tasks", sni_dir / "splits" / "subset_test.txt", max_instances=3)
-    assert len(tasks) == 20 and not caplog.records
+def test_subset_split_lists_only_shipped_tasks(sni_dir: Path) -> None:
+    assert partition_split(sni_dir / "tasks", sni_dir / "splits" / "subset_test.txt")[1] == []
+    tasks = load_split(sni_dir / "tasks", sni_dir / "splits" / "subset_test.txt", max_instances=3)
+    assert len(tasks) == 20
     assert all(len(t.instances) == 3 for t in tasks)
+    assert all(t.function is None and t.function_key == t.name for t in tasks)  # SNI tasks: each its own function
 
 
 def test_max_instances_keeps_file_order_prefix(sni_dir: Path) -> None:
@@ -158,6 +166,17 @@ def test_round_trip_through_task_to_dict(tmp_path: Path) -> None:
     task = _task()
     path = _write(tmp_path, task_to_dict(task), "toy.json")
     assert load_task(path) == task
+
+
+def test_declared_function_round_trips_and_names_the_function(tmp_path: Path) -> None:
+    task = replace(_task(), function=(("first_k", 3), ("reverse", None)))
+    data = task_to_dict(task)
+    assert data["tagi_function"] == {"steps": [{"primitive": "first_k", "param": 3}, {"primitive": "reverse", "param": None}]}
+    assert load_task(_write(tmp_path, data, "toy.json")) == task
+    assert task.function_key == "first_k_3_then_reverse"
+    assert replace(task, name="other", definition="Other words.").function_key == task.function_key
+    assert replace(task, function=(("contains", "owl"),)).function_key == "contains_owl"
+    assert _task().function_key == "toy" and "tagi_function" not in task_to_dict(_task())
 
 
 def _valid() -> dict:
@@ -210,6 +229,11 @@ def _instance_with(**changes: object) -> dict:
         (_instance_with(output=["ok", 3]), r"'Instances'\[2\]\.output\[1\]: expected a string, got int"),
         (_instance_with(id="toy-1"), r"duplicate instance id 'toy-1'"),
         (_instance_with(input=None), r"missing required key 'input'"),
+        (_with("tagi_function", []), r"'tagi_function': expected an object"),
+        (_with("tagi_function", {"steps": []}), r"'tagi_function'.steps: expected a non-empty list"),
+        (_with("tagi_function", {"steps": [{"param": 3}]}), r"steps\[0\]: missing required key 'primitive'"),
+        (_with("tagi_function", {"steps": [{"primitive": "first_k", "param": [3]}]}), r"steps\[0\]\.param: expected an int"),
+        (_with("tagi_function", {"steps": [{"primitive": "first_k", "param": True}]}), r"steps\[0\]\.param: expected an int"),
     ],
 )
 def test_malformed_files_raise_clear_value_errors(tmp_path: Path, content: object, message: str) -> None:
@@ -261,11 +285,10 @@ def test_def_2pos_with_fewer_examples_uses_what_exists() -> None:
         format_instruction(_task(), "def+5pos")  # type: ignore[arg-type]
 
 
-def test_concat_and_bare_input_layouts() -> None:
+def test_concat_layout() -> None:
     assert format_concat("Definition: D.", " apple, 7 ") == (
         "Definition: D.\n\nNow complete the following example -\nInput: apple, 7\nOutput:"
     )
-    assert INPUT_TEMPLATE.format(input="apple, 7") == "apple, 7"
 
 
 # --------------------------------------------------------------------------
