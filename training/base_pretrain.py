@@ -34,8 +34,8 @@ from training.common import TaskSet, exact_match_by_group, greedy, seq2seq_batch
 from training.data import format_concat
 from training.loop import LoopConfig, resolve_device, seed_everything, train
 from training.presets import BaseConfig
-from training.synthetic import PRIMITIVES, PRIMITIVES_BY_NAME, Step, SuiteConfig, sample_instance, steps_from_slug
-from training.teachers import function_key
+from training.suite import SuiteConfig, sample_instance
+from training.world import PRIMITIVES, PRIMITIVES_BY_NAME, Step, steps_of
 
 SENTINELS = 20
 SKILL_CODES = 32
@@ -90,7 +90,7 @@ class WorldSkills:
     """
 
     def __init__(self, task_set: TaskSet, world: SuiteConfig):
-        self.functions = [steps_from_slug(function_key(t.name)) for t in task_set.tasks]
+        self.functions = [steps_of(t) for t in task_set.tasks]
         self.world = world
         self.excluded = {p.input for p in task_set.held_back}
 

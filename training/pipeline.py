@@ -31,7 +31,8 @@ from training.distill import finetune
 from training.hypernet_pretrain import pretrain_hypernet
 from training.loop import LoopConfig, resolve_device
 from training.presets import Preset
-from training.synthetic import SuiteConfig, build_suite, write_suite
+from training.suite import SuiteConfig, build_suite
+from training.suite_files import write_suite
 from training.teachers import INDEX_FILE, PEFT_WEIGHTS, train_instance_teachers, train_meta_teacher
 
 DONE = "DONE"

@@ -41,23 +41,15 @@ def teacher_name(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.+-]", "_", text)[:120]
 
 
-_SYNTH_PREFIX = re.compile(r"^synth_[a-z_]+?_\d{3}_")
-
-
-def function_key(task_name: str) -> str:
-    """Synthetic tasks that differ only in wording share a function: their names differ only
-    in the split/index prefix (synth_train_012_first_k_2 -> first_k_2). Other tasks: the name."""
-    return _SYNTH_PREFIX.sub("", task_name)
-
-
 def teacher_groups(task_set: TaskSet, per: str) -> dict[str, list[int]]:
     """teacher name -> task indices it is trained on.
 
     per="task": one teacher per task; "function": per task up to wording (paraphrases of the
-    same function have identically distributed instances); "category": per task category."""
+    same function have identically distributed instances; the function is the one the task
+    file declares, and a task that declares none is its own); "category": per task category."""
     groups: dict[str, list[int]] = defaultdict(list)
     for index, task in enumerate(task_set.tasks):
-        key = {"task": task.name, "function": function_key(task.name), "category": task.category}[per]
+        key = {"task": task.name, "function": task.function_key, "category": task.category}[per]
         groups[teacher_name(key)].append(index)
     return dict(groups)
 

@@ -15,17 +15,9 @@ from training.common import load_task_set
 from training.data import format_concat
 from training.pipeline import write_synthetic
 from training.presets import BaseConfig
-from training.synthetic import (
-    PRIMITIVES_BY_NAME,
-    STEP_JOIN,
-    Step,
-    SuiteConfig,
-    build_suite,
-    parse_list,
-    run_steps,
-    steps_from_slug,
-)
-from training.teachers import function_key
+from training.data import STEP_JOIN
+from training.suite import SuiteConfig
+from training.world import PRIMITIVES_BY_NAME, Step, parse_list, run_steps, steps_of
 
 SUITE = {"train_instances": 30, "test_instances": 4, "train_compositions": 12, "unseen_compositions": 3}
 
@@ -35,20 +27,6 @@ def task_set(tmp_path_factory: pytest.TempPathFactory):
     data = tmp_path_factory.mktemp("data")
     write_synthetic(data, 0, SUITE)
     return load_task_set([str(data / "train")], held_back=5, seed=0)
-
-
-def test_slugs_parse_back_to_every_task_function():
-    suite = build_suite(0, SuiteConfig(**SUITE))
-    for split in suite.splits().values():
-        for synth in split:
-            parsed = steps_from_slug(function_key(synth.task.name))
-            assert [(s.primitive, s.param) for s in parsed] == [(s.primitive, s.param) for s in synth.steps]
-
-
-@pytest.mark.parametrize("bad", ["frobnicate", "first_k", "reverse_2", "count_then_nothing"])
-def test_bad_slugs_are_refused(bad: str):
-    with pytest.raises(ValueError):
-        steps_from_slug(bad)
 
 
 def _decode(source: str) -> tuple[list[tuple[str, object]], list[str]]:
@@ -74,7 +52,7 @@ def test_world_skills_are_correct_and_never_leak(task_set):
         task = rng.randrange(len(task_set.tasks))
         source, target = world.sample(rng, task)
         steps, items = _decode(source)
-        expected = [s.primitive for s in steps_from_slug(function_key(task_set.tasks[task].name))]
+        expected = [s.primitive for s in steps_of(task_set.tasks[task])]
         assert [name for name, _ in steps] == expected  # the task's own function, in order
         for name, param in steps:
             primitive = PRIMITIVES_BY_NAME[name]
@@ -92,7 +70,7 @@ def test_coded_probe_uses_the_tasks_own_parameters(task_set):
     world = WorldSkills(task_set, SuiteConfig(**SUITE))
     for index, task in enumerate(task_set.tasks):
         steps, _ = _decode(world.coded(index, "apple, pear"))
-        assert [(n, p) for n, p in steps] == [(s.primitive, s.param) for s in steps_from_slug(function_key(task.name))]
+        assert [(n, p) for n, p in steps] == [(s.primitive, s.param) for s in steps_of(task)]
         assert STEP_JOIN not in world.coded(index, "x")
 
 

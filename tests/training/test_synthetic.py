@@ -1,4 +1,5 @@
-"""Tests for training.synthetic: primitives, suite construction, leak-freedom, files."""
+"""Tests for the list world (training.world), suite planning (training.suite) and its files
+(training.suite_files): primitives, suite construction, leak-freedom, declared functions."""
 
 from __future__ import annotations
 
@@ -7,26 +8,22 @@ from pathlib import Path
 
 import pytest
 
-from training.data import format_instruction, load_split, load_task, load_tasks
-from training.synthetic import (
+from training.data import FunctionStep, Task, format_instruction, load_task, load_tasks, read_split
+from training.suite import SPLITS, Suite, SuiteConfig, SynthTask, build_suite, corpus_texts
+from training.suite_files import write_suite
+from training.world import (
     EMPTY_LIST,
     PRIMITIVES,
     PRIMITIVES_BY_NAME,
-    SPLITS,
     VOCABULARY,
     Step,
-    Suite,
-    SuiteConfig,
-    SynthTask,
-    build_suite,
     composable,
-    corpus_texts,
     describe_steps,
     format_list,
     format_result,
     parse_list,
     run_steps,
-    write_suite,
+    steps_of,
 )
 
 SEED = 0
@@ -113,6 +110,75 @@ def test_every_primitive_is_covered_by_hand_examples() -> None:
     assert {case[0] for case in HAND_CASES} == set(PRIMITIVES_BY_NAME)
 
 
+def _dedupe(xs: list[str]) -> list[str]:
+    kept: list[str] = []
+    for x in xs:
+        if x not in kept:
+            kept.append(x)
+    return kept
+
+
+def _numbers(xs: list[str]) -> list[int]:
+    return [int(x) for x in xs]
+
+
+# The primitives written again from their wording, without training.world, so that a reference
+# output is checked by code other than the code that made it.
+ORACLE = {
+    "reverse": lambda xs, _: list(reversed(xs)),
+    "sort_asc": lambda xs, _: [str(n) for n in sorted(_numbers(xs))],
+    "sort_desc": lambda xs, _: [str(n) for n in sorted(_numbers(xs), reverse=True)],
+    "first_k": lambda xs, k: [x for i, x in enumerate(xs) if i < k],
+    "last_k": lambda xs, k: [x for i, x in enumerate(xs) if i >= len(xs) - k],
+    "drop_first_k": lambda xs, k: [x for i, x in enumerate(xs) if i >= k],
+    "every_second": lambda xs, _: [x for i, x in enumerate(xs) if i % 2 == 0],
+    "dedupe": lambda xs, _: _dedupe(xs),
+    "count": lambda xs, _: str(len(xs)),
+    "max": lambda xs, _: str(max(_numbers(xs))) if xs else "none",
+    "min": lambda xs, _: str(min(_numbers(xs))) if xs else "none",
+    "above": lambda xs, n: [x for x in xs if int(x) > n],
+    "contains": lambda xs, word: "yes" if word in xs else "no",
+    "is_sorted": lambda xs, _: "yes" if _numbers(xs) == sorted(_numbers(xs)) else "no",
+}
+
+
+def oracle(function: tuple[FunctionStep, ...], text: str) -> str:
+    """The reference output of a declared function on an input text, from ORACLE alone."""
+    value: list[str] | str = [] if text == "none" else text.split(", ")
+    for name, param in function:
+        assert isinstance(value, list), f"{name} after a non-list step"
+        value = ORACLE[name](value, param)
+    return value if isinstance(value, str) else (", ".join(value) or "none")
+
+
+COMPOSITION_CASES = [
+    ((("reverse", None), ("first_k", 2)), "a, b, c", "c, b"),
+    ((("first_k", 3), ("reverse", None)), "a, b, c, d", "c, b, a"),
+    ((("sort_desc", None), ("first_k", 1)), "3, 10, 7", "10"),
+    ((("dedupe", None), ("count", None)), "fox, owl, fox", "2"),
+    ((("drop_first_k", 1), ("max", None)), "99, 5, 42", "42"),
+    ((("above", 50), ("sort_asc", None)), "75, 12, 51", "51, 75"),
+    ((("above", 50), ("max", None)), "10, 20", "none"),
+    ((("every_second", None), ("contains", "owl")), "owl, fox, cat", "yes"),
+    ((("every_second", None), ("contains", "owl")), "fox, owl", "no"),
+    ((("last_k", 2), ("is_sorted", None)), "9, 1, 5", "yes"),
+    ((("sort_asc", None), ("last_k", 1)), "4, 80, 16", "80"),
+    ((("reverse", None), ("drop_first_k", 3)), "a, b", "none"),
+]
+
+
+@pytest.mark.parametrize(("function", "text", "expected"), COMPOSITION_CASES)
+def test_compositions_by_hand(function: tuple[FunctionStep, ...], text: str, expected: str) -> None:
+    assert oracle(function, text) == expected
+    steps = [Step(name, param, 0) for name, param in function]
+    assert format_result(run_steps(steps, parse_list(text))) == expected
+
+
+@pytest.mark.parametrize(("name", "items", "param", "expected"), HAND_CASES)
+def test_oracle_agrees_with_the_hand_cases(name: str, items: list[str], param: object, expected: object) -> None:
+    assert oracle(((name, param),), format_list(items)) == format_result(expected)
+
+
 def test_apply_checks_parameter_presence() -> None:
     with pytest.raises(ValueError, match="first_k"):
         PRIMITIVES_BY_NAME["first_k"].apply(["a"], None)
@@ -185,12 +251,13 @@ def test_names_ids_and_counts(suite: Suite) -> None:
 
 def test_every_reference_output_is_the_function_of_its_input(suite: Suite) -> None:
     for t in _all(suite):
+        assert t.task.function == tuple((s.primitive, s.param) for s in t.steps), t.task.name
         pairs = [(i.input, i.outputs) for i in t.task.instances]
         pairs += [(e.input, (e.output,)) for e in t.task.positive_examples]
         for text, outputs in pairs:
             items = parse_list(text)
             assert suite.config.min_items <= len(items) <= suite.config.max_items
-            assert outputs == (format_result(run_steps(t.steps, items)),), t.task.name
+            assert outputs == (oracle(t.task.function, text),), t.task.name
 
 
 def test_definitions_and_categories_follow_steps(suite: Suite) -> None:
@@ -293,13 +360,46 @@ def test_written_suite_loads_with_the_sni_loader(suite: Suite, tmp_path: Path) -
     write_suite(suite, tmp_path)
     assert not list(tmp_path.rglob("*.tmp"))
     for name, tasks in suite.splits().items():
-        loaded = load_split(tmp_path / name, tmp_path / "splits" / f"{name}.txt")
-        assert loaded == sorted((t.task for t in tasks), key=lambda task: task.name)
+        listed = read_split(tmp_path / "splits" / f"{name}.txt")
+        assert listed == [t.task.name for t in tasks]
+        assert load_tasks([tmp_path / name]) == sorted((t.task for t in tasks), key=lambda task: task.name)
     one = suite.train[0].task
     assert load_task(tmp_path / "train" / f"{one.name}.json") == one
     assert len(load_tasks([tmp_path / "unseen_parameter"])) == len(suite.unseen_parameter)
     prompt = format_instruction(one, "def+2pos")
     assert "Positive Example 2 -" in prompt and one.definition in prompt
+
+
+def test_task_files_declare_their_function_and_stages_read_it_back(suite: Suite, tmp_path: Path) -> None:
+    write_suite(suite, tmp_path)
+    for t in _all(suite):
+        loaded = load_task(tmp_path / t.split / f"{t.task.name}.json")
+        assert [s.function for s in steps_of(loaded)] == [s.function for s in t.steps], t.task.name
+        # Renaming the file changes nothing: the function is read from the file, not its name.
+    renamed = tmp_path / "renamed.json"
+    renamed.write_bytes((tmp_path / "train" / f"{suite.train[-1].task.name}.json").read_bytes())
+    assert [s.function for s in steps_of(load_task(renamed))] == [s.function for s in suite.train[-1].steps]
+    by_key: dict[str, set[tuple]] = {}
+    for t in suite.train:
+        by_key.setdefault(t.task.function_key, set()).add(t.task.function)
+    assert all(len(functions) == 1 for functions in by_key.values())  # one key, one function
+    assert len(by_key) < len(suite.train)  # paraphrases of a function share it
+
+
+@pytest.mark.parametrize(
+    ("function", "message"),
+    [
+        (None, "declares no list-world function"),
+        ((("frobnicate", None),), "names no list-world primitive"),
+        ((("first_k", None),), "'first_k' given parameter None"),
+        ((("reverse", 2),), "'reverse' given parameter 2"),
+        ((("count", None), ("nothing", None)), "'nothing' names no"),
+    ],
+)
+def test_bad_declared_functions_are_refused(function: tuple[FunctionStep, ...] | None, message: str) -> None:
+    task = Task("t", "d", (), (), (), ("c",), function)
+    with pytest.raises(ValueError, match=message):
+        steps_of(task)
 
 
 def test_write_suite_is_repeatable_but_refuses_foreign_task_files(suite: Suite, tmp_path: Path) -> None:
