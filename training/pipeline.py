@@ -190,9 +190,6 @@ def run_pipeline(preset: Preset, out: Path, work: Path, device: str = "auto", re
     return info
 
 
-SNI_DIR = Path("/work/shared/data/sni")
-
-
 def evaluate_all(out: Path, work: Path, preset: Preset, sni_dir: Path | None) -> dict:
     """eval.json: one `tagi eval` result per task set."""
     from training.evaluate import format_table, run_eval, write_json
