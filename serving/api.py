@@ -32,7 +32,6 @@ class WorkerSettings:
 
     checkpoint: Path
     state_dir: Path
-    metrics_dir: Path
     cache_bytes: int
     engine: Engine = "mixed"
     torch_threads: int = 1
@@ -54,7 +53,6 @@ class TagiAPI(ls.LitAPI):
         from transformers.utils import logging as hf_logging
 
         from hypernet.io import load_checkpoint
-        from serving.metrics import store_for
         from serving.registry import Registry
         from serving.service import AdapterService
 
@@ -76,7 +74,6 @@ class TagiAPI(ls.LitAPI):
             self.settings.state_dir,
             self.settings.cache_bytes,
             engine=engine,
-            metrics=store_for(self.settings.metrics_dir, f"worker{worker}"),
         )
         log.info("worker %s ready: %s engine, checkpoint %s", worker, self.settings.engine, model.fingerprint[:12])
 

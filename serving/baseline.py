@@ -56,7 +56,7 @@ class SwapPerRequestEngine:
         if self.peft is not None and name in self.peft.peft_config:
             return self.peft
         with tempfile.TemporaryDirectory() as tmp:
-            export_peft(self.model, adapter, Path(tmp) / name)
+            export_peft(adapter, Path(tmp) / name)
             if self.peft is None:
                 self.peft = PeftModel.from_pretrained(self.base, Path(tmp) / name, adapter_name=name).eval()
             else:

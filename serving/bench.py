@@ -167,17 +167,18 @@ def _post(url: str, path: str, body: dict) -> dict:
 
 def _batch_stats(url: str) -> dict[str, float]:
     """Cumulative batch counters of the server, from /metrics."""
-    from serving.metrics import parse
+    from prometheus_client.parser import text_string_to_metric_families
 
     host, port = url.removeprefix("http://").split(":")
     connection = http.client.HTTPConnection(host, int(port), timeout=60)
     try:
         connection.request("GET", "/metrics")
-        samples = parse(connection.getresponse().read().decode())
+        families = text_string_to_metric_families(connection.getresponse().read().decode())
+        samples = {s.name: s.value for family in families for s in family.samples if not s.labels}
     finally:
         connection.close()
     names = ("tagi_batch_requests_sum", "tagi_batch_requests_count", "tagi_batch_adapters_sum", "tagi_batch_adapters_count")
-    return {name: samples.get((name, frozenset()), 0.0) for name in names}
+    return {name: samples.get(name, 0.0) for name in names}
 
 
 @contextmanager
@@ -219,7 +220,7 @@ def build_checkpoint(root: Path) -> Path:
 
 
 def _shipped_checkpoint() -> Path | None:
-    from hypernet.cli import DEFAULT_CHECKPOINT
+    from hypernet.files import DEFAULT_CHECKPOINT
 
     return DEFAULT_CHECKPOINT if (DEFAULT_CHECKPOINT / "config.json").exists() else None
 

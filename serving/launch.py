@@ -50,8 +50,10 @@ class LocalServer:
         self.api_key = (env or {}).get("LIT_SERVER_API_KEY")
         command = [*tagi_command(), "serve", "--checkpoint", str(checkpoint), "--state-dir", str(state_dir),
                    "--host", "127.0.0.1", "--port", str(self.port), *args]
-        # The child sees exactly the key it is given, never one inherited from this process.
-        child_env = {k: v for k, v in os.environ.items() if k != "LIT_SERVER_API_KEY"} | (env or {})
+        # The child sees exactly the key it is given, never one inherited from this process, and
+        # keeps its metrics in its own directory, not in this process's.
+        inherited = {k: v for k, v in os.environ.items() if k not in ("LIT_SERVER_API_KEY", "PROMETHEUS_MULTIPROC_DIR")}
+        child_env = inherited | (env or {})
         self._log = self.log_path.open("wb")
         self.process = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT, env=child_env,
                                         start_new_session=True)

@@ -31,7 +31,7 @@ from starlette.concurrency import run_in_threadpool
 from serving.archive import archive_path
 from serving.errors import ServingError, UnknownAdapter
 from serving.jobs import CreateJob, ExportJob, GenerateJob, JobResult
-from serving.metrics import CONTENT_TYPE, render, store_for
+from serving import metrics as prometheus
 from serving.registry import Registry
 from serving.schemas import (
     BASE_MODEL_ID,
@@ -63,7 +63,7 @@ class JobQueue:
         return result.body
 
 
-def add_routes(app: FastAPI, jobs: JobQueue, registry: Registry, state_dir: Path, metrics_dir: Path) -> None:
+def add_routes(app: FastAPI, jobs: JobQueue, registry: Registry, state_dir: Path) -> None:
     started = int(time.time())
 
     # ---- adapters --------------------------------------------------------------------------
@@ -161,8 +161,7 @@ def add_routes(app: FastAPI, jobs: JobQueue, registry: Registry, state_dir: Path
     @app.get("/metrics", tags=["operations"], response_class=Response)
     def metrics() -> Response:
         """Prometheus exposition of every process of this server."""
-        store_for(metrics_dir, "http").flush()
-        return Response(render(metrics_dir), media_type=CONTENT_TYPE)
+        return Response(prometheus.render(), media_type=prometheus.CONTENT_TYPE)
 
 
 

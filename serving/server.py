@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
-import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -26,7 +24,7 @@ from serving.auth import ApiKeyMiddleware
 from serving.checkpoint import read_checkpoint
 from serving.errors import install_error_handlers
 from serving.lifecycle import exit_when_orphaned, sigterm_as_interrupt, stop_manager, stop_workers
-from serving.metrics import RequestMetricsMiddleware, init_metrics_dir
+from serving.metrics import RequestMetricsMiddleware, wipe_directory
 from serving.registry import Registry
 from serving.routes import JobQueue, add_routes
 from serving.schemas import MAX_INPUTS, MAX_NEW_TOKENS
@@ -74,16 +72,14 @@ class ServerSettings:
         return max(1, ((os.cpu_count() or 1) - 1) // self.workers)
 
 
-def build_server(settings: ServerSettings, metrics_dir: Path) -> ls.LitServer:
+def build_server(settings: ServerSettings) -> ls.LitServer:
     """A ready-to-run LitServer (not started). Raises CheckpointError for a bad checkpoint."""
     checkpoint = read_checkpoint(settings.checkpoint)
     state_dir = Path(settings.state_dir).resolve()
     registry = Registry(state_dir, checkpoint.fingerprint)
-    init_metrics_dir(metrics_dir)
     worker = WorkerSettings(
         checkpoint=checkpoint.path,
         state_dir=state_dir,
-        metrics_dir=Path(metrics_dir),
         cache_bytes=int(settings.adapter_cache_mb * 2**20),
         engine=settings.engine,
         torch_threads=settings.threads_per_worker(),
@@ -93,7 +89,7 @@ def build_server(settings: ServerSettings, metrics_dir: Path) -> ls.LitServer:
     # so the metrics middleware also counts the 401s.
     middlewares: list = [(ApiKeyMiddleware, {"api_key": settings.api_key})] if settings.api_key else []
     # The metrics middleware looks the routes up per request, by then `server` exists.
-    middlewares.append((RequestMetricsMiddleware, {"directory": str(metrics_dir), "routes": lambda: server.app.routes}))
+    middlewares.append((RequestMetricsMiddleware, {"routes": lambda: server.app.routes}))
     server = ls.LitServer(
         api,
         workers_per_device=settings.workers,
@@ -117,7 +113,7 @@ def build_server(settings: ServerSettings, metrics_dir: Path) -> ls.LitServer:
     server.app.router.routes = [r for r in server.app.router.routes if getattr(r, "path", None) != JOBS_PATH]
     _exit_http_servers_when_orphaned(server)
     install_error_handlers(server.app)
-    add_routes(server.app, JobQueue(server, api), registry, state_dir, Path(metrics_dir))
+    add_routes(server.app, JobQueue(server, api), registry, state_dir)
     return server
 
 
@@ -136,9 +132,9 @@ def _exit_http_servers_when_orphaned(server: ls.LitServer) -> None:
 
 def serve(settings: ServerSettings) -> None:
     """Run until SIGINT or SIGTERM, then stop every process of the server."""
-    metrics_dir = Path(tempfile.mkdtemp(prefix="tagi-metrics-"))
+    wipe_directory()  # counters restart with the server
     try:
-        server = build_server(settings, metrics_dir)
+        server = build_server(settings)
         log.info(
             "serving %s on http://%s:%d with %d worker(s), batches of up to %d, state in %s%s",
             settings.checkpoint, settings.host, settings.port, settings.workers, settings.max_batch_size,
@@ -153,6 +149,3 @@ def serve(settings: ServerSettings) -> None:
                 raise
     except KeyboardInterrupt:
         log.info("stopped")
-    finally:
-        shutil.rmtree(metrics_dir, ignore_errors=True)
-

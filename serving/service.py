@@ -25,7 +25,7 @@ from serving.archive import write_archive
 from serving.cache import LRUCache
 from serving.errors import ServingError, UnknownAdapter
 from serving.jobs import AnyJob, CreateJob, ExportJob, GenerateJob, JobResult
-from serving.metrics import MetricsStore
+from serving import metrics
 from serving.registry import Registry
 from serving.schemas import AdapterCreated, AdapterInfo
 
@@ -84,14 +84,13 @@ class AdapterService:
         state_dir: Path,
         cache_bytes: int,
         engine: Engine | None = None,
-        metrics: MetricsStore | None = None,
     ) -> None:
         self.model = model
         self.registry = registry
         self.state_dir = Path(state_dir)
         self.cache: LRUCache[Adapter] = LRUCache(cache_bytes)
         self.engine = engine or MixedBatchEngine(model)
-        self.metrics = metrics
+        self._cache_reporter = metrics.CacheReporter()
 
     # ---- one batch ---------------------------------------------------------------------------
 
@@ -152,7 +151,7 @@ class AdapterService:
             return _Resolved(adapter=cached, cached=True)
         start = time.perf_counter()
         try:
-            adapter = self.model.make_adapter(instruction)
+            adapter = self.model.adapter(instruction)
         except InputTooLong as err:
             return _Resolved(error=ServingError(f"the instruction is too long: {err}", 413))
         except ValueError as err:
@@ -161,8 +160,7 @@ class AdapterService:
             log.exception("generating an adapter failed")
             return _Resolved(error=ServingError(f"internal error: {type(err).__name__}: {err}", 500))
         seconds = time.perf_counter() - start
-        if self.metrics:
-            self.metrics.observe("tagi_adapter_generation_seconds", seconds)
+        metrics.ADAPTER_SECONDS.observe(seconds)
         self.cache.put(key, adapter)
         return _Resolved(adapter=adapter, generation_ms=seconds * 1000)
 
@@ -194,7 +192,7 @@ class AdapterService:
         return JobResult(200, body.model_dump())
 
     def _exported(self, job: ExportJob, adapters: dict[str, _Resolved]) -> JobResult:
-        path = write_archive(self.model, adapters[job.adapter_id].unwrap(), self.state_dir)
+        path = write_archive(adapters[job.adapter_id].unwrap(), self.state_dir)
         return JobResult(200, {"adapter_id": job.adapter_id, "path": str(path)})
 
     def _row_group(self, job: GenerateJob, adapters: dict[str, _Resolved]) -> RowGroup:
@@ -233,26 +231,16 @@ class AdapterService:
     # ---- metrics -----------------------------------------------------------------------------
 
     def _record_batch(self, jobs: int) -> None:
-        if self.metrics:
-            self.metrics.observe("tagi_batch_requests", jobs)
+        metrics.BATCH_REQUESTS.observe(jobs)
 
     def _record_forward(self, groups: list[tuple[int, RowGroup]], seconds: float) -> None:
-        if not self.metrics:
-            return
         distinct = {g.adapter.adapter_id for _, g in groups if g.adapter is not None}
-        self.metrics.observe("tagi_batch_rows", sum(len(g.inputs) for _, g in groups))
-        self.metrics.observe("tagi_batch_adapters", len(distinct))
-        self.metrics.observe("tagi_forward_seconds", seconds)
+        metrics.BATCH_ROWS.observe(sum(len(g.inputs) for _, g in groups))
+        metrics.BATCH_ADAPTERS.observe(len(distinct))
+        metrics.FORWARD_SECONDS.observe(seconds)
 
     def _record_cache(self) -> None:
-        if not self.metrics:
-            return
-        stats = self.cache.stats()
-        self.metrics.set("tagi_adapter_cache_hits_total", stats.hits)
-        self.metrics.set("tagi_adapter_cache_misses_total", stats.misses)
-        self.metrics.set("tagi_adapter_cache_evictions_total", stats.evictions)
-        self.metrics.set("tagi_adapter_cache_bytes", stats.bytes)
-        self.metrics.set("tagi_adapter_cache_entries", stats.entries)
+        self._cache_reporter.report(self.cache.stats())
 
 
 @dataclass(frozen=True)

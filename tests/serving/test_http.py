@@ -15,8 +15,8 @@ from transformers import T5ForConditionalGeneration
 
 from hypernet.io import checkpoint_fingerprint
 from hypernet.tiny import load_tokenizer
-from serving.metrics import parse
 from serving.schemas import BASE_MODEL_ID, MAX_INPUTS, MAX_NEW_TOKENS
+from tests.serving.promtext import parse, value
 
 INSTRUCTIONS = [
     "Reverse the list.",
@@ -52,10 +52,6 @@ def wait_for_metric(client, predicate, timeout: float = 10.0) -> dict:
         if predicate(samples) or time.monotonic() > deadline:
             return samples
         time.sleep(0.2)
-
-
-def value(samples: dict, name: str, **labels: str) -> float:
-    return sum(v for (n, ls), v in samples.items() if n == name and set(labels.items()) <= set(ls))
 
 
 @pytest.fixture(scope="module")
@@ -117,7 +113,7 @@ def test_concurrent_different_instructions_share_a_batch_and_match_serving_alone
     def mixed_batches(samples: dict) -> float:
         """Forward passes with >= 2 distinct adapters since `before`."""
         count = value(samples, "tagi_batch_adapters_count") - value(before, "tagi_batch_adapters_count")
-        single = value(samples, "tagi_batch_adapters_bucket", le="1") - value(before, "tagi_batch_adapters_bucket", le="1")
+        single = value(samples, "tagi_batch_adapters_bucket", le="1.0") - value(before, "tagi_batch_adapters_bucket", le="1.0")
         return count - single
 
     assert mixed_batches(wait_for_metric(client, lambda s: mixed_batches(s) > 0)) > 0

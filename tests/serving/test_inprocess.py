@@ -9,8 +9,8 @@ import pytest
 from fastapi.testclient import TestClient
 from litserve.utils import wrap_litserve_start
 
-from serving.metrics import parse
 from serving.server import ServerSettings, build_server
+from tests.serving.promtext import parse, value
 
 INSTRUCTIONS = ["Reverse the list.", "Sort the items of the list alphabetically.", "Count the words."]
 
@@ -19,11 +19,11 @@ INSTRUCTIONS = ["Reverse the list.", "Sort the items of the list alphabetically.
 def client(serve_checkpoint, tmp_path_factory):
     from hypernet.io import load_checkpoint
 
-    one_adapter = load_checkpoint(serve_checkpoint).make_adapter(INSTRUCTIONS[0]).nbytes
+    one_adapter = load_checkpoint(serve_checkpoint).adapter(INSTRUCTIONS[0]).nbytes
     tmp = tmp_path_factory.mktemp("inprocess")
     settings = ServerSettings(checkpoint=serve_checkpoint, state_dir=tmp / "state", max_batch_size=4,
                               adapter_cache_mb=1.5 * one_adapter / 2**20)
-    server = build_server(settings, tmp / "metrics")
+    server = build_server(settings)
     with wrap_litserve_start(server) as started, TestClient(started.app) as test_client:
         yield test_client
 
@@ -38,6 +38,8 @@ def scrape(client, predicate, timeout: float = 10.0) -> dict:
 
 
 def test_cache_holds_what_fits_and_rebuilds_evicted_adapters(client):
+    before = parse(client.get("/metrics").text)
+    delta = lambda samples, name: value(samples, name) - value(before, name)  # noqa: E731
     first = client.post("/v1/adapters", json={"instruction": INSTRUCTIONS[0]}).json()
     assert first["cached"] is False
     assert client.post("/v1/adapters", json={"instruction": INSTRUCTIONS[0]}).json()["cached"] is True
@@ -48,9 +50,9 @@ def test_cache_holds_what_fits_and_rebuilds_evicted_adapters(client):
     assert again["cached"] is False and again["adapter_id"] == first["adapter_id"], "evicted, then rebuilt on demand"
     assert client.post("/v1/generate", json={"adapter_id": first["adapter_id"], "inputs": ["a, b"]}).json() == outputs
 
-    samples = scrape(client, lambda s: s.get(("tagi_adapter_cache_evictions_total", frozenset()), 0) >= 3)
-    assert samples[("tagi_adapter_cache_evictions_total", frozenset())] >= 3
-    assert samples[("tagi_adapter_cache_entries", frozenset())] == 1
+    samples = scrape(client, lambda s: delta(s, "tagi_adapter_cache_evictions_total") >= 3)
+    assert delta(samples, "tagi_adapter_cache_evictions_total") >= 3
+    assert delta(samples, "tagi_adapter_cache_entries") == 1
 
 
 def test_validation_errors_never_reach_the_worker(client):

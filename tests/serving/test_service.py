@@ -7,9 +7,10 @@ import tarfile
 import pytest
 
 from serving.jobs import CreateJob, ExportJob, GenerateJob, JobResult, parse_job
-from serving.metrics import init_metrics_dir, parse, render, store_for
+from serving import metrics
 from serving.registry import Registry
 from serving.service import AdapterService
+from tests.serving.promtext import parse, value
 
 INSTRUCTIONS = ["Reverse the list.", "Sort the items of the list alphabetically.", "Count the words."]
 INPUTS = ["apple, river, stone", "green, 7, house, cloud seven"]
@@ -18,10 +19,7 @@ LONG = "apple river stone " * 60
 
 @pytest.fixture()
 def service(model, tmp_path):
-    init_metrics_dir(tmp_path / "metrics")
-    metrics = store_for(tmp_path / "metrics", f"worker-{tmp_path.name}")
-    return AdapterService(model, Registry(tmp_path / "state", model.fingerprint), tmp_path / "state",
-                          cache_bytes=64 * 2**20, metrics=metrics)
+    return AdapterService(model, Registry(tmp_path / "state", model.fingerprint), tmp_path / "state", cache_bytes=64 * 2**20)
 
 
 def gen(**kwargs) -> GenerateJob:
@@ -92,20 +90,18 @@ def test_a_deleted_id_is_refused_even_while_cached(service):
 
 
 def test_evicted_adapters_are_rebuilt_identically(model, tmp_path):
-    one = model.make_adapter(INSTRUCTIONS[0]).nbytes
-    init_metrics_dir(tmp_path)
-    metrics = store_for(tmp_path, "worker-evict")
-    service = AdapterService(model, Registry(tmp_path, model.fingerprint), tmp_path, cache_bytes=int(one * 1.5),
-                             metrics=metrics)
+    one = model.adapter(INSTRUCTIONS[0]).nbytes
+    before = parse(metrics.render().decode())
+    service = AdapterService(model, Registry(tmp_path, model.fingerprint), tmp_path, cache_bytes=int(one * 1.5))
     first = service.run([gen(instruction=INSTRUCTIONS[0])])[0]
     service.run([gen(instruction=INSTRUCTIONS[1])])
     stats = service.cache.stats()
     assert stats.evictions == 1 and stats.entries == 1 and stats.bytes <= int(one * 1.5)
     assert service.run([gen(instruction=INSTRUCTIONS[0])])[0] == first
-    metrics.flush()
-    samples = parse(render(tmp_path))
-    assert samples[("tagi_adapter_cache_evictions_total", frozenset())] == 2
-    assert samples[("tagi_adapter_cache_misses_total", frozenset())] == 3
+    samples = parse(metrics.render().decode())
+    delta = lambda name: value(samples, name) - value(before, name)  # noqa: E731
+    assert delta("tagi_adapter_cache_evictions_total") == 2
+    assert delta("tagi_adapter_cache_misses_total") == 3
 
 
 def test_export_writes_a_peft_archive(service):
