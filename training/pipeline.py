@@ -20,10 +20,9 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
 
 from hypernet.config import CheckpointConfig, GeneratorConfig
-from hypernet.io import atomic_directory, create_checkpoint, load_checkpoint, save_checkpoint
+from hypernet.io import atomic_directory, copy_peft_dir, create_checkpoint, is_peft_dir, load_checkpoint, save_checkpoint
 from training.base_pretrain import pretrain_base, read_base_card
 from training.common import TaskSet, load_task_set
 from training.data import DEFINITION_TEMPLATE
@@ -33,7 +32,7 @@ from training.loop import LoopConfig, resolve_device
 from training.presets import Preset
 from training.suite import SuiteConfig, build_suite
 from training.suite_files import write_suite
-from training.teachers import INDEX_FILE, PEFT_WEIGHTS, train_instance_teachers, train_meta_teacher
+from training.teachers import INDEX_FILE, train_instance_teachers, train_meta_teacher
 
 DONE = "DONE"
 DISTILL_DIR = "stage3_distill"
@@ -132,11 +131,8 @@ def package(checkpoint: Path, teachers: Path, meta: Path, out: Path, info: dict,
     model = load_checkpoint(checkpoint)
     save_checkpoint(model, out, overwrite=overwrite)
     with atomic_directory(out / "teachers", overwrite=True) as tmp:
-        for src in sorted(p for p in Path(teachers).iterdir() if (p / PEFT_WEIGHTS).exists()):
-            (tmp / src.name).mkdir()
-            shutil.copy(src / "adapter_config.json", tmp / src.name / "adapter_config.json")
-            weights = {k: v.to(torch.float16) for k, v in load_file(src / PEFT_WEIGHTS).items()}
-            save_file(weights, tmp / src.name / PEFT_WEIGHTS, metadata={"format": "pt"})
+        for src in sorted(p for p in Path(teachers).iterdir() if is_peft_dir(p)):
+            copy_peft_dir(src, tmp / src.name, torch.float16)
         shutil.copy(Path(teachers) / INDEX_FILE, tmp / INDEX_FILE)
     with atomic_directory(out / "meta_teacher", overwrite=True) as tmp:
         # Weights and config only: it shares the checkpoint's tokenizer (base/), which saves

@@ -1,8 +1,8 @@
 """Stage 1: the teachers.
 
-- Instance teachers ("training with instance"): one LoRA per training task (or per task
-  category), trained with real PEFT on that task's instances, input only (no instruction),
-  saved as standard PEFT directories (adapter_config.json + adapter_model.safetensors).
+- Instance teachers ("training with instance"): one LoRA per training task (or per function
+  or task category), trained with real PEFT on that task's instances, input only (no
+  instruction), saved as standard PEFT directories (hypernet.io owns that format).
   `teachers/index.json` maps every task to its teacher. They are the targets of L_ins and the
   per-task "oracle" of the evaluation.
 - The meta-trained teacher (Tk-Instruct recipe): the base finetuned on instruction + input of
@@ -15,17 +15,19 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from collections import defaultdict
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model
-from safetensors.torch import load_file
+from peft import PeftModel, get_peft_model
 from transformers import T5ForConditionalGeneration
 
-from hypernet.tiny import SPIECE, load_tokenizer
+from hypernet.files import SPIECE, atomic_directory, write_json
+from hypernet.io import is_peft_dir, load_peft_loras, peft_lora_config, save_peft_model
 from hypernet.targets import LoraWeights, TargetLayout
+from hypernet.tiny import load_tokenizer
 from training.common import (
     Pair, TaskSet, concat_inputs, exact_match_by_group, greedy, seq2seq_batch, spread, write_card,
 )
@@ -33,7 +35,6 @@ from training.loop import LoopConfig, resolve_device, seed_everything, train
 from training.presets import TeacherConfig
 
 INDEX_FILE = "index.json"
-PEFT_WEIGHTS = "adapter_model.safetensors"
 META_CARD = "meta_card.json"
 
 
@@ -69,14 +70,12 @@ def train_instance_teachers(task_set: TaskSet, base_dir: Path, out_dir: Path, co
     results = {}
     for position, (name, task_ids) in enumerate(sorted(groups.items())):
         target = out_dir / name
-        if (target / PEFT_WEIGHTS).exists() and resume:
+        if resume and is_peft_dir(target):
             continue
         pairs = [p for p in task_set.train if p.task in set(task_ids)]
         seed_everything(loop.seed)
         base = load_base(base_dir, device)
-        peft_config = LoraConfig(r=config.rank, lora_alpha=config.alpha, target_modules=list(config.target_modules),
-                                 lora_dropout=0.0, bias="none", task_type="SEQ_2_SEQ_LM")
-        model = get_peft_model(base, peft_config)
+        model = get_peft_model(base, peft_lora_config(config.rank, config.alpha, config.target_modules))
 
         def make_batch(indices: list[int], _seed: int, pairs: list[Pair] = pairs) -> dict:
             chosen = [pairs[i] for i in indices]
@@ -88,7 +87,7 @@ def train_instance_teachers(task_set: TaskSet, base_dir: Path, out_dir: Path, co
 
         state_dir = out_dir.parent / "teacher_states" / name
         result = train(model, len(pairs), make_batch, loss_fn, loop, state_dir, name=f"teacher {position + 1}/{len(groups)}", resume=resume)
-        model.save_pretrained(target)
+        save_peft_model(model, target)
         results[name] = {"tasks": [task_set.tasks[i].name for i in task_ids], "final_loss": result.last_metrics.get("loss")}
     index = {
         "per": config.per,
@@ -98,7 +97,7 @@ def train_instance_teachers(task_set: TaskSet, base_dir: Path, out_dir: Path, co
         "task_to_teacher": {task_set.tasks[i].name: name for name, ids in groups.items() for i in ids},
         "loop": asdict(loop),
     }
-    (out_dir / INDEX_FILE).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+    write_json(out_dir / INDEX_FILE, index)
     return out_dir
 
 
@@ -108,21 +107,9 @@ def read_teacher_index(teachers_dir: Path) -> dict:
 
 
 def load_teacher_weights(teachers_dir: Path, names: list[str], layout: TargetLayout) -> LoraWeights:
-    """PEFT teacher directories -> one LoraWeights batch (row i = names[i]) in the layout of
-    a TagiModel, with the teachers' own alpha/r as its scale."""
-    teachers_dir = Path(teachers_dir)
-    index = read_teacher_index(teachers_dir)
-    scale = index["alpha"] / index["rank"]
-    lora_A: dict[str, list[list[torch.Tensor]]] = {}
-    lora_B: dict[str, list[list[torch.Tensor]]] = {}
-    states = [load_file(teachers_dir / name / PEFT_WEIGHTS) for name in names]
-    for target, group, slot in layout.slots():
-        prefix = f"base_model.model.{target.path}"
-        rows_A = [state[f"{prefix}.lora_A.weight"].float() for state in states]
-        rows_B = [state[f"{prefix}.lora_B.weight"].float() for state in states]
-        lora_A.setdefault(group, []).append(torch.stack(rows_A))
-        lora_B.setdefault(group, []).append(torch.stack(rows_B))
-    return LoraWeights({g: torch.stack(v) for g, v in lora_A.items()}, {g: torch.stack(v) for g, v in lora_B.items()}, scale)
+    """Teachers by name -> one LoraWeights batch (row i = names[i]) in the layout of a TagiModel,
+    each with the alpha/r PEFT applies it with (read by hypernet.io from its adapter_config)."""
+    return load_peft_loras([Path(teachers_dir) / name for name in names], layout)
 
 
 # ---- meta-trained teacher ---------------------------------------------------------------------
@@ -153,16 +140,18 @@ def train_meta_teacher(task_set: TaskSet, base_dir: Path, out_dir: Path, config:
     result = train(model, len(sources), make_batch, loss_fn, loop, out_dir / "state", name="stage1-meta-teacher", resume=resume,
                    eval_fn=evaluate if probe else None)
     final = out_dir / "model"
-    save_half(model, final)
-    tokenizer.save_pretrained(final)
-    (final / SPIECE).write_bytes((Path(base_dir) / SPIECE).read_bytes())
     scores = result.last_eval or (evaluate(result.steps_done) if probe else {})
-    write_card(final / META_CARD, {
-        "stage": "meta_teacher",
-        "what": "the stage-0 base fully finetuned on 'instruction + input' of the training tasks (Tk-Instruct recipe), stored in bfloat16",
-        "tasks": len(task_set.tasks), "train_pairs": len(sources), "held_back_em": scores,
-        "loop": asdict(loop), "seconds": round(result.seconds, 1),
-    })
+    with atomic_directory(final, overwrite=True) as tmp:  # the teacher is whole or absent
+        save_half(model, tmp)
+        tokenizer.save_pretrained(tmp)
+        shutil.copyfile(Path(base_dir) / SPIECE, tmp / SPIECE)
+        write_card(tmp / META_CARD, {
+            "stage": "meta_teacher",
+            "what": "the stage-0 base fully finetuned on 'instruction + input' of the training tasks (Tk-Instruct recipe), "
+                    "stored in bfloat16",
+            "tasks": len(task_set.tasks), "train_pairs": len(sources), "held_back_em": scores,
+            "loop": asdict(loop), "seconds": round(result.seconds, 1),
+        })
     return final
 
 
