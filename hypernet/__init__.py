@@ -1,15 +1,46 @@
 """tagi's model: a frozen T5 plus a hypernetwork that turns an instruction into a LoRA adapter.
 
+The public API:
+
+    import hypernet
+    model = hypernet.load("checkpoints/tiny")            # device=, dtype= optional; None: the shipped one
+    adapter = model.adapter("Sort the numbers from smallest to largest.")
+    model.generate(["42, 7, 19"], adapter)               # a list of adapters for a mixed batch
+    adapter.save_peft("out/")                            # a standard PEFT LoRA directory
+
 Where things are:
-    config.py     GeneratorConfig, CheckpointConfig (config.json)
+    config.py     GeneratorConfig, CheckpointConfig (config.json), DEFAULT_MAX_NEW_TOKENS
+    errors.py     UserError and its kinds: what front ends report as one line / HTTP 4xx
     targets.py    which T5 Linears get LoRA; LoraWeights, the batched factor layout
     lora.py       per-example LoRA math (bmm)
     inject.py     LoraLinear and attach/detach of factors
-    batching.py   AdapterBatcher: per-request adapters laid out as one batch, no per-step allocation
+    batching.py   per-request adapters laid out as one batch (AdapterBatcher, stack_adapters)
     generator.py  AdapterGenerator, the hypernetwork
     fusion.py     instruction fusion (fusion-in-decoder), masked pooling
-    model.py      TagiModel: encode instruction -> adapter -> run inputs
+    model.py      TagiModel: instruction -> adapter -> outputs; Adapter
     files.py      checkpoint file names, config reading, fingerprints, atomic writes (no torch)
-    io.py         loading and saving checkpoints, PEFT export
+    io.py         loading and saving checkpoints; the PEFT format (exports, teachers)
     tiny.py       a from-scratch tiny T5 and SentencePiece tokenizer
+    cli.py        the `tagi` command (cli_common.py: helpers the serving and training commands share)
+    bench.py      `tagi bench core`
 """
+
+from __future__ import annotations
+
+from typing import Any
+
+from hypernet.errors import UserError
+
+__all__ = ["Adapter", "TagiModel", "UserError", "load"]
+
+_LAZY = {"load": "hypernet.io", "Adapter": "hypernet.model", "TagiModel": "hypernet.model"}
+
+
+def __getattr__(name: str) -> Any:
+    # Lazy (PEP 562): `import hypernet.files` must not pull in torch, so that processes which
+    # only route requests stay light; the model API loads on first use.
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'hypernet' has no attribute {name!r}")

@@ -61,3 +61,21 @@ class AdapterBatcher:
             self.rows[i] = adapter
         b = len(adapters)
         return LoraWeights({g: a[:, :b] for g, a in self.lora_A.items()}, {g: t[:, :b] for g, t in self.lora_B.items()}, self.scale)
+
+
+def stack_adapters(adapters: list[LoraWeights | None]) -> LoraWeights:
+    """Row i runs with adapters[i] (each a batch of one; None: zeros, the plain base). Allocates
+    a fresh batch: right for one-off calls; a server keeps an AdapterBatcher instead."""
+    present = [a for a in adapters if a is not None]
+    if not present:
+        raise ValueError("stack_adapters needs at least one adapter")
+    scale = present[0].scale
+    if any(a.scale != scale for a in present):
+        raise ValueError("adapters with different alpha/r cannot share a batch")
+
+    def rows(factors: str, group: str) -> torch.Tensor:
+        like = getattr(present[0], factors)[group]
+        return torch.cat([getattr(a, factors)[group] if a is not None else torch.zeros_like(like) for a in adapters], dim=1)
+
+    groups = present[0].lora_A
+    return LoraWeights({g: rows("lora_A", g) for g in groups}, {g: rows("lora_B", g) for g in groups}, scale)

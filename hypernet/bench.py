@@ -8,7 +8,6 @@ weights of that shape. A correctness check (our mixed batch vs PEFT's) runs alon
 
 from __future__ import annotations
 
-import json
 import statistics
 import time
 import warnings
@@ -20,25 +19,16 @@ from peft import LoraConfig, get_peft_model
 from tqdm import tqdm
 from transformers import T5Config, T5ForConditionalGeneration
 
-from hypernet.config import CheckpointConfig, GeneratorConfig
-from hypernet.fusion import masked_mean
-from hypernet.model import TagiModel
 from hypernet.batching import AdapterBatcher
+from hypernet.config import CheckpointConfig, GeneratorConfig
+from hypernet.files import write_json
+from hypernet.io import peft_key
+from hypernet.model import TagiModel
 from hypernet.targets import LoraWeights
 
 TARGETS = ("q", "k", "v", "o", "wi", "wo")
 T5_BASE = dict(d_model=768, d_ff=3072, d_kv=64, num_heads=12, num_layers=12, vocab_size=32128)
 QUICK = dict(d_model=128, d_ff=512, d_kv=32, num_heads=4, num_layers=2, vocab_size=1000)
-
-
-def randomize_generator(model: TagiModel, seed: int, std: float = 0.05) -> None:
-    """Stand-in for training in benchmarks and tests: non-zero B heads, so that generated
-    adapters change outputs (an untrained generator emits exactly zero updates)."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for head in model.generator.heads_B.values():
-            head.weight.copy_(torch.randn(head.weight.shape, generator=generator) * std)
-            head.bias.copy_(torch.randn(head.bias.shape, generator=generator) * std)
 
 
 def elapsed_ms(fn: Callable[[], object]) -> float:
@@ -75,9 +65,10 @@ def load_into_peft(peft: torch.nn.Module, ours: TagiModel, adapters: list[LoraWe
             peft.add_adapter(name, peft.peft_config["a0"])
         modules = dict(peft.named_modules())
         for target, group, index in ours.layout.slots():
-            layer = modules[f"base_model.model.{target.path}"]
-            layer.lora_A[name].weight.data.copy_(adapter.lora_A[group][index, 0])
-            layer.lora_B[name].weight.data.copy_(adapter.lora_B[group][index, 0])
+            layer_A = modules[peft_key(target.path, "A").removesuffix(".weight")]
+            layer_B = modules[peft_key(target.path, "B").removesuffix(".weight")]
+            layer_A[name].weight.data.copy_(adapter.lora_A[group][index, 0])
+            layer_B[name].weight.data.copy_(adapter.lora_B[group][index, 0])
         names.append(name)
     return names
 
@@ -93,10 +84,8 @@ def run_core_benchmark(json_path: Path | None = None, rounds: int = 7, quick: bo
 
     # Eight adapters from eight different (random-token) instructions of 256 tokens.
     instructions = torch.randint(3, vocab, (batch, instruction_len), generator=g)
-    adapters = []
-    for row in instructions:
-        states = ours.base.encoder(input_ids=row[None]).last_hidden_state
-        adapters.append(ours.generator(masked_mean(states, torch.ones(1, instruction_len))))
+    instruction_mask = torch.ones(1, instruction_len, dtype=torch.long)
+    adapters = [ours.generate_lora(ours.encode_instruction_ids(row[None], instruction_mask)) for row in instructions]
     names = load_into_peft(peft, ours, adapters)
 
     input_ids = torch.randint(3, vocab, (batch, input_len), generator=g)
@@ -115,14 +104,12 @@ def run_core_benchmark(json_path: Path | None = None, rounds: int = 7, quick: bo
         return peft(input_ids=input_ids, attention_mask=mask, decoder_input_ids=decoder_ids, adapter_names=names).logits
 
     one_instruction = instructions[:1]
-    instruction_mask = torch.ones(1, instruction_len)
 
     def encode():
         return ours.base.encoder(input_ids=one_instruction, attention_mask=instruction_mask).last_hidden_state
 
     def generate_adapter():
-        states = ours.base.encoder(input_ids=one_instruction, attention_mask=instruction_mask).last_hidden_state
-        return ours.generator(masked_mean(states, instruction_mask))
+        return ours.generate_lora(ours.encode_instruction_ids(one_instruction, instruction_mask))
 
     swap_batcher = AdapterBatcher(ours.layout, 8, ours.config.generator.scale, torch.float32, torch.device("cpu"))
     fresh = [generate_adapter(), generate_adapter()]
@@ -164,10 +151,7 @@ def run_core_benchmark(json_path: Path | None = None, rounds: int = 7, quick: bo
     }
     print_report(result)
     if json_path is not None:
-        json_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = json_path.with_name(f".{json_path.name}.tmp")
-        tmp.write_text(json.dumps(result, indent=2) + "\n")
-        tmp.replace(json_path)
+        write_json(json_path, result)
     return result
 
 

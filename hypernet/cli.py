@@ -1,118 +1,24 @@
-"""The `tagi` command: one subcommand per function; training and serving add their own."""
+"""The `tagi` command: the model's subcommands (adapter, run, bench core), plus those other
+packages register through the `tagi.commands` entry-point group (serving: serve, bench serve;
+training: init, data, train, eval, ...). The dependency points one way: this module never
+imports serving or training; they plug in by declaring `register(sub, bench)` in pyproject.toml.
+"""
 
 from __future__ import annotations
 
 import argparse
-import importlib
-import importlib.util
 import logging
 import os
 import sys
+from importlib.metadata import entry_points
 from pathlib import Path
 
-DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[1] / "checkpoints" / "tiny"
+from hypernet.cli_common import add_checkpoint_argument, load_model, read_text_argument, refuse_existing
+from hypernet.config import DEFAULT_MAX_NEW_TOKENS
+from hypernet.errors import UserError
+
+ENTRY_POINT_GROUP = "tagi.commands"
 log = logging.getLogger("tagi")
-
-
-class UsageError(Exception):
-    """A user mistake: printed as one line, exit code 2, no traceback."""
-
-
-def resolve_checkpoint(path: str | None) -> Path:
-    if path is not None:
-        return Path(path)
-    if (DEFAULT_CHECKPOINT / "config.json").exists():
-        return DEFAULT_CHECKPOINT
-    raise UsageError(f"no --checkpoint given and no shipped checkpoint at {DEFAULT_CHECKPOINT}; create one with `tagi init --out DIR`")
-
-
-def add_checkpoint_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--checkpoint", default=None, metavar="DIR",
-        help=f"tagi checkpoint directory (default: the shipped {DEFAULT_CHECKPOINT.parent.name}/tiny when present)",
-    )
-
-
-def load_model(path: str | None, device: str = "cpu"):
-    from hypernet.io import load_checkpoint
-
-    return load_checkpoint(resolve_checkpoint(path), device=device)
-
-
-def read_text_argument(value: str, what: str) -> str:
-    """`@file` reads the text from a file, like curl; anything else is the text itself."""
-    if value.startswith("@"):
-        try:
-            return Path(value[1:]).read_text()
-        except OSError as err:
-            raise UsageError(f"cannot read {what} file {value[1:]}: {err.strerror}") from err
-    return value
-
-
-# ---- init ------------------------------------------------------------------------------------
-
-def cmd_init(args: argparse.Namespace) -> None:
-    import tempfile
-
-    from hypernet.config import CheckpointConfig, GeneratorConfig
-    from hypernet.io import create_checkpoint
-    from hypernet.tiny import PRESETS, build_tiny_base
-
-    out = Path(args.out)
-    if out.exists() and not args.overwrite:
-        raise UsageError(f"{out} already exists; pass --overwrite to replace it")
-    generator = GeneratorConfig(rank=args.rank, alpha=args.alpha, target_modules=tuple(args.target_modules))
-    config = CheckpointConfig(generator=generator)
-    if args.base:
-        create_checkpoint(Path(args.base), out, config, seed=args.seed, overwrite=args.overwrite)
-    else:
-        texts = corpus_for_init(args.corpus)
-        with tempfile.TemporaryDirectory() as tmp:
-            build_tiny_base(texts, Path(tmp), PRESETS[args.preset], seed=args.seed)
-            create_checkpoint(Path(tmp), out, config, seed=args.seed, overwrite=args.overwrite)
-    counts = load_model(str(out)).parameter_counts()
-    print(
-        f"wrote untrained checkpoint to {out}: trainable generator {counts['generator']:,} parameters, "
-        f"fusion {counts['fusion']:,}, frozen base {counts['base_frozen']:,}"
-    )
-
-
-def corpus_for_init(paths: list[str] | None) -> list[str]:
-    if paths:
-        texts = []
-        for path in paths:
-            try:
-                texts.extend(line for line in Path(path).read_text().splitlines() if line.strip())
-            except OSError as err:
-                raise UsageError(f"cannot read corpus file {path}: {err.strerror}") from err
-        if not texts:
-            raise UsageError("the corpus files hold no text")
-        return texts
-    from training.synthetic import SuiteConfig, build_suite, corpus_texts
-
-    return corpus_texts(build_suite(0, SuiteConfig()))
-
-
-def add_init(sub: argparse._SubParsersAction) -> None:
-    from hypernet.config import KNOWN_TARGETS, GeneratorConfig
-    from hypernet.tiny import PRESETS
-
-    p = sub.add_parser("init", help="create an untrained checkpoint (tiny base + tokenizer + generator)",
-                       description="Create an untrained checkpoint: a from-scratch tiny T5 and tokenizer (or a local HF T5 "
-                       "directory given with --base) plus a generator whose first adapters are exactly zero.")
-    p.add_argument("--out", required=True, metavar="DIR", help="checkpoint directory to create")
-    p.add_argument("--preset", choices=sorted(PRESETS), default="tiny", help="size of the from-scratch base (default: tiny, 7.6M)")
-    p.add_argument("--base", metavar="DIR", help="use this local HF T5 directory (t5-lm-adapt, flan-t5) instead of a tiny base")
-    p.add_argument("--corpus", nargs="+", metavar="FILE", help="text files (one text per line) to train the tokenizer on "
-                   "(default: the texts of the built-in synthetic task suite)")
-    defaults = GeneratorConfig()
-    p.add_argument("--rank", type=int, default=defaults.rank, help=f"LoRA rank (default {defaults.rank})")
-    p.add_argument("--alpha", type=float, default=defaults.alpha, help=f"LoRA alpha (default {defaults.alpha})")
-    p.add_argument("--target-modules", nargs="+", default=list(defaults.target_modules), choices=KNOWN_TARGETS,
-                   help="T5 modules to adapt in every block (default: q v)")
-    p.add_argument("--seed", type=int, default=0, help="seed for weights and generator init (default 0)")
-    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
-    p.set_defaults(func=cmd_init)
 
 
 # ---- adapter ---------------------------------------------------------------------------------
@@ -122,11 +28,10 @@ def cmd_adapter(args: argparse.Namespace) -> None:
 
     instruction = read_text_argument(args.instruction, "instruction")
     out = Path(args.out)
-    if out.exists() and not args.overwrite:
-        raise UsageError(f"{out} already exists; pass --overwrite to replace it")
+    refuse_existing(out, args.overwrite)
     model = load_model(args.checkpoint)
-    adapter = model.make_adapter(instruction)
-    export_peft(model, adapter, out, overwrite=args.overwrite)
+    adapter = model.adapter(instruction)
+    export_peft(adapter, out, overwrite=args.overwrite)
     print(f"adapter {adapter.adapter_id} written to {out} (PEFT format; load with PeftModel.from_pretrained)")
 
 
@@ -146,10 +51,10 @@ def add_adapter(sub: argparse._SubParsersAction) -> None:
 def cmd_run(args: argparse.Namespace) -> None:
     instruction = read_text_argument(args.instruction, "instruction")
     if args.max_new_tokens < 1:
-        raise UsageError("--max-new-tokens must be >= 1")
+        raise UserError("--max-new-tokens must be >= 1")
     model = load_model(args.checkpoint)
-    adapter = model.make_adapter(instruction)
-    outputs = model.generate(args.input, [adapter] * len(args.input), fusion=not args.no_fusion, max_new_tokens=args.max_new_tokens)
+    adapter = model.adapter(instruction)
+    outputs = model.generate(args.input, adapter, fusion=not args.no_fusion, max_new_tokens=args.max_new_tokens)
     for output in outputs:
         print(output.replace("\n", " "))
 
@@ -161,7 +66,8 @@ def add_run(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--instruction", required=True, help="task instruction text, or @FILE to read it from a file")
     p.add_argument("--input", required=True, action="append", help="an input; repeat for several (one batch)")
     p.add_argument("--no-fusion", action="store_true", help="adapter only, no instruction fusion: what a PEFT export reproduces")
-    p.add_argument("--max-new-tokens", type=int, default=64, help="output length limit in tokens (default 64)")
+    p.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS,
+                   help=f"output length limit in tokens (default {DEFAULT_MAX_NEW_TOKENS})")
     p.set_defaults(func=cmd_run)
 
 
@@ -196,13 +102,11 @@ def build_parser() -> argparse.ArgumentParser:
                                      "instruction -> LoRA adapter -> zero-shot outputs, served or exported to PEFT.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     sub = parser.add_subparsers(dest="command", required=True)
-    add_init(sub)
     add_adapter(sub)
     add_run(sub)
     bench = add_bench(sub)
-    for module in ("serving.cli", "training.cli"):
-        if importlib.util.find_spec(module.partition(".")[0]) and importlib.util.find_spec(module):
-            importlib.import_module(module).register(sub, bench)
+    for entry in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+        entry.load()(sub, bench)
     return parser
 
 
@@ -216,9 +120,8 @@ def main(argv: list[str] | None = None) -> int:
     hf_logging.set_verbosity_error()
     try:
         args.func(args)
-    # CheckpointError and InputTooLong are ValueErrors; so are bad values that reach the library
-    # (an empty instruction): all are the user's to fix, and get one line, not a traceback.
-    except (UsageError, ValueError, FileExistsError) as err:
+    # Only mistakes of the user's get one line; any other exception is a bug and keeps its traceback.
+    except (UserError, FileExistsError) as err:
         if args.debug:
             raise
         print(f"tagi: error: {err}", file=sys.stderr)

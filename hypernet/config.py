@@ -9,12 +9,17 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from hypernet.errors import UserError
+
 # Module names of T5 blocks that LoRA can target. `wi_0`/`wi_1` exist in gated (flan-t5 / t5 v1.1)
 # feed-forward layers, `wi` in the original T5 layout.
 KNOWN_TARGETS = ("q", "k", "v", "o", "wi", "wi_0", "wi_1", "wo")
 
 CHECKPOINT_FORMAT = "tagi-checkpoint"
 CHECKPOINT_VERSION = 1
+
+DEFAULT_MAX_NEW_TOKENS = 64
+"""Output length limit in tokens when a caller does not give one (CLI, API, server, evaluation)."""
 
 
 @dataclass(frozen=True)
@@ -35,20 +40,20 @@ class GeneratorConfig:
 
     def __post_init__(self) -> None:
         if self.rank < 1:
-            raise ValueError(f"rank must be >= 1, got {self.rank}")
+            raise UserError(f"rank must be >= 1, got {self.rank}")
         if self.alpha <= 0:
-            raise ValueError(f"alpha must be > 0, got {self.alpha}")
+            raise UserError(f"alpha must be > 0, got {self.alpha}")
         if not self.target_modules:
-            raise ValueError("target_modules must name at least one module")
+            raise UserError("target_modules must name at least one module")
         unknown = sorted(set(self.target_modules) - set(KNOWN_TARGETS))
         if unknown:
-            raise ValueError(f"unknown target modules {unknown}; choose from {list(KNOWN_TARGETS)}")
+            raise UserError(f"unknown target modules {unknown}; choose from {list(KNOWN_TARGETS)}")
         if len(set(self.target_modules)) != len(self.target_modules):
-            raise ValueError(f"target_modules has duplicates: {list(self.target_modules)}")
+            raise UserError(f"target_modules has duplicates: {list(self.target_modules)}")
         if self.hidden_dim is not None and self.hidden_dim < 1:
-            raise ValueError(f"hidden_dim must be >= 1, got {self.hidden_dim}")
+            raise UserError(f"hidden_dim must be >= 1, got {self.hidden_dim}")
         if self.embed_dim < 1:
-            raise ValueError(f"embed_dim must be >= 1, got {self.embed_dim}")
+            raise UserError(f"embed_dim must be >= 1, got {self.embed_dim}")
 
     @property
     def scale(self) -> float:
@@ -59,7 +64,7 @@ class GeneratorConfig:
         known = {f for f in cls.__dataclass_fields__}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ValueError(f"unknown generator config keys: {unknown}")
+            raise UserError(f"unknown generator config keys: {unknown}")
         values = dict(data)
         if "target_modules" in values:
             values["target_modules"] = tuple(values["target_modules"])
@@ -85,12 +90,12 @@ class CheckpointConfig:
 
     def __post_init__(self) -> None:
         if "{input}" not in self.input_template:
-            raise ValueError(f"input_template must contain '{{input}}', got {self.input_template!r}")
+            raise UserError(f"input_template must contain '{{input}}', got {self.input_template!r}")
         if "{instruction}" not in self.instruction_template:
-            raise ValueError(f"instruction_template must contain '{{instruction}}', got {self.instruction_template!r}")
+            raise UserError(f"instruction_template must contain '{{instruction}}', got {self.instruction_template!r}")
         for name in ("max_instruction_tokens", "max_input_tokens"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1")
+                raise UserError(f"{name} must be >= 1")
 
     def format_instruction(self, instruction: str) -> str:
         # replace, not str.format: instructions may contain braces
@@ -106,12 +111,12 @@ class CheckpointConfig:
         data = dict(data)
         fmt, version = data.pop("format", None), data.pop("version", None)
         if fmt != CHECKPOINT_FORMAT:
-            raise ValueError(f"not a tagi checkpoint config (format={fmt!r})")
+            raise UserError(f"not a tagi checkpoint config (format={fmt!r})")
         if version != CHECKPOINT_VERSION:
-            raise ValueError(f"unsupported checkpoint version {version!r}; this tagi reads {CHECKPOINT_VERSION}")
+            raise UserError(f"unsupported checkpoint version {version!r}; this tagi reads {CHECKPOINT_VERSION}")
         known = {f for f in cls.__dataclass_fields__}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ValueError(f"unknown checkpoint config keys: {unknown}")
+            raise UserError(f"unknown checkpoint config keys: {unknown}")
         generator = GeneratorConfig.from_dict(data.pop("generator", {}))
         return cls(generator=generator, **data)

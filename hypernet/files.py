@@ -1,7 +1,9 @@
-"""Checkpoint files without torch: names, reading config.json, fingerprints, atomic writes.
+"""Files without torch: checkpoint names, reading config.json, fingerprints, atomic writes.
 
 Kept free of torch so that processes that only route requests (the server's HTTP front) can
-read a checkpoint's config and fingerprint without importing it.
+read a checkpoint's config and fingerprint without importing it. The atomic-write helpers here
+are the only ones in the project: every file tagi writes goes through them, so a crash leaves
+either the old file or the new one, never half of one.
 """
 
 from __future__ import annotations
@@ -16,17 +18,16 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from hypernet.config import CheckpointConfig
+from hypernet.errors import CheckpointError
 
 CONFIG_FILE = "config.json"
 GENERATOR_FILE = "generator.safetensors"
 BASE_DIR = "base"
 SPIECE = "spiece.model"
+DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[1] / "checkpoints" / "tiny"
+"""The shipped trained checkpoint: what `hypernet.load()` and every command use by default."""
 # Files that define the base model's behaviour; their bytes make its fingerprint.
 _FINGERPRINTED = ("*.safetensors", SPIECE, "tokenizer.json")
-
-
-class CheckpointError(ValueError):
-    """A checkpoint or export directory is missing, malformed, or does not match."""
 
 
 @contextmanager
@@ -51,11 +52,32 @@ def atomic_directory(target: Path, overwrite: bool = False) -> Iterator[Path]:
             shutil.rmtree(tmp)
 
 
-def write_json(path: Path, data: dict) -> None:
-    """Atomic JSON write: temp file in the same directory, then rename."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write to a unique temporary file in the same directory, flush it to disk, then rename.
+
+    The temporary name is unique (mkstemp), so two processes writing the same file never
+    share a temporary; the last rename wins and readers always see a whole file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def write_json(path: Path, data: dict | list) -> None:
+    """Atomic JSON write (indented, sorted keys, so files diff well)."""
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 def base_fingerprint(base_dir: Path) -> str:

@@ -1,4 +1,4 @@
-"""Everything that touches disk: checkpoints, fingerprints, PEFT exports.
+"""Everything that touches disk: checkpoints, fingerprints, and the PEFT format.
 
 A checkpoint is one directory:
     config.json              CheckpointConfig (versioned), including the base fingerprint
@@ -7,6 +7,9 @@ A checkpoint is one directory:
 An export is a standard PEFT LoRA directory plus `tagi.json`. All writes go to a temporary
 sibling directory that is renamed into place, so a crash never leaves half a checkpoint.
 No pickle: weights are safetensors only, and the base is loaded with use_safetensors=True.
+
+This is the only module that knows PEFT's keys, config and file names: exports of generated
+adapters, and the instance-trained teachers that training writes and reads back.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import shutil
 from pathlib import Path
 
 import torch
-from peft import LoraConfig
+from peft import LoraConfig, PeftModel
 from safetensors.torch import load_file, save_file
 from transformers import T5ForConditionalGeneration
 
@@ -24,18 +27,19 @@ from hypernet.config import CheckpointConfig
 from hypernet.files import (
     BASE_DIR,
     CONFIG_FILE,
+    DEFAULT_CHECKPOINT,
     GENERATOR_FILE,
     SPIECE,
-    CheckpointError,
     atomic_directory,
     base_fingerprint,
     checkpoint_fingerprint,
     read_checkpoint_config,
     write_json,
 )
+from hypernet.errors import CheckpointError
 from hypernet.generator import AdapterGenerator
 from hypernet.model import Adapter, TagiModel
-from hypernet.targets import find_targets
+from hypernet.targets import LoraWeights, TargetLayout, find_targets
 from hypernet.tiny import load_tokenizer
 
 PEFT_CONFIG_FILE = "adapter_config.json"
@@ -70,6 +74,15 @@ def create_checkpoint(base_dir: Path, out_dir: Path, config: CheckpointConfig, s
     save_checkpoint(TagiModel(base, tokenizer, config), out_dir, overwrite=overwrite)
 
 
+def load(path: str | Path | None = None, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> TagiModel:
+    """The public entry point: `hypernet.load("checkpoints/tiny")`; None loads the shipped checkpoint."""
+    if path is None:
+        if not (DEFAULT_CHECKPOINT / CONFIG_FILE).exists():
+            raise CheckpointError(f"no checkpoint given and no shipped checkpoint at {DEFAULT_CHECKPOINT}")
+        path = DEFAULT_CHECKPOINT
+    return load_checkpoint(Path(path), device=device, dtype=dtype)
+
+
 def load_checkpoint(
     path: Path, device: str | torch.device = "cpu", verify: bool = True, dtype: torch.dtype = torch.float32
 ) -> TagiModel:
@@ -98,34 +111,89 @@ def load_checkpoint(
     return model.to(device=device, dtype=dtype)
 
 
-def peft_state_dict(model: TagiModel, adapter: Adapter) -> dict[str, torch.Tensor]:
+# ---- the PEFT format ---------------------------------------------------------------------------
+
+def peft_key(module_path: str, factor: str) -> str:
+    """PEFT's saved key (no adapter name) of one LoRA factor ("A" or "B") of a module."""
+    return f"base_model.model.{module_path}.lora_{factor}.weight"
+
+
+def peft_lora_config(rank: int, alpha: float, target_modules: tuple[str, ...] | list[str], base_name: str | None = None) -> LoraConfig:
+    """The LoRA config of every adapter we write: no dropout, no bias, seq2seq."""
+    return LoraConfig(
+        r=rank,
+        lora_alpha=alpha,
+        target_modules=list(target_modules),
+        lora_dropout=0.0,
+        bias="none",
+        task_type="SEQ_2_SEQ_LM",
+        base_model_name_or_path=base_name,
+    )
+
+
+def is_peft_dir(path: Path) -> bool:
+    return (Path(path) / PEFT_WEIGHTS_FILE).exists() and (Path(path) / PEFT_CONFIG_FILE).exists()
+
+
+def save_peft_model(model: PeftModel, out_dir: Path, overwrite: bool = True) -> None:
+    """A trained PEFT model's adapter, written atomically (a teacher is either whole or absent)."""
+    with atomic_directory(Path(out_dir), overwrite=overwrite) as tmp:
+        model.save_pretrained(tmp)
+
+
+def copy_peft_dir(src: Path, dst: Path, dtype: torch.dtype) -> None:
+    """Copy a PEFT directory with its weights re-saved in `dtype` (shipping teachers in float16)."""
+    src = Path(src)
+    with atomic_directory(Path(dst), overwrite=True) as tmp:
+        shutil.copy(src / PEFT_CONFIG_FILE, tmp / PEFT_CONFIG_FILE)
+        weights = {k: v.to(dtype) for k, v in load_file(src / PEFT_WEIGHTS_FILE).items()}
+        save_file(weights, tmp / PEFT_WEIGHTS_FILE, metadata={"format": "pt"})
+
+
+def load_peft_loras(dirs: list[Path], layout: TargetLayout) -> LoraWeights:
+    """PEFT LoRA directories -> one LoraWeights batch (row i = dirs[i]) in `layout`, float32, with
+    the adapters' own alpha/r as scale (so a teacher's update is compared as PEFT applies it)."""
+    scales = set()
+    for path in dirs:
+        config = LoraConfig.from_pretrained(str(path))
+        scales.add(config.lora_alpha / config.r)
+    if len(scales) != 1:
+        raise CheckpointError(f"PEFT adapters in {[str(d) for d in dirs]} have different alpha/r {sorted(scales)}: they cannot share a batch")
+    states = [load_file(Path(path) / PEFT_WEIGHTS_FILE) for path in dirs]
+    lora_A: dict[str, list[torch.Tensor]] = {}
+    lora_B: dict[str, list[torch.Tensor]] = {}
+    for target, group, _ in layout.slots():
+        try:
+            rows_A = [state[peft_key(target.path, "A")].float() for state in states]
+            rows_B = [state[peft_key(target.path, "B")].float() for state in states]
+        except KeyError as err:
+            raise CheckpointError(f"a PEFT adapter lacks {err}: it does not target the modules of this layout") from err
+        lora_A.setdefault(group, []).append(torch.stack(rows_A))
+        lora_B.setdefault(group, []).append(torch.stack(rows_B))
+    return LoraWeights({g: torch.stack(v) for g, v in lora_A.items()}, {g: torch.stack(v) for g, v in lora_B.items()}, scales.pop())
+
+
+def peft_state_dict(adapter: Adapter) -> dict[str, torch.Tensor]:
     """PEFT's saved key names (no adapter name) -> (r, in) and (out, r) tensors."""
     state = {}
-    for target, group, index in model.layout.slots():
-        prefix = f"base_model.model.{target.path}"
-        state[f"{prefix}.lora_A.weight"] = adapter.weights.lora_A[group][index, 0].contiguous().cpu()
-        state[f"{prefix}.lora_B.weight"] = adapter.weights.lora_B[group][index, 0].contiguous().cpu()
+    for target, group, index in adapter.model.layout.slots():
+        state[peft_key(target.path, "A")] = adapter.weights.lora_A[group][index, 0].contiguous().cpu()
+        state[peft_key(target.path, "B")] = adapter.weights.lora_B[group][index, 0].contiguous().cpu()
     return state
 
 
-def export_peft(model: TagiModel, adapter: Adapter, out_dir: Path, overwrite: bool = False) -> None:
+def export_peft(adapter: Adapter, out_dir: Path, overwrite: bool = False) -> None:
     """Write a PEFT LoRA directory that `PeftModel.from_pretrained(ckpt/base, out_dir)` loads.
 
     PEFT matches `target_modules` by name suffix in every block, which is exactly what the
     generator targets (all self- and cross-attention blocks, or all feed-forward layers)."""
+    model = adapter.model
     generator = model.config.generator
-    peft_config = LoraConfig(
-        r=generator.rank,
-        lora_alpha=generator.alpha,
-        target_modules=list(generator.target_modules),
-        lora_dropout=0.0,
-        bias="none",
-        task_type="SEQ_2_SEQ_LM",
-        base_model_name_or_path=str(getattr(model.base, "name_or_path", "") or BASE_DIR),
-    )
+    base_name = str(getattr(model.base, "name_or_path", "") or BASE_DIR)
+    peft_config = peft_lora_config(generator.rank, generator.alpha, generator.target_modules, base_name)
     with atomic_directory(Path(out_dir), overwrite=overwrite) as tmp:
         peft_config.save_pretrained(tmp)
-        save_file(peft_state_dict(model, adapter), tmp / PEFT_WEIGHTS_FILE, metadata={"format": "pt"})
+        save_file(peft_state_dict(adapter), tmp / PEFT_WEIGHTS_FILE, metadata={"format": "pt"})
         write_json(
             tmp / TAGI_EXPORT_FILE,
             {

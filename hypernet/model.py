@@ -9,23 +9,21 @@ decoder also attends to the instruction's token states. Only the generator is tr
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase, T5ForConditionalGeneration
 from transformers.modeling_outputs import BaseModelOutput
 
-from hypernet.batching import AdapterBatcher
-from hypernet.config import CheckpointConfig
+from hypernet.batching import AdapterBatcher, stack_adapters
+from hypernet.config import DEFAULT_MAX_NEW_TOKENS, CheckpointConfig
+from hypernet.errors import EmptyInstruction, InputTooLong
 from hypernet.fusion import InstructionEncoding, concat_instructions, fuse, masked_mean
 from hypernet.generator import AdapterGenerator
 from hypernet.inject import inject_lora
 from hypernet.targets import LoraWeights, find_targets
-
-
-class InputTooLong(ValueError):
-    """A text exceeds the checkpoint's token limit; callers turn this into a user error."""
 
 
 @dataclass(frozen=True)
@@ -37,11 +35,19 @@ class Adapter:
     instruction: str
     weights: LoraWeights  # batch of one
     instruction_encoding: InstructionEncoding  # batch of one, unpadded; used by fusion
+    model: TagiModel = field(repr=False, compare=False)
+    """The model that generated it: its layout and config say how to export it."""
 
     @property
     def nbytes(self) -> int:
         states = self.instruction_encoding.states
         return self.weights.nbytes + states.numel() * states.element_size()
+
+    def save_peft(self, out_dir: str | Path, overwrite: bool = False) -> None:
+        """Write a standard PEFT LoRA directory (what `tagi adapter` writes)."""
+        from hypernet.io import export_peft  # io imports this module
+
+        export_peft(self, Path(out_dir), overwrite=overwrite)
 
 
 def adapter_id(checkpoint_fingerprint: str, instruction: str) -> str:
@@ -68,7 +74,6 @@ class TagiModel(nn.Module):
         self.slots = inject_lora(base, self.layout)
         self.fingerprint = fingerprint
         """Checkpoint fingerprint (base + generator + config); adapter ids derive from it."""
-        self.batcher: AdapterBatcher | None = None
 
     def train(self, mode: bool = True) -> TagiModel:
         # The base stays in eval mode (no dropout on the frozen path); only the generator trains.
@@ -94,36 +99,50 @@ class TagiModel(nn.Module):
     def format_inputs(self, inputs: list[str]) -> list[str]:
         return [self.config.input_template.replace("{input}", text) for text in inputs]
 
+    def format_instruction(self, instruction: str) -> str:
+        """The instruction in the form the generator was trained on (the checkpoint's one
+        `instruction_template`, e.g. "Definition: {instruction}"). Empty text is refused here,
+        before the template would make it look non-empty."""
+        if not instruction.strip():
+            raise EmptyInstruction("instruction is empty")
+        return self.config.format_instruction(instruction)
+
     # ---- instruction -> adapter ------------------------------------------------------------
 
     @torch.no_grad()
+    def encode_instruction_ids(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> InstructionEncoding:
+        """Token ids of formatted instructions -> their encoding; every path to an adapter
+        (users, training stages, the benchmark) goes through here. The encoder is the frozen
+        base, so there is no graph to keep."""
+        states = self.base.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return InstructionEncoding(states, attention_mask, masked_mean(states, attention_mask))
+
     def encode_instructions(self, instructions: list[str]) -> InstructionEncoding:
-        """Encode with the frozen base encoder; nothing before the generator trains, so no graph."""
-        if any(not text.strip() for text in instructions):
-            raise ValueError("instruction is empty")
-        batch = self.tokenize(instructions, self.config.max_instruction_tokens, "instruction")
-        states = self.base.encoder(**batch).last_hidden_state
-        return InstructionEncoding(states, batch["attention_mask"], masked_mean(states, batch["attention_mask"]))
+        """Bare instructions -> encoding (the template is applied here)."""
+        texts = [self.format_instruction(text) for text in instructions]
+        batch = self.tokenize(texts, self.config.max_instruction_tokens, "instruction")
+        return self.encode_instruction_ids(batch["input_ids"], batch["attention_mask"])
 
     def generate_lora(self, encoding: InstructionEncoding) -> LoraWeights:
         return self.generator(encoding.pooled)
 
     @torch.no_grad()
-    def make_adapter(self, instruction: str, formatted: bool = False) -> Adapter:
-        """One instruction, encoded alone (no padding), so its tensors never depend on what it
-        was batched with.
-
-        The checkpoint's `instruction_template` (the wording its generator was trained on,
-        e.g. "Definition: {instruction}") is applied first, so a user types just the task;
-        `formatted=True` is for text already in that form (the trainer's and evaluator's SNI
-        prompts). The id is always computed from `instruction` as given.
-        """
-        text = instruction if formatted else self.config.format_instruction(instruction)
-        encoding = self.encode_instructions([text])
+    def adapter(self, instruction: str) -> Adapter:
+        """The adapter of one bare instruction, encoded alone (no padding), so its tensors never
+        depend on what it was batched with. The id is computed from the text as given."""
+        encoding = self.encode_instructions([instruction])
         weights = self.generate_lora(encoding)
-        return Adapter(adapter_id(self.fingerprint, instruction), instruction, weights, encoding)
+        return Adapter(adapter_id(self.fingerprint, instruction), instruction, weights, encoding, self)
 
     # ---- running the adapted model --------------------------------------------------------
+
+    def encode_inputs(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, instruction: InstructionEncoding | None
+    ) -> tuple[BaseModelOutput, torch.Tensor]:
+        """Encoder pass with the attached adapter, then fusion: what the decoder attends to and its mask."""
+        encoded = self.base.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        encoded, memory_mask = fuse(encoded, attention_mask, instruction)
+        return BaseModelOutput(last_hidden_state=encoded), memory_mask
 
     def forward(
         self,
@@ -136,54 +155,51 @@ class TagiModel(nn.Module):
         """Logits (b, t_dec, vocab). Row i runs with adapter row i of `lora`; with `instruction`
         given, the decoder also attends to its states (fusion)."""
         with self.slots.attached(lora):
-            encoded = self.base.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-            encoded, memory_mask = fuse(encoded, attention_mask, instruction)
-            out = self.base(
-                encoder_outputs=BaseModelOutput(last_hidden_state=encoded),
-                attention_mask=memory_mask,
-                decoder_input_ids=decoder_input_ids,
-            )
+            memory, memory_mask = self.encode_inputs(input_ids, attention_mask, instruction)
+            out = self.base(encoder_outputs=memory, attention_mask=memory_mask, decoder_input_ids=decoder_input_ids)
         return out.logits
 
     @torch.no_grad()
     def generate(
         self,
         inputs: list[str],
-        adapters: list[Adapter | None],
+        adapters: Adapter | None | list[Adapter | None],
         fusion: bool | list[bool] | None = None,
-        max_new_tokens: int | list[int] = 64,
+        max_new_tokens: int | list[int] | None = None,
+        workspace: AdapterBatcher | None = None,
     ) -> list[str]:
         """Greedy outputs; input i runs with adapters[i] (None: the plain base), all in one batch.
+        One adapter (or None) applies to every input.
 
         `fusion` and `max_new_tokens` may be given per row, so requests with different settings
         still share one forward pass; greedy decoding is prefix-stable, so cutting a row's
-        tokens at its own limit gives exactly what generating it alone would."""
+        tokens at its own limit gives exactly what generating it alone would. `workspace` is a
+        caller-owned AdapterBatcher (a server reuses one across batches instead of allocating)."""
         n = len(inputs)
-        if len(adapters) != n:
-            raise ValueError(f"{n} inputs but {len(adapters)} adapters")
+        rows = list(adapters) if isinstance(adapters, list) else [adapters] * n
+        if len(rows) != n:
+            raise ValueError(f"{n} inputs but {len(rows)} adapters")
         fusion = self.config.fusion if fusion is None else fusion
         fusions = [fusion] * n if isinstance(fusion, bool) else list(fusion)
+        max_new_tokens = DEFAULT_MAX_NEW_TOKENS if max_new_tokens is None else max_new_tokens
         limits = [max_new_tokens] * n if isinstance(max_new_tokens, int) else list(max_new_tokens)
         if len(fusions) != n or len(limits) != n:
             raise ValueError("per-row fusion and max_new_tokens need one value per input")
         if min(limits, default=1) < 1:
             raise ValueError("max_new_tokens must be >= 1")
         batch = self.tokenize(self.format_inputs(inputs), self.config.max_input_tokens, "input")
-        lora = self.batch_adapters(adapters)
-        instruction = concat_instructions([a.instruction_encoding if a and f else None for a, f in zip(adapters, fusions)])
+        weights = [a.weights if a else None for a in rows]
+        lora = None if not any(rows) else workspace.assemble(weights) if workspace else stack_adapters(weights)
+        instruction = concat_instructions([a.instruction_encoding if a and f else None for a, f in zip(rows, fusions)])
         tokens = self.generate_tokens(batch, lora, instruction, max(limits))
         # Column 0 is the decoder start token; row i keeps its own first limits[i] new tokens.
         return self.tokenizer.batch_decode([row[: 1 + limit] for row, limit in zip(tokens, limits)], skip_special_tokens=True)
 
-    def batch_adapters(self, adapters: list[Adapter | None]) -> LoraWeights | None:
-        """Per-row adapters as one batch (a view of a reused workspace; see AdapterBatcher)."""
-        if not any(adapters):
-            return None
-        if self.batcher is None:
-            weight = self.slots.layers[0].weight
-            generator = self.config.generator
-            self.batcher = AdapterBatcher(self.layout, generator.rank, generator.scale, weight.dtype, weight.device)
-        return self.batcher.assemble([a.weights if a else None for a in adapters])
+    def new_workspace(self) -> AdapterBatcher:
+        """An AdapterBatcher matching this model's layout, dtype and device, for `generate(workspace=)`."""
+        weight = self.slots.layers[0].weight
+        generator = self.config.generator
+        return AdapterBatcher(self.layout, generator.rank, generator.scale, weight.dtype, weight.device)
 
     @torch.no_grad()
     def generate_tokens(
@@ -195,10 +211,9 @@ class TagiModel(nn.Module):
     ) -> torch.Tensor:
         """Greedy token ids (b, 1 + new tokens), starting with the decoder start token."""
         with self.slots.attached(lora):
-            encoded = self.base.encoder(**batch).last_hidden_state
-            encoded, memory_mask = fuse(encoded, batch["attention_mask"], instruction)
+            memory, memory_mask = self.encode_inputs(batch["input_ids"], batch["attention_mask"], instruction)
             return self.base.generate(
-                encoder_outputs=BaseModelOutput(last_hidden_state=encoded),
+                encoder_outputs=memory,
                 attention_mask=memory_mask,
                 max_new_tokens=max_new_tokens,
                 do_sample=False,
@@ -206,9 +221,9 @@ class TagiModel(nn.Module):
             )
 
     def parameter_counts(self) -> dict[str, int]:
-        """Trainable generator, fusion (none: fusion reuses the frozen cross-attention), frozen base."""
+        """Trainable generator and frozen base. Fusion adds no parameters: it reuses the frozen
+        cross-attention."""
         return {
             "generator": sum(p.numel() for p in self.generator.parameters()),
-            "fusion": 0,
             "base_frozen": sum(p.numel() for p in self.base.parameters()),
         }

@@ -15,6 +15,8 @@ from typing import Literal
 import torch
 from torch import nn
 
+from hypernet.errors import UserError
+
 Stack = Literal["encoder", "decoder"]
 Block = Literal["self", "cross", "ffn"]
 
@@ -76,10 +78,10 @@ def find_targets(model: nn.Module, module_names: tuple[str, ...]) -> TargetLayou
             TargetModule(stack, int(layer), _BLOCKS[block], name, path, module.in_features, module.out_features)
         )
     if not targets:
-        raise ValueError(f"no T5 modules named {sorted(wanted)} found: is this a T5 encoder-decoder?")
+        raise UserError(f"no T5 modules named {sorted(wanted)} found: is this a T5 encoder-decoder?")
     missing = wanted - {t.name for t in targets}
     if missing:
-        raise ValueError(f"target modules {sorted(missing)} do not exist in this model")
+        raise UserError(f"target modules {sorted(missing)} do not exist in this model")
     return TargetLayout(tuple(targets))
 
 

@@ -4,14 +4,25 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 
-from hypernet.bench import randomize_generator
 from hypernet.config import CheckpointConfig, GeneratorConfig
 from hypernet.io import create_checkpoint, load_checkpoint, save_checkpoint
+from hypernet.model import TagiModel
 from hypernet.tiny import PRESETS, build_tiny_base
 
 WORDS = "apple river stone green house cloud seven bright table window music paper garden silver".split()
 ALL_TARGETS = ("q", "k", "v", "o", "wi", "wo")
+
+
+def randomize_generator(model: TagiModel, seed: int, std: float = 0.05) -> None:
+    """Stand-in for training: non-zero B heads, so that generated adapters change outputs (an
+    untrained generator emits exactly zero updates)."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for head in model.generator.heads_B.values():
+            head.weight.copy_(torch.randn(head.weight.shape, generator=generator) * std)
+            head.bias.copy_(torch.randn(head.bias.shape, generator=generator) * std)
 
 
 def corpus() -> list[str]:

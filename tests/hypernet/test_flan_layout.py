@@ -8,7 +8,7 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForSeq2SeqLM, T5Config, T5ForConditionalGeneration
 
-from hypernet.bench import randomize_generator
+from support import randomize_generator
 from hypernet.config import CheckpointConfig, GeneratorConfig
 from hypernet.io import CheckpointError, create_checkpoint, export_peft, load_checkpoint
 from hypernet.tiny import load_tokenizer
@@ -36,8 +36,8 @@ def test_flan_layout_checkpoint_matches_peft(flan_dir, tmp_path):
     assert names == {"q", "v", "wi_0", "wi_1", "wo"}
     assert len([t for t in model.layout.targets if t.stack == "decoder" and t.name == "q"]) == 6  # self + cross, 3 layers
     randomize_generator(model, seed=2)
-    adapter = model.make_adapter("Reverse the list.")
-    export_peft(model, adapter, tmp_path / "export")
+    adapter = model.adapter("Reverse the list.")
+    export_peft(adapter, tmp_path / "export")
     peft = PeftModel.from_pretrained(AutoModelForSeq2SeqLM.from_pretrained(tmp_path / "ckpt" / "base"), tmp_path / "export").eval()
     batch = model.tokenize(["apple, river, stone"], 64, "input")
     decoder = torch.tensor([[0, 7, 8, 9]])

@@ -66,9 +66,9 @@ def test_broken_checkpoints_give_clear_errors(checkpoint_dir, tmp_path, damage, 
 
 
 def test_peft_export_contents(model, tmp_path):
-    adapter = model.make_adapter("Reverse the list.")
+    adapter = model.adapter("Reverse the list.")
     out = tmp_path / "export"
-    export_peft(model, adapter, out)
+    export_peft(adapter, out)
     assert sorted(p.name for p in out.iterdir()) == ["adapter_config.json", "adapter_model.safetensors", "tagi.json"]
     meta = json.loads((out / "tagi.json").read_text())
     assert meta["adapter_id"] == adapter.adapter_id and meta["instruction"] == "Reverse the list."
@@ -80,7 +80,7 @@ def test_peft_export_contents(model, tmp_path):
     key = "base_model.model.decoder.block.1.layer.1.EncDecAttention.v.lora_B.weight"
     assert tensors[key].shape == (64, 8)
     with pytest.raises(FileExistsError):
-        export_peft(model, adapter, out)
+        export_peft(adapter, out)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "no temporary directory is left behind"
 
 
@@ -130,4 +130,4 @@ def test_a_bf16_base_loads_in_float32(checkpoint_dir, tmp_path):
     write_json(copy / "config.json", {**config.to_dict(), "base_fingerprint": base_fingerprint(copy / "base")})
     model = load_checkpoint(copy)
     assert {p.dtype for p in model.parameters()} == {torch.float32}
-    assert len(model.generate(["apple, river"], [model.make_adapter("Reverse the list.")], max_new_tokens=3)) == 1  # runs
+    assert len(model.generate(["apple, river"], [model.adapter("Reverse the list.")], max_new_tokens=3)) == 1  # runs

@@ -7,7 +7,7 @@ import torch
 
 from hypernet.fusion import masked_mean
 from hypernet.io import load_checkpoint
-from hypernet.model import InputTooLong
+from hypernet.errors import EmptyInstruction, InputTooLong
 
 INSTRUCTION = "Sort the items of the list alphabetically."
 
@@ -18,24 +18,24 @@ def all_tensors(adapter) -> list[torch.Tensor]:
 
 
 def test_same_instruction_gives_bit_identical_adapter_and_id(model, checkpoint_dir):
-    first, second = model.make_adapter(INSTRUCTION), model.make_adapter(INSTRUCTION)
-    reloaded = load_checkpoint(checkpoint_dir).make_adapter(INSTRUCTION)
+    first, second = model.adapter(INSTRUCTION), model.adapter(INSTRUCTION)
+    reloaded = load_checkpoint(checkpoint_dir).adapter(INSTRUCTION)
     for other in (second, reloaded):
         assert other.adapter_id == first.adapter_id
         assert all(torch.equal(a, b) for a, b in zip(all_tensors(first), all_tensors(other)))
-    different = model.make_adapter("Reverse the list.")
+    different = model.adapter("Reverse the list.")
     assert different.adapter_id != first.adapter_id
     assert not torch.equal(different.weights.lora_B["64x64"], first.weights.lora_B["64x64"])
 
 
 def test_adapter_id_depends_on_the_checkpoint(model, untrained_checkpoint_dir):
     other = load_checkpoint(untrained_checkpoint_dir)
-    assert other.make_adapter(INSTRUCTION).adapter_id != model.make_adapter(INSTRUCTION).adapter_id
+    assert other.adapter(INSTRUCTION).adapter_id != model.adapter(INSTRUCTION).adapter_id
 
 
 def test_untrained_generator_emits_a_zero_update(untrained_checkpoint_dir):
     model = load_checkpoint(untrained_checkpoint_dir)
-    adapter = model.make_adapter(INSTRUCTION)
+    adapter = model.adapter(INSTRUCTION)
     assert all(torch.count_nonzero(b) == 0 for b in adapter.weights.lora_B.values())
     assert all(torch.count_nonzero(a) > 0 for a in adapter.weights.lora_A.values())
     inputs = ["apple, river", "seven, stone, 4"]
@@ -45,7 +45,7 @@ def test_untrained_generator_emits_a_zero_update(untrained_checkpoint_dir):
 
 
 def test_generator_covers_every_target_with_its_own_factors(model):
-    weights = model.make_adapter(INSTRUCTION).weights
+    weights = model.adapter(INSTRUCTION).weights
     expected = {g: count for g, (_, _, count) in model.layout.groups.items()}
     assert {g: a.shape[0] for g, a in weights.lora_A.items()} == expected
     # Learned per-target embeddings: two layers of the same shape get different factors.
@@ -87,7 +87,7 @@ def test_masked_mean_ignores_padding(model):
 
 
 def test_fusion_changes_outputs_and_can_be_switched_off(model):
-    adapter = model.make_adapter(INSTRUCTION)
+    adapter = model.adapter(INSTRUCTION)
     batch = model.tokenize(["apple, river, stone"], 64, "input")
     decoder = torch.tensor([[0, 4, 5]])
     with torch.no_grad():
@@ -98,7 +98,7 @@ def test_fusion_changes_outputs_and_can_be_switched_off(model):
 
 def test_mixed_batch_outputs_equal_each_request_alone(model):
     instructions = [INSTRUCTION, "Reverse the list.", "Count the words in the list and then add the number seven to it."]
-    adapters = [model.make_adapter(text) for text in instructions]
+    adapters = [model.adapter(text) for text in instructions]
     inputs = ["apple, river, stone", "green, 7, house, cloud", "seven bright table"]
     rows = [adapters[0], None, adapters[2], adapters[1]]
     row_inputs = [inputs[0], inputs[1], inputs[2], inputs[0]]
@@ -111,9 +111,9 @@ def test_mixed_batch_outputs_equal_each_request_alone(model):
 
 def test_limits_and_bad_values_are_refused(model):
     with pytest.raises(ValueError, match="empty"):
-        model.make_adapter("   ")
+        model.adapter("   ")
     with pytest.raises(InputTooLong, match="instruction"):
-        model.make_adapter("word " * 500)
+        model.adapter("word " * 500)
     with pytest.raises(InputTooLong, match="input"):
         model.generate(["apple " * 200], [None])
     with pytest.raises(ValueError, match="max_new_tokens"):
@@ -121,8 +121,8 @@ def test_limits_and_bad_values_are_refused(model):
 
 
 def test_instruction_template_is_applied_to_user_text_only(model):
-    """A checkpoint trained on "Definition: ..." prompts gets the same form from a bare instruction;
-    text already in that form (the trainer's, the evaluator's) is taken as is."""
+    """A checkpoint trained on "Definition: ..." prompts gets the same form from a bare instruction:
+    the one template lives in the checkpoint config; an empty instruction stays refused under it."""
     from dataclasses import replace
 
     from hypernet.config import CheckpointConfig
@@ -130,12 +130,15 @@ def test_instruction_template_is_applied_to_user_text_only(model):
     plain = model.config
     try:
         model.config = replace(plain, instruction_template="Definition: {instruction}")
-        bare = model.make_adapter(INSTRUCTION)
-        formatted = model.make_adapter(f"Definition: {INSTRUCTION}", formatted=True)
+        bare = model.adapter(INSTRUCTION)
+        for empty in ("", "   ", "\n\t"):
+            with pytest.raises(EmptyInstruction):
+                model.adapter(empty)
+        model.config = plain
+        formatted = model.adapter(f"Definition: {INSTRUCTION}")
         assert all(torch.equal(a, b) for a, b in zip(all_tensors(bare), all_tensors(formatted)))
         assert bare.instruction == INSTRUCTION and bare.adapter_id != formatted.adapter_id
-        model.config = plain
-        untemplated = model.make_adapter(INSTRUCTION)
+        untemplated = model.adapter(INSTRUCTION)
         assert untemplated.instruction_encoding.states.shape[1] < bare.instruction_encoding.states.shape[1]  # no prefix
         assert model.config.format_instruction("{x} braces stay") == "{x} braces stay"
     finally:

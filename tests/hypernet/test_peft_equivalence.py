@@ -10,6 +10,7 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForSeq2SeqLM
 
+from hypernet.batching import stack_adapters
 from hypernet.cli import main
 from hypernet.io import export_peft
 
@@ -23,19 +24,19 @@ def peft_model(checkpoint_dir: Path, export_dir: Path):
 
 
 def test_mixed_batch_logits_match_peft_running_each_adapter_alone(model, checkpoint_dir, tmp_path):
-    adapters = [model.make_adapter(text) for text in INSTRUCTIONS]
+    adapters = [model.adapter(text) for text in INSTRUCTIONS]
     rows = [adapters[0], adapters[1], None, adapters[2]]
     batch = model.tokenize(model.format_inputs(INPUTS), 64, "input")
     decoder_ids = torch.tensor([[0, 5, 9, 13, 4]] * len(INPUTS))
     with torch.no_grad():
-        ours = model(**batch, decoder_input_ids=decoder_ids, lora=model.batch_adapters(rows))
+        ours = model(**batch, decoder_input_ids=decoder_ids, lora=stack_adapters([a.weights if a else None for a in rows]))
         plain = model(**batch, decoder_input_ids=decoder_ids)
 
     for i, adapter in enumerate(rows):
         if adapter is None:
             assert torch.equal(ours[i], plain[i]), "a row without adapter must be the plain base"
             continue
-        export_peft(model, adapter, tmp_path / adapter.adapter_id)
+        export_peft(adapter, tmp_path / adapter.adapter_id)
         peft = peft_model(checkpoint_dir, tmp_path / adapter.adapter_id)
         with torch.no_grad():
             theirs = peft(
