@@ -279,15 +279,18 @@ def load_tasks(paths: Sequence[str | Path], max_instances: int | None = None) ->
 # Prompts
 
 
-def format_instruction(task: Task, fmt: PromptFormat) -> str:
-    """Instruction text in one of the two SNI standard formats.
+def instruction_text(task: Task, fmt: PromptFormat) -> str:
+    """A task's instruction in one of the two SNI standard formats, without the leading
+    "Definition: " label: the definition, then (``def+2pos``) its first two positive examples.
 
-    Like Tk-Instruct, ``def+2pos`` uses up to two positive examples, so a
-    task with fewer still gets a prompt instead of failing mid-evaluation.
+    This is what a TAGI checkpoint is given: its ``instruction_template`` adds the label, so
+    the generator sees exactly :func:`format_instruction`'s prompt. Like Tk-Instruct,
+    ``def+2pos`` uses up to two positive examples, so a task with fewer still gets a prompt
+    instead of failing mid-evaluation.
     """
     if fmt not in PROMPT_FORMATS:
         raise ValueError(f"unknown prompt format {fmt!r}; expected one of {PROMPT_FORMATS}")
-    sections = [DEFINITION_TEMPLATE.format(definition=task.definition.strip())]
+    sections = [task.definition.strip()]
     if fmt == "def+2pos":
         for index, example in enumerate(task.positive_examples[:POSITIVE_EXAMPLES_IN_PROMPT], start=1):
             sections.append(
@@ -296,6 +299,16 @@ def format_instruction(task: Task, fmt: PromptFormat) -> str:
                 )
             )
     return SECTION_SEPARATOR.join(sections)
+
+
+def label_definition(text: str) -> str:
+    """SNI's labelled prompt of an instruction text (the form the concatenation baselines read)."""
+    return DEFINITION_TEMPLATE.format(definition=text)
+
+
+def format_instruction(task: Task, fmt: PromptFormat) -> str:
+    """Instruction text in one of the two SNI standard formats (Tk-Instruct's prompt)."""
+    return label_definition(instruction_text(task, fmt))
 
 
 def format_concat(instruction: str, input: str) -> str:

@@ -26,14 +26,20 @@ from collections import defaultdict
 from pathlib import Path
 
 import torch
+from transformers import T5ForConditionalGeneration
 
 from hypernet import files
-from hypernet.fusion import concat_instructions
+from hypernet.batching import stack_adapters
+from hypernet.config import DEFAULT_MAX_NEW_TOKENS
+from hypernet.fusion import InstructionEncoding, concat_instructions
 from hypernet.io import load_checkpoint
-from hypernet.model import TagiModel
+from hypernet.model import Adapter, TagiModel
 from hypernet.targets import LoraWeights
 from training.common import encode, encode_labels, primitive_group, shift_right
-from training.data import Task, exact_match, format_concat, format_instruction, load_tasks, read_split, rouge_l, split_instances
+from training.data import (
+    PromptFormat, Task, exact_match, format_concat, instruction_text, label_definition, load_tasks, read_split, rouge_l,
+    split_instances,
+)
 from training.teachers import load_base, load_teacher_weights, read_teacher_index
 
 METHODS = ("base_concat", "meta_teacher", "task_lora_oracle", "tagi_no_fusion", "tagi", "tagi_wrong_instruction")
@@ -71,13 +77,23 @@ class Evaluator:
         self.teacher_index = read_teacher_index(self.checkpoint / TEACHERS_DIR)
 
     def _fit_instruction(self, text: str) -> str:
-        """Cut an instruction to the checkpoint's limit (counted), rather than refuse the task."""
-        limit = self.model.config.max_instruction_tokens - 1
-        ids = self.model.tokenizer(text, add_special_tokens=False)["input_ids"]
-        if len(ids) <= limit:
+        """Cut an instruction so that, once the checkpoint's template is applied, it fits the
+        checkpoint's limit (counted), rather than refuse the task."""
+        tokenizer, limit = self.model.tokenizer, self.model.config.max_instruction_tokens
+
+        def overflow(candidate: str) -> int:
+            return len(tokenizer(self.model.format_instruction(candidate))["input_ids"]) - limit
+
+        over = overflow(text)
+        if over <= 0:
             return text
         self.truncated_instructions += 1
-        return self.model.tokenizer.decode(ids[:limit], skip_special_tokens=True)
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        while over > 0:  # re-tokenising a decoded cut may merge pieces: cut again until it fits
+            ids = ids[: len(ids) - over]
+            text = tokenizer.decode(ids, skip_special_tokens=True)
+            over = overflow(text)
+        return text
 
     def _count_truncated(self, texts: list[str]) -> None:
         lengths = [len(ids) for ids in self.model.tokenizer(texts)["input_ids"]]
@@ -87,7 +103,8 @@ class Evaluator:
         return {k: v.to(self.model.device) for k, v in encode(self.model.tokenizer, texts, self.max_input).items()}
 
     @torch.no_grad()
-    def _generate(self, texts: list[str], lora: LoraWeights | None, instruction, t5=None) -> list[str]:
+    def _generate(self, texts: list[str], lora: LoraWeights | None, instruction: InstructionEncoding | None,
+                  t5: T5ForConditionalGeneration | None = None) -> list[str]:
         batch = self._batch(texts)
         if t5 is not None:
             tokens = t5.generate(**batch, max_new_tokens=self.max_new, do_sample=False, num_beams=1)
@@ -95,7 +112,8 @@ class Evaluator:
             tokens = self.model.generate_tokens(batch, lora, instruction, self.max_new)
         return _decode(self.model, tokens)
 
-    def run_method(self, method: str, inputs: list[str], concat: list[str], adapters: list, oracle: LoraWeights | None) -> list[str]:
+    def run_method(self, method: str, inputs: list[str], concat: list[str], adapters: list[Adapter],
+                   oracle: LoraWeights | None) -> list[str]:
         out: list[str] = []
         for s in range(0, len(inputs), self.batch_size):
             e = min(len(inputs), s + self.batch_size)
@@ -107,9 +125,9 @@ class Evaluator:
                 out += self._generate(inputs[s:e], oracle.select(torch.zeros(e - s, dtype=torch.long)), None)
             else:
                 rows = adapters[s:e]
-                lora = self.model.batch_adapters(rows)
+                lora = stack_adapters([a.weights for a in rows])
                 fused = concat_instructions([a.instruction_encoding for a in rows]) if method != "tagi_no_fusion" else None
-                out += self._generate(inputs[s:e], lora, fused)
+                out += self._generate(self.model.format_inputs(inputs[s:e]), lora, fused)
         return out
 
     @torch.no_grad()
@@ -119,13 +137,13 @@ class Evaluator:
         model = self.model
         labels = encode_labels(model.tokenizer, outputs, self.max_new).to(model.device)
         decoder = shift_right(labels)
-        plain = {k: v.to(model.device) for k, v in encode(model.tokenizer, inputs, self.max_input).items()}
+        plain = {k: v.to(model.device) for k, v in encode(model.tokenizer, model.format_inputs(inputs), self.max_input).items()}
         joined = {k: v.to(model.device) for k, v in encode(model.tokenizer, concat, self.max_input).items()}
 
         def tagi() -> None:
-            adapter = model.make_adapter(instruction, formatted=True)
+            adapter = model.adapter(instruction)
             n = len(inputs)
-            lora = model.batch_adapters([adapter] * n)
+            lora = stack_adapters([adapter.weights] * n)
             fused = concat_instructions([adapter.instruction_encoding] * n)
             model(plain["input_ids"], plain["attention_mask"], decoder, lora=lora, instruction=fused)
 
@@ -143,10 +161,12 @@ class Evaluator:
             result[name] = sorted(times)[len(times) // 2] / len(inputs)
         return result
 
-    def evaluate(self, tasks: list[Task], fmt: str, methods: tuple[str, ...] = METHODS) -> dict:
+    def evaluate(self, tasks: list[Task], fmt: PromptFormat, methods: tuple[str, ...] = METHODS) -> dict:
         model = self.model
-        instructions = [self._fit_instruction(format_instruction(t, fmt)) for t in tasks]
-        adapters = [model.make_adapter(i, formatted=True) for i in instructions]
+        # The checkpoint's instruction_template labels the bare text ("Definition: ..."), so the
+        # generator reads SNI's prompt; the concatenation baselines get that prompt directly.
+        instructions = [self._fit_instruction(instruction_text(t, fmt)) for t in tasks]
+        adapters = [model.adapter(i) for i in instructions]
         teacher_of = self.teacher_index.get("task_to_teacher", {})
         per_task: dict[str, dict[str, dict[str, float]]] = {}
         times = defaultdict(float)
@@ -154,7 +174,7 @@ class Evaluator:
         for i, task in enumerate(tasks):
             inputs = [inst.input for inst in task.instances]
             refs = [inst.outputs for inst in task.instances]
-            concat = [format_concat(instructions[i], x) for x in inputs]
+            concat = [format_concat(label_definition(instructions[i]), x) for x in inputs]
             self._count_truncated(concat)  # the longest inputs of any method
             oracle = None
             if task.name in teacher_of:
@@ -227,8 +247,8 @@ def select_instances(tasks: list[Task], held_back: int | None, seed: int, max_in
     return out
 
 
-def run_eval(checkpoint: Path, task_paths: list[str], fmt: str = "def", held_back: int | None = None, seed: int = 0,
-             max_instances: int | None = None, max_input_tokens: int | None = None, max_new_tokens: int = 48,
+def run_eval(checkpoint: Path, task_paths: list[str], fmt: PromptFormat = "def", held_back: int | None = None, seed: int = 0,
+             max_instances: int | None = None, max_input_tokens: int | None = None, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
              batch_size: int = 64, device: str = "cpu", split_file: str | None = None, methods: tuple[str, ...] = METHODS,
              timing_tasks: int = 8) -> dict:
     tasks = load_tasks(task_paths)

@@ -16,6 +16,8 @@ from training.data import (
     exact_match,
     format_concat,
     format_instruction,
+    instruction_text,
+    label_definition,
     load_task,
     load_tasks,
     normalize_answer,
@@ -276,6 +278,16 @@ def test_def_2pos_on_real_tasks(sni_dir: Path) -> None:
         for example in task.positive_examples[:2]:
             assert f"Input: {example.input.strip()}\nOutput: {example.output.strip()}" in text
         assert "Positive Example 2 -" in text and "Positive Example 3 -" not in text
+
+
+def test_instruction_text_is_the_prompt_without_its_label() -> None:
+    """A checkpoint's "Definition: {instruction}" template turns the bare text into SNI's prompt."""
+    for fmt in ("def", "def+2pos"):
+        text = instruction_text(_task(definition="  Say the word twice.\n"), fmt)  # type: ignore[arg-type]
+        assert text.startswith("Say the word twice.") and "Definition" not in text
+        assert label_definition(text) == format_instruction(_task(definition="  Say the word twice.\n"), fmt)  # type: ignore[arg-type]
+        assert "Definition: {instruction}".replace("{instruction}", text) == label_definition(text)
+    assert instruction_text(_task(), "def") == "Say the word twice."
 
 
 def test_def_2pos_with_fewer_examples_uses_what_exists() -> None:
