@@ -106,11 +106,19 @@ def test_delta_weights_uses_scale_b_at_a():
 
 
 def test_alignment_gradient_reaches_the_generated_side_only():
-    teacher = _lora(0)
-    A = teacher.lora_A["g"].clone().requires_grad_(True)
-    B = (teacher.lora_B["g"] + 0.1).requires_grad_(True)
-    alignment_loss(LoraWeights({"g": A}, {"g": B}, teacher.scale), teacher).backward()
+    """The teacher's factors may require grad (a trainable PEFT model, a shared tensor): the loss
+    still treats them as constants, in the distance and in the normaliser alike."""
+    source = _lora(0)
+    teacher_A = source.lora_A["g"].clone().requires_grad_(True)
+    teacher_B = source.lora_B["g"].clone().requires_grad_(True)
+    teacher = LoraWeights({"g": teacher_A}, {"g": teacher_B}, source.scale)
+    A = source.lora_A["g"].clone().requires_grad_(True)
+    B = (source.lora_B["g"] + 0.1).requires_grad_(True)
+    loss = alignment_loss(LoraWeights({"g": A}, {"g": B}, source.scale), teacher)
+    loss.backward()
     assert A.grad.abs().sum() > 0 and B.grad.abs().sum() > 0
+    assert teacher_A.grad is None and teacher_B.grad is None
+    assert loss.item() == pytest.approx(alignment_loss(LoraWeights({"g": A}, {"g": B}, source.scale), source).item())
 
 
 def test_masked_pooling_ignores_padding():
