@@ -2,8 +2,8 @@
 
 LitServe spawns one process per worker, each with its own model, all reading ONE queue and
 batching whatever is in it (up to max_batch_size requests within batch_timeout). The public
-routes (serving/routes.py) put typed jobs on that queue; this class only turns payloads into
-jobs, hands the batch to the service and returns one result per job.
+routes (serving/routes.py) put validated jobs on that queue; this class hands each batch to
+the service and returns one result per job.
 """
 
 from __future__ import annotations
@@ -17,12 +17,12 @@ from typing import Literal
 
 import litserve as ls
 
-from serving.jobs import JobResult, parse_job
+from serving.jobs import Job, JobResult
 from serving.lifecycle import exit_when_orphaned
 
 JOBS_PATH = "/internal/jobs"
 """LitServe's own POST route for this API; the server removes it (jobs come from the typed routes)."""
-Engine = Literal["mixed", "peft-swap"]
+EngineName = Literal["mixed", "peft-swap"]
 log = logging.getLogger("tagi.serving")
 
 
@@ -33,7 +33,7 @@ class WorkerSettings:
     checkpoint: Path
     state_dir: Path
     cache_bytes: int
-    engine: Engine = "mixed"
+    engine: EngineName = "mixed"
     torch_threads: int = 1
 
 
@@ -52,7 +52,7 @@ class TagiAPI(ls.LitAPI):
         import torch
         from transformers.utils import logging as hf_logging
 
-        from hypernet.io import load_checkpoint
+        import hypernet
         from serving.registry import Registry
         from serving.service import AdapterService
 
@@ -61,7 +61,7 @@ class TagiAPI(ls.LitAPI):
         hf_logging.disable_progress_bar()
         hf_logging.set_verbosity_error()
         torch.set_num_threads(self.settings.torch_threads)
-        model = load_checkpoint(self.settings.checkpoint, device=device)
+        model = hypernet.load(self.settings.checkpoint, device=device)
         engine = None
         if self.settings.engine == "peft-swap":
             from serving.baseline import SwapPerRequestEngine
@@ -81,13 +81,14 @@ class TagiAPI(ls.LitAPI):
         """No-op on purpose: ApiKeyMiddleware checks every request (X-API-Key or Bearer), and
         defining this keeps LitServe's X-API-Key-only check off its own routes."""
 
-    def decode_request(self, request: dict):
-        return parse_job(request)
+    def decode_request(self, request: Job) -> Job:
+        """The route already validated the job and LitServe's queue carried it as an object."""
+        return request
 
-    def batch(self, inputs: list) -> list:
+    def batch(self, inputs: list[Job]) -> list[Job]:
         return list(inputs)
 
-    def predict(self, jobs):
+    def predict(self, jobs: list[Job] | Job) -> list[JobResult] | JobResult:
         if self.max_batch_size == 1:  # LitServe passes a single request when batching is off
             return self.service.run([jobs])[0]
         return self.service.run(jobs)
@@ -95,6 +96,6 @@ class TagiAPI(ls.LitAPI):
     def unbatch(self, outputs: list[JobResult]) -> list[JobResult]:
         return outputs
 
-    def encode_response(self, result: JobResult) -> dict:
-        return result.to_dict()
-
+    def encode_response(self, result: JobResult) -> JobResult:
+        """Sent back as the object; the route turns it into the HTTP response."""
+        return result

@@ -36,7 +36,8 @@ class SwapPerRequestEngine:
     @torch.no_grad()
     def _generate_one(self, group: RowGroup) -> list[str]:
         tokenizer = self.model.tokenizer
-        batch = tokenizer(self.model.format_inputs(group.inputs), padding=True, return_tensors="pt")
+        # The model's own tokenization, so the same input token limit applies (InputTooLong).
+        batch = self.model.tokenize(self.model.format_inputs(group.inputs), self.model.config.max_input_tokens, "input")
         kwargs = {"max_new_tokens": group.max_new_tokens, "do_sample": False, "num_beams": 1}
         if group.adapter is None:
             tokens = self.base.generate(**batch, **kwargs) if self.peft is None else self._generate_plain(batch, kwargs)

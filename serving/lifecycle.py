@@ -60,7 +60,12 @@ def exit_when_orphaned(before_exit: Callable[[], None] | None = None, poll_s: fl
 def stop_manager(server: ls.LitServer) -> None:
     """Stop LitServe's multiprocessing manager. It is forked after the listening socket is
     bound, so if it outlives the main process, connections are accepted by the kernel and then
-    hang: an orphaned HTTP server takes it down before exiting."""
+    hang: an orphaned HTTP server takes it down before exiting.
+
+    LitServe internal (`transport_config.manager`) and a multiprocessing one (`_process`): no
+    public surface reaches the manager, and `manager.shutdown()` only works in the process that
+    started it. Read with getattr so that an orphan still exits if they move; the attributes are
+    checked by tests/serving/test_litserve_internals.py."""
     manager = getattr(server.transport_config, "manager", None)
     process = getattr(manager, "_process", None)
     if process is not None and process.pid:
@@ -70,7 +75,8 @@ def stop_manager(server: ls.LitServer) -> None:
 
 def stop_workers(server: ls.LitServer) -> None:
     """Stop the inference workers when LitServe's own shutdown never started (interrupted
-    during startup): otherwise the interpreter would wait for them forever at exit."""
+    during startup): otherwise the interpreter would wait for them forever at exit. LitServe
+    internal (`inference_workers`, no public accessor); checked by test_litserve_internals."""
     for process in getattr(server, "inference_workers", []):
         if process.is_alive():
             process.terminate()

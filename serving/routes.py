@@ -13,6 +13,7 @@ again re-creates the same id.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import time
@@ -25,16 +26,16 @@ import litserve as ls
 from fastapi import FastAPI, Response
 from fastapi.responses import StreamingResponse
 from litserve.server import RegularRequestHandler
-from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
 from serving.archive import archive_path
 from serving.errors import ServingError, UnknownAdapter
-from serving.jobs import CreateJob, ExportJob, GenerateJob, JobResult
+from serving.jobs import ExportRequest, Job, JobResult
 from serving import metrics as prometheus
 from serving.registry import Registry
 from serving.schemas import (
     BASE_MODEL_ID,
+    ONE_ADAPTER,
     AdapterCreated,
     AdapterCreateRequest,
     AdapterDeleted,
@@ -51,13 +52,24 @@ from serving.schemas import (
 
 
 class JobQueue:
-    """Submit a job to the inference workers through LitServe's request path and await it."""
+    """Submit a job to the inference workers and await its result, at most `timeout` seconds."""
 
-    def __init__(self, server: ls.LitServer, api: ls.LitAPI) -> None:
+    def __init__(self, server: ls.LitServer, api: ls.LitAPI, timeout: float) -> None:
+        # LitServe internal: RegularRequestHandler is what LitServe's own POST route runs to put
+        # a payload on the workers' queue and await the answer. No public surface lets a route
+        # of ours submit to that queue (a LitSpec gets the raw queue and would re-implement this
+        # class), and only our typed routes can validate first and share ONE queue between
+        # /v1/generate, chat and adapters. Covered by tests/serving/test_litserve_internals.py.
         self._handler = RegularRequestHandler(api, server)
+        self.timeout = timeout
 
-    async def run(self, job: BaseModel) -> dict:
-        result = JobResult.from_dict(await self._handler.handle_request(job.model_dump(), dict))
+    async def run(self, job: Job) -> dict:
+        try:
+            result: JobResult = await asyncio.wait_for(self._handler.handle_request(job, type(job)), self.timeout)
+        except asyncio.TimeoutError as err:
+            # LitServe drops a job that waited in the queue longer than this too (its own 504),
+            # but nothing of LitServe's bounds a job a worker has taken and never answers.
+            raise ServingError(f"no inference worker answered within {self.timeout:g} s", 504) from err
         if not result.ok:
             raise ServingError(result.body["error"]["message"], result.status)
         return result.body
@@ -71,7 +83,7 @@ def add_routes(app: FastAPI, jobs: JobQueue, registry: Registry, state_dir: Path
     @app.post("/v1/adapters", response_model=AdapterCreated, tags=["adapters"])
     async def create_adapter(body: AdapterCreateRequest) -> dict:
         """Generate (or fetch from cache) the adapter of an instruction and register it."""
-        return await jobs.run(CreateJob(instruction=body.instruction))
+        return await jobs.run(body)
 
     @app.get("/v1/adapters", response_model=AdapterList, tags=["adapters"])
     def list_adapters() -> AdapterList:
@@ -91,7 +103,7 @@ def add_routes(app: FastAPI, jobs: JobQueue, registry: Registry, state_dir: Path
             raise UnknownAdapter(adapter_id)
         path = archive_path(state_dir, adapter_id)
         if not path.exists():
-            await jobs.run(ExportJob(adapter_id=adapter_id))
+            await jobs.run(ExportRequest(adapter_id=adapter_id))
         try:
             # Opened now, so a DELETE that unlinks the file mid-download cannot cut it short.
             handle = path.open("rb")
@@ -117,7 +129,9 @@ def add_routes(app: FastAPI, jobs: JobQueue, registry: Registry, state_dir: Path
     @app.post("/v1/generate", response_model=GenerateResponse, tags=["generation"])
     async def generate(body: GenerateRequest) -> dict:
         """Outputs for every input, with the adapter of `instruction` or `adapter_id`."""
-        return await jobs.run(GenerateJob(**body.model_dump()))
+        if body.instruction is None and body.adapter_id is None:
+            raise ServingError(ONE_ADAPTER, 422)
+        return await jobs.run(body)
 
     @app.post("/v1/chat/completions", response_model=ChatCompletion, tags=["openai"])
     async def chat_completions(body: ChatCompletionRequest):
@@ -127,14 +141,15 @@ def add_routes(app: FastAPI, jobs: JobQueue, registry: Registry, state_dir: Path
             instruction, text = body.instruction_and_input()
         except ValueError as err:
             raise ServingError(str(err), 422) from err
-        if body.model == BASE_MODEL_ID:
-            job = GenerateJob(instruction=instruction, inputs=[text], max_new_tokens=body.max_new_tokens, fusion=body.fusion)
-        elif instruction is not None:
+        if body.model != BASE_MODEL_ID and instruction is not None:
             raise ServingError(
                 f"model {body.model!r} is an adapter, which already is an instruction: drop the system message, "
                 f"or use model {BASE_MODEL_ID!r} with it", 422)
-        else:
-            job = GenerateJob(adapter_id=body.model, inputs=[text], max_new_tokens=body.max_new_tokens, fusion=body.fusion)
+        adapter = None if body.model == BASE_MODEL_ID else body.model
+        # A chat request is a generate job with one input. Its fields were validated as chat
+        # fields (non-empty system message, token range, strict types): not validated again.
+        job = GenerateRequest.model_construct(instruction=instruction, adapter_id=adapter, inputs=[text],
+                                              max_new_tokens=body.max_new_tokens, fusion=body.fusion)
         try:
             result = await jobs.run(job)
         except ServingError as err:

@@ -12,10 +12,12 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, field_validator, model_validator
 
+from hypernet.config import DEFAULT_MAX_NEW_TOKENS
+
 MAX_INPUTS = 32
 """Inputs per /v1/generate request; a batch of max_batch_size requests is at most this many rows each."""
 MAX_NEW_TOKENS = 256
-DEFAULT_MAX_NEW_TOKENS = 64
+ONE_ADAPTER = "give exactly one of instruction and adapter_id"
 BASE_MODEL_ID = "tagi-base"
 """The OpenAI `model` name of the base model; any other name must be an adapter id."""
 
@@ -77,6 +79,10 @@ class AdapterDeleted(BaseModel):
 # ---- generate ------------------------------------------------------------------------------
 
 class GenerateRequest(_Body):
+    """What /v1/generate takes, and the one generate job every route puts on the workers' queue
+    (a chat completion becomes one). Neither `instruction` nor `adapter_id` means the plain base
+    model, which only the chat endpoint offers (model 'tagi-base' without a system message)."""
+
     instruction: StrictStr | None = Field(None, description="task instruction; give this or adapter_id")
     adapter_id: StrictStr | None = Field(None, description="id returned by POST /v1/adapters; give this or instruction")
     inputs: list[StrictStr] = Field(min_length=1, max_length=MAX_INPUTS, description=f"1..{MAX_INPUTS} inputs")
@@ -89,9 +95,9 @@ class GenerateRequest(_Body):
         return _non_empty(value)
 
     @model_validator(mode="after")
-    def _one_adapter(self) -> GenerateRequest:
-        if (self.instruction is None) == (self.adapter_id is None):
-            raise ValueError("give exactly one of instruction and adapter_id")
+    def _at_most_one_adapter(self) -> GenerateRequest:
+        if self.instruction is not None and self.adapter_id is not None:
+            raise ValueError(ONE_ADAPTER)
         return self
 
 

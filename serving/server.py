@@ -19,7 +19,7 @@ from pathlib import Path
 import litserve as ls
 from fastapi import FastAPI
 
-from serving.api import JOBS_PATH, Engine, TagiAPI, WorkerSettings
+from serving.api import JOBS_PATH, EngineName, TagiAPI, WorkerSettings
 from serving.auth import ApiKeyMiddleware
 from serving.checkpoint import read_checkpoint
 from serving.errors import install_error_handlers
@@ -44,11 +44,11 @@ class ServerSettings:
     max_batch_size: int = 8
     batch_timeout: float = 0.01
     adapter_cache_mb: float = 256.0
-    engine: Engine = "mixed"
+    engine: EngineName = "mixed"
     torch_threads: int | None = None
     """None: the cores left after one for the HTTP side, shared by the workers (at least 1)."""
     timeout: float = 60.0
-    """Seconds a request may wait in the queue before it is answered 504."""
+    """Seconds a request may wait for its answer (queue and inference) before it is answered 504."""
     api_key: str | None = None
 
     def __post_init__(self) -> None:
@@ -108,12 +108,16 @@ def build_server(settings: ServerSettings) -> ls.LitServer:
             "auth": bool(settings.api_key),
         },
     )
-    server.uvicorn_graceful_timeout = 5  # seconds an HTTP process may drain on shutdown (LitServe: 30)
-    # Jobs reach the workers only through the typed routes, never raw.
+    # LitServe internal: the attribute its uvicorn config reads; LitServer takes no argument for
+    # it, and 30 s of draining per HTTP process makes Ctrl+C feel hung. (test_litserve_internals)
+    server.uvicorn_graceful_timeout = 5
+    # LitServe internal (route surgery): every LitAPI gets a raw POST route that hands its body to
+    # the worker unvalidated, and LitServe has no option to leave it out; jobs must come only
+    # through the typed routes, which validate them first. (test_litserve_internals)
     server.app.router.routes = [r for r in server.app.router.routes if getattr(r, "path", None) != JOBS_PATH]
     _exit_http_servers_when_orphaned(server)
     install_error_handlers(server.app)
-    add_routes(server.app, JobQueue(server, api), registry, state_dir)
+    add_routes(server.app, JobQueue(server, api, settings.timeout), registry, state_dir)
     return server
 
 

@@ -1,14 +1,17 @@
 """AdapterService: what an inference worker does with a batch of jobs, without any HTTP.
 
-For a batch it (1) reads the registry once for every adapter id involved, so an adapter
-deleted through any process is refused here even if this worker still caches it, (2) gets
-each adapter from the byte-bounded LRU cache or generates it from its instruction,
-(3) answers create/export jobs, and (4) serves every generate job of the batch in ONE
-`TagiModel.generate` call with per-row adapters, fusion and max_new_tokens, then splits the
-outputs back per request. Greedy decoding of a row does not depend on the other rows, so a
-request's outputs are those it would get alone.
+For a batch it (1) names the adapter each job needs (its id hashed once, from the instruction
+or given), (2) reads the registry once for all of them, so an adapter deleted through any
+process is refused here even if this worker still caches it, (3) gets each adapter from the
+byte-bounded LRU cache or generates it, (4) answers create/export jobs, and (5) serves every
+generate job of the batch in ONE engine call with per-row adapters, fusion and
+max_new_tokens, then splits the outputs back per request. Greedy decoding of a row does not
+depend on the other rows, so a request's outputs are those it would get alone.
 
 Every job gets its own result: a bad job (too long, unknown id) never fails its batch-mates.
+Inputs are tokenized once, by the model inside the batched call; if that call fails (an input
+over the token limit is the known case), each request of the batch is retried alone, so the
+failure lands on the request that caused it.
 """
 
 from __future__ import annotations
@@ -20,14 +23,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from hypernet.model import Adapter, InputTooLong, TagiModel, adapter_id
+from hypernet.errors import InputTooLong, UserError
+from hypernet.model import Adapter, TagiModel, adapter_id
+from serving import metrics
 from serving.archive import write_archive
 from serving.cache import LRUCache
 from serving.errors import ServingError, UnknownAdapter
-from serving.jobs import AnyJob, CreateJob, ExportJob, GenerateJob, JobResult
-from serving import metrics
+from serving.jobs import ExportRequest, Job, JobResult
 from serving.registry import Registry
-from serving.schemas import AdapterCreated, AdapterInfo
+from serving.schemas import AdapterCreated, AdapterCreateRequest, AdapterInfo, GenerateRequest
 
 log = logging.getLogger("tagi.serving")
 
@@ -52,13 +56,15 @@ class Engine(Protocol):
 
 
 class MixedBatchEngine:
-    """All groups in one batched forward pass, each row with its own adapter."""
+    """All groups in one batched forward pass, each row with its own adapter. It owns the
+    AdapterBatcher the model stacks per-row adapters into, reused from batch to batch."""
 
     supports_fusion = True
 
     def __init__(self, model: TagiModel) -> None:
         self.model = model
         self.default_fusion = model.config.fusion
+        self.workspace = model.new_workspace()
 
     def generate(self, groups: Sequence[RowGroup]) -> list[list[str]]:
         inputs, adapters, fusion, limits = [], [], [], []
@@ -68,7 +74,7 @@ class MixedBatchEngine:
             adapters += [group.adapter] * n
             fusion += [group.fusion] * n
             limits += [group.max_new_tokens] * n
-        outputs = self.model.generate(inputs, adapters, fusion=fusion, max_new_tokens=limits)
+        outputs = self.model.generate(inputs, adapters, fusion=fusion, max_new_tokens=limits, workspace=self.workspace)
         result, start = [], 0
         for group in groups:
             result.append(outputs[start : start + len(group.inputs)])
@@ -76,14 +82,17 @@ class MixedBatchEngine:
         return result
 
 
+@dataclass(frozen=True)
+class _Need:
+    """The adapter a job needs: its id, and its instruction unless the job gave only the id."""
+
+    key: str
+    instruction: str | None
+
+
 class AdapterService:
     def __init__(
-        self,
-        model: TagiModel,
-        registry: Registry,
-        state_dir: Path,
-        cache_bytes: int,
-        engine: Engine | None = None,
+        self, model: TagiModel, registry: Registry, state_dir: Path, cache_bytes: int, engine: Engine | None = None
     ) -> None:
         self.model = model
         self.registry = registry
@@ -94,55 +103,55 @@ class AdapterService:
 
     # ---- one batch ---------------------------------------------------------------------------
 
-    def run(self, jobs: Sequence[AnyJob | JobResult]) -> list[JobResult]:
-        """One result per job, in order. Entries that are already results (malformed jobs
-        rejected while decoding) pass through."""
-        results: list[JobResult | None] = [job if isinstance(job, JobResult) else None for job in jobs]
-        adapters = self._adapters_for(jobs)
+    def run(self, jobs: Sequence[Job]) -> list[JobResult]:
+        """One result per job, in order."""
+        needs = [self._need(job) for job in jobs]
+        adapters = self._resolve([need for need in needs if need is not None])
+        results: dict[int, JobResult] = {}
         groups: list[tuple[int, RowGroup]] = []
-        for i, job in enumerate(jobs):
-            if results[i] is not None:
-                continue
+        for i, (job, need) in enumerate(zip(jobs, needs, strict=True)):
             try:
-                if isinstance(job, GenerateJob):
-                    groups.append((i, self._row_group(job, adapters)))
-                elif isinstance(job, CreateJob):
-                    results[i] = self._created(adapters[adapter_id(self.model.fingerprint, job.instruction)])
+                adapter = adapters[need.key].unwrap() if need is not None else None
+                if isinstance(job, GenerateRequest):
+                    groups.append((i, self._row_group(job, adapter)))
+                elif isinstance(job, AdapterCreateRequest):
+                    results[i] = self._created(adapters[need.key])
                 else:
-                    results[i] = self._exported(job, adapters)
+                    results[i] = JobResult(200, {"adapter_id": job.adapter_id, "path": str(write_archive(adapter, self.state_dir))})
             except Exception as err:  # noqa: BLE001 - every failure becomes this job's own result
                 results[i] = _failure(err)
-        for i, result in self._generate(groups):
-            results[i] = result
-        self._record_batch(len(jobs))
-        return [r if r is not None else JobResult.error(500, "internal error: job not answered") for r in results]
+        results.update(self._generate(groups))
+        metrics.BATCH_REQUESTS.observe(len(jobs))
+        return [results[i] for i in range(len(jobs))]
+
+    def _need(self, job: Job) -> _Need | None:
+        """The one place a job's adapter id is computed (None: the plain base model)."""
+        if isinstance(job, ExportRequest) or getattr(job, "adapter_id", None) is not None:
+            return _Need(job.adapter_id, None)
+        if job.instruction is not None:
+            return _Need(adapter_id(self.model.fingerprint, job.instruction), job.instruction)
+        return None
 
     # ---- adapters ----------------------------------------------------------------------------
 
-    def _adapters_for(self, jobs: Sequence[AnyJob | JobResult]) -> dict[str, _Resolved]:
-        """Every adapter the batch needs, by id: one registry read, cache or generation."""
-        instructions: dict[str, str] = {}
-        by_id: set[str] = set()
-        for job in jobs:
-            text = getattr(job, "instruction", None)
-            if text is not None:
-                instructions[adapter_id(self.model.fingerprint, text)] = text
-            elif getattr(job, "adapter_id", None) is not None:
-                by_id.add(job.adapter_id)
-        known = self.registry.get_many(set(instructions) | by_id)
+    def _resolve(self, needs: list[_Need]) -> dict[str, _Resolved]:
+        """Every adapter the batch needs, by id: one registry read, then cache or generation."""
+        instructions = {need.key: need.instruction for need in needs if need.instruction is not None}
+        by_id = {need.key for need in needs} - set(instructions)
+        known = self.registry.get_many(instructions.keys() | by_id)
         resolved: dict[str, _Resolved] = {}
         new: list[AdapterInfo] = []
-        for key in by_id - set(instructions) - set(known):
+        for key in by_id - set(known):
             self.cache.discard(key)  # deleted (or never created): never serve it again
             resolved[key] = _Resolved(error=UnknownAdapter(key))
-        for key, text in [*instructions.items(), *((k, known[k].instruction) for k in by_id if k in known)]:
-            if key in resolved:
-                continue
+        for key in by_id & set(known):
+            instructions[key] = known[key].instruction
+        for key, text in instructions.items():
             resolved[key] = item = self._adapter(key, text)
             if item.adapter is not None and key not in known:
                 new.append(self._info(item.adapter))
         self.registry.add(new)
-        self._record_cache()
+        self._cache_reporter.report(self.cache.stats())
         return resolved
 
     def _adapter(self, key: str, instruction: str) -> _Resolved:
@@ -152,13 +161,8 @@ class AdapterService:
         start = time.perf_counter()
         try:
             adapter = self.model.adapter(instruction)
-        except InputTooLong as err:
-            return _Resolved(error=ServingError(f"the instruction is too long: {err}", 413))
-        except ValueError as err:
-            return _Resolved(error=ServingError(str(err), 422))
         except Exception as err:  # noqa: BLE001 - fail the jobs that need this adapter, not the batch
-            log.exception("generating an adapter failed")
-            return _Resolved(error=ServingError(f"internal error: {type(err).__name__}: {err}", 500))
+            return _Resolved(error=err)
         seconds = time.perf_counter() - start
         metrics.ADAPTER_SECONDS.observe(seconds)
         self.cache.put(key, adapter)
@@ -191,56 +195,35 @@ class AdapterService:
         )
         return JobResult(200, body.model_dump())
 
-    def _exported(self, job: ExportJob, adapters: dict[str, _Resolved]) -> JobResult:
-        path = write_archive(adapters[job.adapter_id].unwrap(), self.state_dir)
-        return JobResult(200, {"adapter_id": job.adapter_id, "path": str(path)})
-
-    def _row_group(self, job: GenerateJob, adapters: dict[str, _Resolved]) -> RowGroup:
-        key = adapter_id(self.model.fingerprint, job.instruction) if job.instruction is not None else job.adapter_id
-        adapter = adapters[key].unwrap() if key is not None else None
+    def _row_group(self, job: GenerateRequest, adapter: Adapter | None) -> RowGroup:
         fusion = self.engine.default_fusion if job.fusion is None else job.fusion
         if fusion and adapter is not None and not self.engine.supports_fusion:
             raise ServingError("this server runs the peft-swap baseline engine, which cannot fuse: send fusion: false", 422)
-        try:
-            # Checked per request so that one input over the limit fails only its own request.
-            self.model.tokenize(self.model.format_inputs(job.inputs), self.model.config.max_input_tokens, "input")
-        except InputTooLong as err:
-            raise ServingError(f"an input is too long: {err}", 413) from err
         return RowGroup(adapter, list(job.inputs), fusion, job.max_new_tokens)
 
-    def _generate(self, groups: list[tuple[int, RowGroup]]) -> list[tuple[int, JobResult]]:
+    def _generate(self, groups: list[tuple[int, RowGroup]]) -> dict[int, JobResult]:
         if not groups:
-            return []
+            return {}
         start = time.perf_counter()
         try:
             outputs = self.engine.generate([group for _, group in groups])
-        except Exception:
-            # Nothing known fails here (inputs were checked); if something unknown does, find
-            # out which request it was instead of failing all of them.
-            log.exception("batched generation failed; retrying its %d requests one by one", len(groups))
-            return [(i, self._generate_alone(group)) for i, group in groups]
-        self._record_forward(groups, time.perf_counter() - start)
-        return [(i, _outputs(group, out)) for (i, group), out in zip(groups, outputs, strict=True)]
+        except Exception as err:  # noqa: BLE001 - find out which request it was instead of failing all
+            if isinstance(err, UserError):
+                log.info("a request of the batch was refused (%s); serving its %d requests one by one", err, len(groups))
+            else:
+                log.exception("batched generation failed; serving its %d requests one by one", len(groups))
+            return {i: self._generate_alone(group) for i, group in groups}
+        _record_forward([group for _, group in groups], time.perf_counter() - start)
+        return {i: _outputs(group, out) for (i, group), out in zip(groups, outputs, strict=True)}
 
     def _generate_alone(self, group: RowGroup) -> JobResult:
+        start = time.perf_counter()
         try:
-            return _outputs(group, self.engine.generate([group])[0])
+            outputs = self.engine.generate([group])[0]
         except Exception as err:  # noqa: BLE001 - reported to this request only
             return _failure(err)
-
-    # ---- metrics -----------------------------------------------------------------------------
-
-    def _record_batch(self, jobs: int) -> None:
-        metrics.BATCH_REQUESTS.observe(jobs)
-
-    def _record_forward(self, groups: list[tuple[int, RowGroup]], seconds: float) -> None:
-        distinct = {g.adapter.adapter_id for _, g in groups if g.adapter is not None}
-        metrics.BATCH_ROWS.observe(sum(len(g.inputs) for _, g in groups))
-        metrics.BATCH_ADAPTERS.observe(len(distinct))
-        metrics.FORWARD_SECONDS.observe(seconds)
-
-    def _record_cache(self) -> None:
-        self._cache_reporter.report(self.cache.stats())
+        _record_forward([group], time.perf_counter() - start)
+        return _outputs(group, outputs)
 
 
 @dataclass(frozen=True)
@@ -248,14 +231,20 @@ class _Resolved:
     """An adapter for this batch, or why there is none."""
 
     adapter: Adapter | None = None
-    error: ServingError | None = None
+    error: Exception | None = None
     cached: bool = False
     generation_ms: float = 0.0
 
     def unwrap(self) -> Adapter:
         if self.adapter is None:
-            raise self.error or ServingError("no adapter", 500)
+            raise self.error
         return self.adapter
+
+
+def _record_forward(groups: list[RowGroup], seconds: float) -> None:
+    metrics.BATCH_ROWS.observe(sum(len(g.inputs) for g in groups))
+    metrics.BATCH_ADAPTERS.observe(len({g.adapter.adapter_id for g in groups if g.adapter is not None}))
+    metrics.FORWARD_SECONDS.observe(seconds)
 
 
 def _outputs(group: RowGroup, outputs: list[str]) -> JobResult:
@@ -263,7 +252,13 @@ def _outputs(group: RowGroup, outputs: list[str]) -> JobResult:
 
 
 def _failure(err: Exception) -> JobResult:
+    """The one mapping from an exception to a job's HTTP status: the user's mistakes are 4xx,
+    anything else is a bug (500, logged with its traceback)."""
     if isinstance(err, ServingError):
         return JobResult.error(err.status, str(err))
-    log.exception("job failed", exc_info=err)
+    if isinstance(err, InputTooLong):
+        return JobResult.error(413, f"over the checkpoint's token limit: {err}")
+    if isinstance(err, UserError):
+        return JobResult.error(422, str(err))
+    log.error("job failed", exc_info=err)
     return JobResult.error(500, f"internal error: {type(err).__name__}: {err}")

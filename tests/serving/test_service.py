@@ -6,9 +6,10 @@ import tarfile
 
 import pytest
 
-from serving.jobs import CreateJob, ExportJob, GenerateJob, JobResult, parse_job
+from serving.jobs import ExportRequest
 from serving import metrics
 from serving.registry import Registry
+from serving.schemas import AdapterCreateRequest, GenerateRequest
 from serving.service import AdapterService
 from tests.serving.promtext import parse, value
 
@@ -22,8 +23,8 @@ def service(model, tmp_path):
     return AdapterService(model, Registry(tmp_path / "state", model.fingerprint), tmp_path / "state", cache_bytes=64 * 2**20)
 
 
-def gen(**kwargs) -> GenerateJob:
-    return GenerateJob(**{"inputs": INPUTS, "max_new_tokens": 8, **kwargs})
+def gen(**kwargs) -> GenerateRequest:
+    return GenerateRequest(**{"inputs": INPUTS, "max_new_tokens": 8, **kwargs})
 
 
 def count_generate_calls(model, monkeypatch) -> list[int]:
@@ -39,7 +40,7 @@ def count_generate_calls(model, monkeypatch) -> list[int]:
 
 
 def test_a_mixed_batch_is_one_forward_pass_with_the_outputs_of_each_request_alone(service, model, monkeypatch):
-    created = service.run([CreateJob(instruction=INSTRUCTIONS[2])])[0]
+    created = service.run([AdapterCreateRequest(instruction=INSTRUCTIONS[2])])[0]
     jobs = [
         gen(instruction=INSTRUCTIONS[0]),
         gen(instruction=INSTRUCTIONS[1], fusion=False),
@@ -62,17 +63,41 @@ def test_a_bad_job_fails_alone(service, model, monkeypatch):
         gen(instruction=INSTRUCTIONS[0], inputs=["fine", LONG]),
         gen(instruction=LONG),
         gen(adapter_id="0" * 32),
-        parse_job({"op": "explode"}),
-        CreateJob(instruction=INSTRUCTIONS[1]),
+        AdapterCreateRequest(instruction=INSTRUCTIONS[1]),
     ])
-    assert [r.status for r in results] == [200, 413, 413, 404, 400, 200]
-    assert calls == [2]
+    assert [r.status for r in results] == [200, 413, 413, 404, 200]
+    # Inputs are tokenized once, inside the batched call: the too-long one fails that call,
+    # then each request runs alone and only its own request gets the error.
+    assert calls == [2 + 2, 2, 2]
     assert "input 1 is" in results[1].body["error"]["message"]
+    assert results[0] == service.run([gen(instruction=INSTRUCTIONS[0])])[0]
+
+
+def test_a_batch_failure_falls_back_per_request_and_a_bug_is_a_500(service, model, monkeypatch):
+    """Something other than the user's mistake fails the batched forward pass (here: the base
+    model's generate raises whenever the request that asks for 13 tokens is in it): each request
+    is retried alone, the one that fails alone gets a 500, the others their normal outputs."""
+    jobs = [gen(instruction=INSTRUCTIONS[0], max_new_tokens=13), gen(instruction=INSTRUCTIONS[1]), gen()]
+    expected = [service.run([job])[0] for job in jobs[1:]]
+    original, sizes = model.base.generate, []
+
+    def failing(*args, **kwargs):
+        sizes.append(kwargs["encoder_outputs"].last_hidden_state.shape[0])
+        if kwargs["max_new_tokens"] == 13:
+            raise RuntimeError("simulated kernel failure")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(model.base, "generate", failing)
+    results = service.run(jobs)
+    assert [r.status for r in results] == [500, 200, 200]
+    assert results[0].body["error"]["message"] == "internal error: RuntimeError: simulated kernel failure"
+    assert results[1:] == expected
+    assert sizes == [6, 2, 2, 2], "one batched call, then each request alone"
 
 
 def test_created_adapters_are_registered_and_cached(service):
-    first = service.run([CreateJob(instruction=INSTRUCTIONS[0])])[0].body
-    second = service.run([CreateJob(instruction=INSTRUCTIONS[0])])[0].body
+    first = service.run([AdapterCreateRequest(instruction=INSTRUCTIONS[0])])[0].body
+    second = service.run([AdapterCreateRequest(instruction=INSTRUCTIONS[0])])[0].body
     assert (first["cached"], second["cached"]) == (False, True) and second["generation_ms"] == 0
     record = service.registry.get(first["adapter_id"])
     assert record.instruction == INSTRUCTIONS[0] and record.num_parameters == first["num_parameters"]
@@ -81,7 +106,7 @@ def test_created_adapters_are_registered_and_cached(service):
 
 
 def test_a_deleted_id_is_refused_even_while_cached(service):
-    adapter_id = service.run([CreateJob(instruction=INSTRUCTIONS[0])])[0].body["adapter_id"]
+    adapter_id = service.run([AdapterCreateRequest(instruction=INSTRUCTIONS[0])])[0].body["adapter_id"]
     assert adapter_id in service.cache
     service.registry.delete(adapter_id)  # e.g. DELETE through another process
     assert service.run([gen(adapter_id=adapter_id)])[0].status == 404
@@ -105,18 +130,13 @@ def test_evicted_adapters_are_rebuilt_identically(model, tmp_path):
 
 
 def test_export_writes_a_peft_archive(service):
-    adapter_id = service.run([CreateJob(instruction=INSTRUCTIONS[0])])[0].body["adapter_id"]
-    result = service.run([ExportJob(adapter_id=adapter_id)])[0]
+    adapter_id = service.run([AdapterCreateRequest(instruction=INSTRUCTIONS[0])])[0].body["adapter_id"]
+    result = service.run([ExportRequest(adapter_id=adapter_id)])[0]
     assert result.status == 200
     with tarfile.open(result.body["path"]) as tar:
         names = set(tar.getnames())
     assert {f"{adapter_id}/adapter_config.json", f"{adapter_id}/adapter_model.safetensors"} <= names
-    assert service.run([ExportJob(adapter_id="0" * 32)])[0].status == 404
-
-
-def test_results_round_trip_as_dicts():
-    result = JobResult.error(413, "too long")
-    assert JobResult.from_dict(result.to_dict()) == result and not result.ok
+    assert service.run([ExportRequest(adapter_id="0" * 32)])[0].status == 404
 
 
 def test_the_peft_swap_baseline_gives_the_same_outputs_without_fusion(model, checkpoint_dir, tmp_path):
