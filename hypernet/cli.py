@@ -18,31 +18,72 @@ from hypernet.config import DEFAULT_MAX_NEW_TOKENS
 from hypernet.errors import UserError
 
 ENTRY_POINT_GROUP = "tagi.commands"
+DEFAULT_EXPORT_BATCH_SIZE = 64
 log = logging.getLogger("tagi")
 
 
 # ---- adapter ---------------------------------------------------------------------------------
 
 def cmd_adapter(args: argparse.Namespace) -> None:
-    from hypernet.io import export_peft
+    if (args.instruction is None) == (args.instructions is None):
+        raise UserError("give either --instruction TEXT with --out DIR, or --instructions FILE with --out-dir DIR")
+    if args.instructions is not None:
+        export_instructions_file(args)
+        return
+    from hypernet.export import Exporter
 
+    if args.out is None or args.out_dir is not None or args.strict:
+        raise UserError("--instruction writes one adapter to --out DIR; --out-dir and --strict go with --instructions FILE")
     instruction = read_text_argument(args.instruction, "instruction")
     out = Path(args.out)
     refuse_existing(out, args.overwrite)
     model = load_model(args.checkpoint)
     adapter = model.adapter(instruction)
-    export_peft(adapter, out, overwrite=args.overwrite)
-    print(f"adapter {adapter.adapter_id} written to {out} (PEFT format; load with PeftModel.from_pretrained)")
+    Exporter(model, merge=args.merge).write(adapter, out, overwrite=args.overwrite)
+    kind = "merged model (load with from_pretrained, no PEFT)" if args.merge else "PEFT format; load with PeftModel.from_pretrained"
+    print(f"adapter {adapter.adapter_id} written to {out} ({kind})")
+
+
+def export_instructions_file(args: argparse.Namespace) -> None:
+    """Bad lines are all found (and, with --strict, refused) before anything is written."""
+    from hypernet.export import check_entries, export_batch, read_instructions
+
+    if args.out_dir is None or args.out is not None:
+        raise UserError("--instructions FILE writes into --out-dir DIR (one directory per instruction and manifest.jsonl)")
+    path = Path(args.instructions)
+    entries, bad = read_instructions(path)
+    model = load_model(args.checkpoint)
+    good, rejected = check_entries(model, entries)
+    bad = sorted(bad + rejected, key=lambda b: b.line)
+    if bad and args.strict:
+        raise UserError(f"{path} {bad[0]} ({len(bad)} bad line(s) in all; --strict: nothing was written)")
+    for line in bad:
+        print(f"tagi: skipped {path} {line}", file=sys.stderr)
+    result = export_batch(model, good, Path(args.out_dir), batch_size=args.batch_size, merge=args.merge, overwrite=args.overwrite)
+    print(f"{result.written} written, {result.skipped} already complete, {len(bad)} bad line(s) skipped; manifest: {result.manifest}")
 
 
 def add_adapter(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("adapter", help="generate an adapter for an instruction and export it as a PEFT directory",
+    p = sub.add_parser("adapter", help="generate adapters for instructions and export them (PEFT directories or merged models)",
                        description="Generate the LoRA adapter of an instruction and write it as a PEFT directory "
-                       "(adapter_config.json, adapter_model.safetensors, tagi.json with the input template).")
+                       "(adapter_config.json, adapter_model.safetensors, tagi.json with the input template); with "
+                       "--instructions FILE, one per line of FILE into --out-dir, batched and resumable.")
     add_checkpoint_argument(p)
-    p.add_argument("--instruction", required=True, help="task instruction text, or @FILE to read it from a file")
-    p.add_argument("--out", required=True, metavar="DIR", help="directory to write (atomically)")
-    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p.add_argument("--instruction", help="task instruction text, or @FILE to read it from a file")
+    p.add_argument("--out", metavar="DIR", help="directory to write (atomically) for --instruction")
+    p.add_argument("--instructions", metavar="FILE",
+                   help='many instructions: JSONL ({"instruction": ..., "name": optional}) if FILE ends in .jsonl, '
+                   "else one instruction per line")
+    p.add_argument("--out-dir", metavar="DIR",
+                   help="for --instructions: one directory per instruction (named by name or adapter id) and manifest.jsonl; "
+                   "a rerun skips what is complete and verified")
+    p.add_argument("--strict", action="store_true",
+                   help="with --instructions: fail (exit 2, nothing written) on any bad line instead of skipping it")
+    p.add_argument("--batch-size", type=int, default=DEFAULT_EXPORT_BATCH_SIZE,
+                   help=f"with --instructions: instructions generated and written per step (default {DEFAULT_EXPORT_BATCH_SIZE})")
+    p.add_argument("--merge", action="store_true",
+                   help="write a full model with the adapter merged into the base weights (from_pretrained loads it without PEFT)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing output directories that hold something else")
     p.set_defaults(func=cmd_adapter)
 
 

@@ -50,6 +50,14 @@ class Adapter:
         export_peft(self, Path(out_dir), overwrite=overwrite)
 
 
+ADAPTER_CHUNK = 8
+"""Instructions per encoder and generator pass when making adapters. A matmul's rounding
+depends on its shapes (a CPU BLAS or cuBLAS picks its kernel and blocking by shape), so an
+adapter is computed in a pass whose shapes depend only on its own token length: instructions
+of one length, unpadded, ADAPTER_CHUNK rows (a short chunk is filled with repeats). Rows of a
+pass never mix, so the same instruction gives bit-identical tensors whatever it is batched with."""
+
+
 def adapter_id(checkpoint_fingerprint: str, instruction: str) -> str:
     return hashlib.sha256(f"{checkpoint_fingerprint}\n{instruction}".encode()).hexdigest()[:32]
 
@@ -126,13 +134,39 @@ class TagiModel(nn.Module):
     def generate_lora(self, encoding: InstructionEncoding) -> LoraWeights:
         return self.generator(encoding.pooled)
 
-    @torch.no_grad()
+    def instruction_ids(self, instruction: str) -> list[int]:
+        """Token ids of one bare instruction in its trained form; refuses an empty one or one over
+        the limit, so a batch can report each bad instruction before generating anything."""
+        ids = self.tokenizer(self.format_instruction(instruction))["input_ids"]
+        if len(ids) > self.config.max_instruction_tokens:
+            raise InputTooLong(f"instruction is {len(ids)} tokens; the limit is {self.config.max_instruction_tokens}")
+        return ids
+
     def adapter(self, instruction: str) -> Adapter:
-        """The adapter of one bare instruction, encoded alone (no padding), so its tensors never
-        depend on what it was batched with. The id is computed from the text as given."""
-        encoding = self.encode_instructions([instruction])
-        weights = self.generate_lora(encoding)
-        return Adapter(adapter_id(self.fingerprint, instruction), instruction, weights, encoding, self)
+        """The adapter of one bare instruction (the same tensors `adapters` gives it in any batch).
+        The id is computed from the text as given."""
+        return self.adapters([instruction])[0]
+
+    @torch.no_grad()
+    def adapters(self, instructions: list[str]) -> list[Adapter]:
+        """Adapters of many bare instructions, one encoder and generator pass per ADAPTER_CHUNK
+        instructions of equal token length (see ADAPTER_CHUNK for why not one padded batch)."""
+        ids = [self.instruction_ids(text) for text in instructions]
+        by_length: dict[int, list[int]] = {}
+        for i, row in enumerate(ids):
+            by_length.setdefault(len(row), []).append(i)
+        result: dict[int, Adapter] = {}
+        for rows in by_length.values():
+            for start in range(0, len(rows), ADAPTER_CHUNK):
+                chunk = rows[start : start + ADAPTER_CHUNK]
+                filled = chunk + [chunk[0]] * (ADAPTER_CHUNK - len(chunk))
+                input_ids = torch.tensor([ids[i] for i in filled], device=self.device)
+                encoding = self.encode_instruction_ids(input_ids, torch.ones_like(input_ids))
+                weights = self.generate_lora(encoding)
+                for j, i in enumerate(chunk):
+                    text = instructions[i]
+                    result[i] = Adapter(adapter_id(self.fingerprint, text), text, weights.select([j]), encoding.select([j]), self)
+        return [result[i] for i in range(len(instructions))]
 
     # ---- running the adapted model --------------------------------------------------------
 
