@@ -85,16 +85,11 @@ class TagiAPI(ls.LitAPI):
         """The route already validated the job and LitServe's queue carried it as an object."""
         return request
 
-    def batch(self, inputs: list[Job]) -> list[Job]:
-        return list(inputs)
-
     def predict(self, jobs: list[Job] | Job) -> list[JobResult] | JobResult:
+        """LitServe's default batch and unbatch pass our lists through as they are."""
         if self.max_batch_size == 1:  # LitServe passes a single request when batching is off
             return self.service.run([jobs])[0]
         return self.service.run(jobs)
-
-    def unbatch(self, outputs: list[JobResult]) -> list[JobResult]:
-        return outputs
 
     def encode_response(self, result: JobResult) -> JobResult:
         """Sent back as the object; the route turns it into the HTTP response."""

@@ -1,0 +1,57 @@
+"""504: a request whose answer does not come within the server's timeout, whether a worker is
+busy with it or it waits in the queue behind a slow one; the server serves again afterwards
+and the worker drops the job nobody waits for any more."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from fastapi.testclient import TestClient
+from litserve.utils import wrap_litserve_start
+
+from serving.schemas import MAX_INPUTS, MAX_NEW_TOKENS
+from serving.server import ServerSettings, build_server
+from tests.serving.promtext import parse, value
+
+TIMEOUT = 1.0
+SLOW = {"instruction": "Reverse the list.", "inputs": [f"apple river {i} stone green house" for i in range(MAX_INPUTS)],
+        "max_new_tokens": MAX_NEW_TOKENS}
+"""32 rows of up to 256 tokens: about 3.5 s on one core, well over TIMEOUT."""
+
+
+@pytest.fixture(scope="module")
+def client(serve_checkpoint, tmp_path_factory):
+    settings = ServerSettings(checkpoint=serve_checkpoint, state_dir=tmp_path_factory.mktemp("timeouts") / "state",
+                              max_batch_size=1, timeout=TIMEOUT)
+    with wrap_litserve_start(build_server(settings)) as started, TestClient(started.app) as test_client:
+        deadline = time.monotonic() + 120
+        while test_client.get("/health").status_code != 200:  # a job sent before the worker is up would expire
+            assert time.monotonic() < deadline, "the worker never got ready"
+            time.sleep(0.2)
+        yield test_client
+
+
+def batches(client) -> float:
+    return value(parse(client.get("/metrics").text), "tagi_batch_requests_count")
+
+
+def test_unanswered_and_queued_requests_get_a_504_and_the_server_recovers(client):
+    before = batches(client)
+    start = time.monotonic()
+    slow = client.post("/v1/generate", json=SLOW)
+    assert slow.status_code == 504, slow.text
+    assert slow.json()["error"] == {"message": f"no inference worker answered within {TIMEOUT:g} s", "type": "timeout",
+                                    "code": 504}
+    assert time.monotonic() - start < TIMEOUT + 2, "answered at the deadline, not when the worker finished"
+
+    queued = client.post("/v1/generate", json={"instruction": "Reverse the list.", "inputs": ["a, b"], "max_new_tokens": 4})
+    assert queued.status_code == 504 and queued.json()["error"]["code"] == 504
+
+    deadline = time.monotonic() + 60
+    while batches(client) - before < 1 and time.monotonic() < deadline:  # the slow job finishes
+        time.sleep(0.2)
+    time.sleep(TIMEOUT)  # the worker takes the queued job, sees it expired, and drops it
+    answered = client.post("/v1/generate", json={"instruction": "Reverse the list.", "inputs": ["a, b"], "max_new_tokens": 4})
+    assert answered.status_code == 200, answered.text
+    assert batches(client) - before == 2, "the slow job and the last one ran; the expired one never reached the model"
