@@ -13,16 +13,15 @@ import os
 import signal
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import litserve as ls
 
 from serving.jobs import Job, JobResult
 from serving.lifecycle import exit_when_orphaned
+from serving.settings import EngineName
 
 JOBS_PATH = "/internal/jobs"
 """LitServe's own POST route for this API; the server removes it (jobs come from the typed routes)."""
-EngineName = Literal["mixed", "peft-swap"]
 log = logging.getLogger("tagi.serving")
 
 
@@ -33,8 +32,8 @@ class WorkerSettings:
     checkpoint: Path
     state_dir: Path
     cache_bytes: int
-    engine: EngineName = "mixed"
-    torch_threads: int = 1
+    engine: EngineName
+    torch_threads: int
 
 
 class TagiAPI(ls.LitAPI):

@@ -18,7 +18,6 @@ from __future__ import annotations
 import http.client
 import json
 import math
-import signal
 import tempfile
 import threading
 import time
@@ -27,6 +26,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from hypernet.errors import UserError
+from hypernet.files import write_json
 from serving.schemas import BASE_MODEL_ID, MAX_NEW_TOKENS
 
 INSTRUCTIONS = [
@@ -59,11 +60,11 @@ class BenchConfig:
 
     def __post_init__(self) -> None:
         if self.requests < 1 or self.clients < 1 or self.instructions < 1:
-            raise ValueError("--requests, --clients and --instructions must be >= 1")
+            raise UserError("--requests, --clients and --instructions must be >= 1")
         if not 1 <= self.max_new_tokens <= MAX_NEW_TOKENS:
-            raise ValueError(f"--max-new-tokens must be within 1..{MAX_NEW_TOKENS}")
+            raise UserError(f"--max-new-tokens must be within 1..{MAX_NEW_TOKENS}")
         if self.time_limit_s <= 0:
-            raise ValueError("--time-limit must be > 0")
+            raise UserError("--time-limit must be > 0")
 
     def instruction(self, i: int) -> str:
         text = INSTRUCTIONS[i % len(INSTRUCTIONS)]
@@ -190,8 +191,7 @@ def running_server(checkpoint: Path, root: Path, name: str, *args: str) -> Itera
         server.wait_ready()
         yield server.url
     finally:
-        server.stop(signal.SIGINT)
-        server.kill()
+        server.close()
 
 
 def warm_up(url: str, config: BenchConfig) -> None:
@@ -201,37 +201,9 @@ def warm_up(url: str, config: BenchConfig) -> None:
     _post(url, "/v1/chat/completions", config.bodies(base=True)[0])
 
 
-def build_checkpoint(root: Path) -> Path:
-    """A tiny checkpoint (7.6M-parameter T5) whose generator's B heads are random instead of
-    zero, a stand-in for training so that adapters change outputs."""
-    from hypernet.bench import randomize_generator
-    from hypernet.config import CheckpointConfig
-    from hypernet.io import create_checkpoint, load_checkpoint, save_checkpoint
-    from hypernet.tiny import PRESETS, build_tiny_base
-
-    corpus = [f"{instruction} {text}" for instruction in INSTRUCTIONS for text in INPUTS] * 4
-    build_tiny_base(corpus, root / "base", PRESETS["tiny"], seed=0)
-    out = root / "checkpoint"
-    create_checkpoint(root / "base", out, CheckpointConfig(), seed=0)
-    model = load_checkpoint(out)
-    randomize_generator(model, seed=1)
-    save_checkpoint(model, out, overwrite=True)
-    return out
-
-
-def _shipped_checkpoint() -> Path | None:
-    from hypernet.files import DEFAULT_CHECKPOINT
-
-    return DEFAULT_CHECKPOINT if (DEFAULT_CHECKPOINT / "config.json").exists() else None
-
-
-def run_serve_benchmark(config: BenchConfig, checkpoint: Path | None = None, json_path: Path | None = None) -> dict:
+def run_serve_benchmark(config: BenchConfig, checkpoint: Path, json_path: Path | None = None) -> dict:
     with tempfile.TemporaryDirectory(prefix="tagi-bench-serve-") as tmp:
         root = Path(tmp)
-        checkpoint = checkpoint or _shipped_checkpoint()
-        if checkpoint is None:
-            print("no --checkpoint and no shipped checkpoint: building a tiny one (random generator heads) in a temp dir")
-            checkpoint = build_checkpoint(root)
         print(f"checkpoint {checkpoint}; {config.requests} requests per configuration from {config.clients} clients, "
               f"{config.instructions} instructions, {config.max_new_tokens} new tokens, fusion off")
         adapted, base = config.bodies(base=False), config.bodies(base=True)
@@ -240,7 +212,6 @@ def run_serve_benchmark(config: BenchConfig, checkpoint: Path | None = None, jso
             warm_up(url, config)
             before = _batch_stats(url)
             runs["mixed"] = drive(url, adapted, config.clients, config.time_limit_s, "mixed")
-            time.sleep(1.0)  # let the worker's metrics flush
             after = _batch_stats(url)
             runs["mixed"].batch_stats = {k: after[k] - before[k] for k in after}
             runs["base"] = drive(url, base, config.clients, config.time_limit_s, "base")
@@ -254,8 +225,7 @@ def run_serve_benchmark(config: BenchConfig, checkpoint: Path | None = None, jso
     figures = summarize(runs)
     print_report(runs, figures)
     if json_path is not None:
-        json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(json.dumps(figures, indent=2) + "\n")
+        write_json(json_path, figures)
         print(f"wrote {json_path}")
     return figures
 

@@ -3,38 +3,36 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import textwrap
 from pathlib import Path
+from typing import get_args
 
-from hypernet.cli import UsageError, add_checkpoint_argument, resolve_checkpoint
-
-DEFAULT_STATE_DIR = Path.home() / ".cache" / "tagi" / "serve"
-
+from hypernet.cli_common import add_checkpoint_argument, resolve_checkpoint
+from hypernet.errors import UserError
+from serving.settings import API_KEY_ENV, HOSTS, EngineName, ServerSettings
 
 def cmd_serve(args: argparse.Namespace) -> None:
-    from hypernet.files import CheckpointError
-    from serving.server import API_KEY_ENV, ServerSettings, serve
+    from serving.server import serve
 
+    settings = ServerSettings(
+        checkpoint=resolve_checkpoint(args.checkpoint),
+        state_dir=Path(args.state_dir),
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        max_batch_size=args.max_batch_size,
+        batch_timeout=args.batch_timeout,
+        adapter_cache_mb=args.adapter_cache_mb,
+        engine=args.engine,
+        torch_threads=args.torch_threads,
+        api_key=os.environ.get(API_KEY_ENV) or None,
+    )
     try:
-        settings = ServerSettings(
-            checkpoint=resolve_checkpoint(args.checkpoint),
-            state_dir=Path(args.state_dir),
-            host=args.host,
-            port=args.port,
-            workers=args.workers,
-            max_batch_size=args.max_batch_size,
-            batch_timeout=args.batch_timeout,
-            adapter_cache_mb=args.adapter_cache_mb,
-            engine=args.engine,
-            torch_threads=args.torch_threads,
-            api_key=os.environ.get(API_KEY_ENV) or None,
-        )
         serve(settings)
-    except (CheckpointError, ValueError) as err:
-        raise UsageError(str(err)) from err
     except RuntimeError as err:  # LitServe: a worker failed to start; its traceback is in the log above
-        raise UsageError(f"the server could not start: {err}") from err
+        raise UserError(f"the server could not start: {err}") from err
 
 
 def add_serve(sub: argparse._SubParsersAction) -> None:
@@ -59,43 +57,40 @@ authentication:
   'X-API-Key: KEY' or 'Authorization: Bearer KEY' (the openai client's api_key).""",
     )
     add_checkpoint_argument(p)
-    p.add_argument("--host", default="127.0.0.1", choices=["127.0.0.1", "0.0.0.0", "::"],
-                   help="interface to listen on (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=int, default=8000, help="TCP port, 1024-65535 (default 8000)")
-    p.add_argument("--workers", type=int, default=1, metavar="N",
-                   help="inference worker processes, each with its own copy of the model (default 1)")
-    p.add_argument("--max-batch-size", type=int, default=8, metavar="N",
-                   help="requests served together in one forward pass; 1 turns batching off (default 8)")
-    p.add_argument("--batch-timeout", type=float, default=0.01, metavar="S",
-                   help="seconds a worker waits to fill a batch before running what it has (default 0.01)")
-    p.add_argument("--adapter-cache-mb", type=float, default=256.0, metavar="M",
-                   help="per-worker memory for generated adapters, least recently used evicted (default 256)")
-    p.add_argument("--state-dir", default=str(DEFAULT_STATE_DIR), metavar="DIR",
+    d = {f.name: f.default for f in dataclasses.fields(ServerSettings)}
+    p.add_argument("--host", default=d["host"], choices=HOSTS,
+                   help=f"interface to listen on (default {d['host']}: this machine only)")
+    p.add_argument("--port", type=int, default=d["port"], help=f"TCP port, 1024-65535 (default {d['port']})")
+    p.add_argument("--workers", type=int, default=d["workers"], metavar="N",
+                   help=f"inference worker processes, each with its own copy of the model (default {d['workers']})")
+    p.add_argument("--max-batch-size", type=int, default=d["max_batch_size"], metavar="N",
+                   help=f"requests served together in one forward pass; 1 turns batching off (default {d['max_batch_size']})")
+    p.add_argument("--batch-timeout", type=float, default=d["batch_timeout"], metavar="S",
+                   help=f"seconds a worker waits to fill a batch before running what it has (default {d['batch_timeout']:g})")
+    p.add_argument("--adapter-cache-mb", type=float, default=d["adapter_cache_mb"], metavar="M",
+                   help=f"per-worker memory for generated adapters, least recently used evicted (default {d['adapter_cache_mb']:g})")
+    p.add_argument("--state-dir", default=str(d["state_dir"]), metavar="DIR",
                    help="where the adapter registry (SQLite) and PEFT archives persist across workers and "
-                   f"restarts (default {DEFAULT_STATE_DIR})")
-    p.add_argument("--torch-threads", type=int, default=None, metavar="N",
+                   f"restarts (default {d['state_dir']})")
+    p.add_argument("--torch-threads", type=int, default=d["torch_threads"], metavar="N",
                    help="torch threads per worker (default: (cores - 1) / workers, at least 1)")
-    p.add_argument("--engine", choices=["mixed", "peft-swap"], default="mixed",
-                   help="mixed: per-example adapters in one batch (default); peft-swap: a benchmark baseline "
-                   "that runs each request alone on a PEFT model after set_adapter (no fusion)")
+    p.add_argument("--engine", choices=list(get_args(EngineName)), default=d["engine"],
+                   help=f"mixed: per-example adapters in one batch (default {d['engine']}); peft-swap: a benchmark "
+                   "baseline that runs each request alone on a PEFT model after set_adapter (no fusion)")
     p.set_defaults(func=cmd_serve)
 
 
 def cmd_bench_serve(args: argparse.Namespace) -> None:
     from serving.bench import BenchConfig, run_serve_benchmark
 
-    try:
-        config = BenchConfig(
-            requests=args.requests,
-            clients=args.clients,
-            instructions=args.instructions,
-            max_new_tokens=args.max_new_tokens,
-            time_limit_s=args.time_limit,
-        )
-    except ValueError as err:
-        raise UsageError(str(err)) from err
-    checkpoint = resolve_checkpoint(args.checkpoint) if args.checkpoint else None
-    run_serve_benchmark(config, checkpoint=checkpoint, json_path=Path(args.json) if args.json else None)
+    config = BenchConfig(
+        requests=args.requests,
+        clients=args.clients,
+        instructions=args.instructions,
+        max_new_tokens=args.max_new_tokens,
+        time_limit_s=args.time_limit,
+    )
+    run_serve_benchmark(config, resolve_checkpoint(args.checkpoint), json_path=Path(args.json) if args.json else None)
 
 
 def add_bench_serve(bench: argparse._SubParsersAction) -> None:
@@ -108,11 +103,9 @@ def add_bench_serve(bench: argparse._SubParsersAction) -> None:
         description="Start real servers on 127.0.0.1, side by side in one run, and drive each with the same bounded "
         "load (concurrent clients, distinct instructions): mixed-adapter batching; batching off; the same server "
         "answering base-model requests; and a PEFT swap-per-request baseline. Prints a table; fusion is off in "
-        "every configuration because PEFT cannot fuse. Without --checkpoint and no shipped checkpoint, a tiny "
-        "checkpoint with a randomly initialised generator is built in a temporary directory.",
+        "every configuration because PEFT cannot fuse.",
     )
-    p.add_argument("--checkpoint", default=None, metavar="DIR",
-                   help="tagi checkpoint (default: the shipped one, else a temporary tiny checkpoint)")
+    add_checkpoint_argument(p)
     p.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     p.add_argument("--requests", type=int, default=defaults.requests,
                    help=f"requests per configuration (default {defaults.requests})")

@@ -5,7 +5,8 @@ inference workers (batches, adapter cache). prometheus_client's multiprocess mod
 that: each process writes its samples to memory-mapped files in PROMETHEUS_MULTIPROC_DIR, and
 a scrape of /metrics, answered by any HTTP process, merges every file (MultiProcessCollector).
 Counters and histograms sum over every process that ever ran in this server; the cache gauges
-(`livesum`) only over processes still alive.
+are one series per live worker (`liveall`: a `pid` label), so a dashboard can tell the workers'
+caches apart and sum them.
 
 Why the directory is chosen when this module is imported: prometheus_client picks its value
 class (in memory or in files) once, when it is first imported, from that environment
@@ -77,8 +78,8 @@ ADAPTER_SECONDS = Histogram("tagi_adapter_generation_seconds", "Time to generate
 CACHE_HITS = Counter("tagi_adapter_cache_hits_total", "Adapter lookups served from a worker's cache.")
 CACHE_MISSES = Counter("tagi_adapter_cache_misses_total", "Adapter lookups that had to generate the adapter.")
 CACHE_EVICTIONS = Counter("tagi_adapter_cache_evictions_total", "Adapters evicted to keep a worker's cache in its bound.")
-CACHE_BYTES = Gauge("tagi_adapter_cache_bytes", "Bytes of adapters held in a worker's cache.", multiprocess_mode="livesum")
-CACHE_ENTRIES = Gauge("tagi_adapter_cache_entries", "Adapters held in a worker's cache.", multiprocess_mode="livesum")
+CACHE_BYTES = Gauge("tagi_adapter_cache_bytes", "Bytes of adapters held in a worker's cache.", multiprocess_mode="liveall")
+CACHE_ENTRIES = Gauge("tagi_adapter_cache_entries", "Adapters held in a worker's cache.", multiprocess_mode="liveall")
 
 _LIVE_GAUGE_FILE = re.compile(r"gauge_live\w*?_(\d+)\.db")
 

@@ -10,16 +10,14 @@ default SIGTERM handling kills only the main process and orphans its children.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import litserve as ls
 from fastapi import FastAPI
 
-from serving.api import JOBS_PATH, EngineName, TagiAPI, WorkerSettings
+from serving.api import JOBS_PATH, TagiAPI, WorkerSettings
 from serving.auth import ApiKeyMiddleware
 from serving.checkpoint import read_checkpoint
 from serving.errors import install_error_handlers
@@ -28,48 +26,10 @@ from serving.metrics import RequestMetricsMiddleware, wipe_directory
 from serving.registry import Registry
 from serving.routes import JobQueue, add_routes
 from serving.schemas import MAX_INPUTS, MAX_NEW_TOKENS
+from serving.settings import ServerSettings
 
-API_KEY_ENV = "LIT_SERVER_API_KEY"
 MAX_PAYLOAD_BYTES = 4 * 2**20  # LitServe documents "4MB" strings, but its middleware compares ints
 log = logging.getLogger("tagi.serving")
-
-
-@dataclass(frozen=True)
-class ServerSettings:
-    checkpoint: Path
-    state_dir: Path
-    host: str = "127.0.0.1"
-    port: int = 8000
-    workers: int = 1
-    max_batch_size: int = 8
-    batch_timeout: float = 0.01
-    adapter_cache_mb: float = 256.0
-    engine: EngineName = "mixed"
-    torch_threads: int | None = None
-    """None: the cores left after one for the HTTP side, shared by the workers (at least 1)."""
-    timeout: float = 60.0
-    """Seconds a request may wait for its answer (queue and inference) before it is answered 504."""
-    api_key: str | None = None
-
-    def __post_init__(self) -> None:
-        checks = {
-            "workers": self.workers >= 1,
-            "max_batch_size": self.max_batch_size >= 1,
-            "batch_timeout": 0 <= self.batch_timeout < self.timeout,
-            "adapter_cache_mb": self.adapter_cache_mb >= 0,
-            "port": 1024 <= self.port <= 65535,
-            "torch_threads": self.torch_threads is None or self.torch_threads >= 1,
-        }
-        for name, ok in checks.items():
-            if not ok:
-                raise ValueError(f"invalid {name}: {getattr(self, name)!r}")
-        if self.host not in ("127.0.0.1", "0.0.0.0", "::"):
-            raise ValueError(f"host must be 127.0.0.1, 0.0.0.0 or :: (LitServe's choices), got {self.host!r}")
-
-    def threads_per_worker(self) -> int:
-        if self.torch_threads is not None:
-            return self.torch_threads
-        return max(1, ((os.cpu_count() or 1) - 1) // self.workers)
 
 
 def build_server(settings: ServerSettings) -> ls.LitServer:

@@ -1,6 +1,6 @@
 """Real `tagi serve` processes on loopback for the serving tests.
 
-Each server runs in its own process session (serving.launch.LocalServer), so teardown
+Each server runs in its own process session (tests/serving/server_process.py), so teardown
 signals and reaps the whole group and checks that nothing is left. Servers are
 module-scoped: starting one costs several seconds.
 """
@@ -8,27 +8,12 @@ module-scoped: starting one costs several seconds.
 from __future__ import annotations
 
 import signal
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx2
 import pytest
 
-from serving.launch import LocalServer
-
-
-class TestServer(LocalServer):
-    __test__ = False  # not a test class, whatever its name
-
-    def client(self) -> httpx2.Client:
-        headers = {"X-API-Key": self.api_key} if self.api_key else {}
-        return httpx2.Client(base_url=self.url, timeout=60.0, headers=headers)
-
-
-def start_server(tmp: Path, checkpoint: Path, *args: str, env: dict[str, str] | None = None,
-                 state_dir: Path | None = None) -> TestServer:
-    return TestServer(checkpoint, state_dir or tmp / "state", tmp / f"server-{time.monotonic_ns()}.log", *args, env=env)
+from tests.serving.server_process import TestServer, start_server
 
 
 @pytest.fixture(scope="session")

@@ -10,9 +10,9 @@ import pytest
 
 from hypernet.cli import build_parser, main
 from hypernet.io import checkpoint_fingerprint
-from hypernet.files import CheckpointError
+from hypernet.errors import CheckpointError, UserError
 from serving.checkpoint import read_checkpoint
-from serving.server import ServerSettings
+from serving.settings import ServerSettings
 
 
 def test_fingerprint_matches_hypernet_io(serve_checkpoint):
@@ -41,7 +41,7 @@ def test_serve_reports_user_mistakes_in_one_line(tmp_path, capsys):
 @pytest.mark.parametrize("field", [{"workers": 0}, {"max_batch_size": 0}, {"batch_timeout": -1}, {"port": 80},
                                    {"adapter_cache_mb": -1}, {"host": "localhost"}, {"torch_threads": 0}])
 def test_settings_reject_bad_values(tmp_path, field):
-    with pytest.raises(ValueError):
+    with pytest.raises(UserError):
         ServerSettings(checkpoint=tmp_path, state_dir=tmp_path, **field)
 
 

@@ -9,7 +9,8 @@ import pytest
 from fastapi.testclient import TestClient
 from litserve.utils import wrap_litserve_start
 
-from serving.server import ServerSettings, build_server
+from serving.server import build_server
+from serving.settings import ServerSettings
 from tests.serving.promtext import parse, value
 
 INSTRUCTIONS = ["Reverse the list.", "Sort the items of the list alphabetically.", "Count the words."]

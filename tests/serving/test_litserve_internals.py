@@ -14,7 +14,8 @@ from litserve.server import RegularRequestHandler
 from litserve.utils import wrap_litserve_start
 
 from serving.api import JOBS_PATH, TagiAPI, WorkerSettings
-from serving.server import ServerSettings, build_server
+from serving.server import build_server
+from serving.settings import ServerSettings
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +44,7 @@ def test_the_raw_job_route_is_gone(started, serve_checkpoint, tmp_path):
     server, client = started
     assert JOBS_PATH not in {getattr(r, "path", None) for r in server.app.router.routes}
     assert client.post(JOBS_PATH, json={"instruction": "x"}).status_code in (404, 405)
-    api = TagiAPI(WorkerSettings(checkpoint=serve_checkpoint, state_dir=tmp_path, cache_bytes=0), max_batch_size=1,
+    api = TagiAPI(WorkerSettings(checkpoint=serve_checkpoint, state_dir=tmp_path, cache_bytes=0, engine="mixed", torch_threads=1), max_batch_size=1,
                   batch_timeout=0.0)
     fresh = ls.LitServer(api)
     assert JOBS_PATH in {getattr(r, "path", None) for r in fresh.app.router.routes}, "LitServe no longer adds it: drop the surgery"

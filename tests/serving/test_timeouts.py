@@ -11,7 +11,8 @@ from fastapi.testclient import TestClient
 from litserve.utils import wrap_litserve_start
 
 from serving.schemas import MAX_INPUTS, MAX_NEW_TOKENS
-from serving.server import ServerSettings, build_server
+from serving.server import build_server
+from serving.settings import ServerSettings
 from tests.serving.promtext import parse, value
 
 TIMEOUT = 1.0
