@@ -134,16 +134,16 @@ def test_strict_fails_with_one_line_and_keeps_what_was_written(checkpoint_dir, t
 
 
 def test_a_killed_export_resumes_without_half_written_directories(model, checkpoint_dir, tmp_path):
-    count = 240
+    count = 48
     source = tmp_path / "in.txt"
     source.write_text("".join(f"Sort the {WORDS[i % len(WORDS)]} items number {i}.\n" for i in range(count)))
     out = tmp_path / "out"
     command = [sys.executable, "-m", "hypernet.cli", "adapter", "--checkpoint", str(checkpoint_dir), "--instructions", str(source),
-               "--out-dir", str(out), "--batch-size", "1"]
+               "--out-dir", str(out), "--batch-size", "2"]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and process.poll() is None:
-        if (out / MANIFEST_FILE).exists() and len((out / MANIFEST_FILE).read_text().splitlines()) >= 5:
+        if (out / MANIFEST_FILE).exists() and len((out / MANIFEST_FILE).read_text().splitlines()) >= 4:
             os.kill(process.pid, signal.SIGKILL)
             break
         time.sleep(0.01)
@@ -151,7 +151,7 @@ def test_a_killed_export_resumes_without_half_written_directories(model, checkpo
     assert process.returncode == -signal.SIGKILL, "the export finished before it could be interrupted"
 
     done = [p for p in out.iterdir() if p.is_dir() and not p.name.startswith(".")]
-    assert 5 <= len(done) < count
+    assert 4 <= len(done) < count
     for path in done:  # every visible directory is whole: a crash leaves a directory complete or absent
         assert load_file(path / PEFT_WEIGHTS_FILE).keys() == peft_state_dict(model.adapter("x")).keys()
     listed = {row["name"] for row in read_manifest(out)}
