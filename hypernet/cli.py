@@ -87,6 +87,51 @@ def add_adapter(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_adapter)
 
 
+# ---- adapters map ----------------------------------------------------------------------------
+
+def cmd_adapters_map(args: argparse.Namespace) -> None:
+    from hypernet.adapter_map import build_map, write_map
+    from hypernet.export import BadLine, read_instructions
+
+    path = Path(args.instructions)
+    entries, bad = read_instructions(path, label_field=args.label_field)
+    model = load_model(args.checkpoint)
+    good = []
+    for entry in entries:
+        try:
+            model.instruction_ids(entry.instruction)
+            good.append(entry)
+        except UserError as err:
+            bad.append(BadLine(entry.line, str(err)))
+    for line in sorted(bad, key=lambda b: b.line):
+        print(f"tagi: skipped {path} {line}", file=sys.stderr)
+    adapter_map = build_map(model, good, batch_size=args.batch_size)
+    sidecar = write_map(adapter_map, Path(args.out), title=args.title or f"{len(good)} adapters from {path.name}")
+    s = adapter_map.similarity
+    print(f"map of {len(good)} adapters: {args.out} (points with instruction, label, coordinates: {sidecar})")
+    if s.same_task is not None and s.different_task is not None:
+        print(f"mean cosine similarity of delta-W: same task {s.same_task:.4f} ({s.same_pairs} pairs), "
+              f"different tasks {s.different_task:.4f} ({s.different_pairs} pairs)")
+
+
+def add_adapters(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("adapters", help="look at many generated adapters together")
+    adapters = p.add_subparsers(dest="adapters_command", required=True, metavar="{map}")
+    m = adapters.add_parser("map", help="PCA map of generated adapters, coloured by task, with a JSON sidecar",
+                            description="Generate the adapter of every instruction in FILE, project the flattened delta-W "
+                            "(scale * B @ A of every target) to two dimensions by PCA, and draw it coloured by the label "
+                            "field; also print the mean cosine similarity of same-label vs different-label adapters.")
+    add_checkpoint_argument(m)
+    m.add_argument("--instructions", required=True, metavar="FILE",
+                   help="JSONL (.jsonl) with an instruction and a label per line, or one instruction per line (no labels)")
+    m.add_argument("--out", required=True, metavar="PNG", help="image to write; the JSON sidecar goes next to it (.json)")
+    m.add_argument("--label-field", default="label", help="JSONL field that names the task (default: label)")
+    m.add_argument("--title", default=None, help="plot title (default: the number of adapters and the file name)")
+    m.add_argument("--batch-size", type=int, default=DEFAULT_EXPORT_BATCH_SIZE,
+                   help=f"instructions generated per step (default {DEFAULT_EXPORT_BATCH_SIZE})")
+    m.set_defaults(func=cmd_adapters_map)
+
+
 # ---- run -------------------------------------------------------------------------------------
 
 def cmd_run(args: argparse.Namespace) -> None:
@@ -124,9 +169,19 @@ def cmd_bench_core(args: argparse.Namespace) -> None:
     run_core_benchmark(json_path=Path(args.json) if args.json else None, rounds=args.rounds, quick=args.quick)
 
 
+def cmd_bench_export(args: argparse.Namespace) -> None:
+    from hypernet.bench_export import run_export_benchmark
+    from hypernet.cli_common import resolve_checkpoint
+
+    if args.count < 1 or args.single < 1:
+        raise UserError("--count and --single must be >= 1")
+    run_export_benchmark(resolve_checkpoint(args.checkpoint), count=args.count, single=args.single, threads=args.threads,
+                         json_path=Path(args.json) if args.json else None)
+
+
 def add_bench(sub: argparse._SubParsersAction) -> argparse._SubParsersAction:
     p = sub.add_parser("bench", help="benchmarks that print figures")
-    bench = p.add_subparsers(dest="bench", required=True, metavar="{core,serve}")
+    bench = p.add_subparsers(dest="bench", required=True, metavar="{core,export,serve}")
     core = bench.add_parser("core", help="mixed-adapter forward vs base vs PEFT, adapter generation, swap time",
                             description="Measure on a t5-base-size random T5 (d_model 768, 12+12 layers; batch 8, 128 input "
                             "tokens, 32 decoder tokens, rank 8, q k v o wi wo), side by side, median over rounds.")
@@ -135,6 +190,16 @@ def add_bench(sub: argparse._SubParsersAction) -> argparse._SubParsersAction:
     core.add_argument("--quick", action="store_true", help="a small config instead of t5-base size (smoke test only)")
     core.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice, one per core)")
     core.set_defaults(func=cmd_bench_core)
+    export = bench.add_parser("export", help="adapters per second: a file of instructions in one process vs one process each",
+                              description="Time `tagi adapter --instructions` on COUNT instructions in one process against "
+                              "`tagi adapter --instruction` run once per instruction (measured on --single of them and "
+                              "extrapolated), end to end with the model load; also the in-process generation rate.")
+    add_checkpoint_argument(export)
+    export.add_argument("--count", type=int, default=1000, help="instructions exported by the batched process (default 1000)")
+    export.add_argument("--single", type=int, default=10, help="one-per-process runs to measure (default 10)")
+    export.add_argument("--threads", type=int, default=0, help="torch threads in every process (default: torch's choice)")
+    export.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
+    export.set_defaults(func=cmd_bench_export)
     return bench
 
 
@@ -144,6 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     sub = parser.add_subparsers(dest="command", required=True)
     add_adapter(sub)
+    add_adapters(sub)
     add_run(sub)
     bench = add_bench(sub)
     for entry in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
