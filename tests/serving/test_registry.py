@@ -1,8 +1,12 @@
-"""The SQLite registry: shared by processes, keyed by checkpoint, first creation wins."""
+"""The SQLite registry: shared by processes, keyed by checkpoint, first creation wins; and the
+adapter ids it stores, stable across processes and releases."""
 
 from __future__ import annotations
 
+import json
 import multiprocessing as mp
+import subprocess
+import sys
 
 from serving.registry import Registry
 from serving.schemas import AdapterInfo
@@ -47,3 +51,48 @@ def test_concurrent_writers_in_separate_processes(tmp_path):
         w.join(timeout=60)
     assert [w.exitcode for w in workers] == [0, 0]
     assert len(Registry(tmp_path, "ckpt").list()) == 100
+
+
+def _add_same_ids(state_dir: str, writer: int, barrier) -> None:
+    registry = Registry(state_dir, "ckpt")
+    barrier.wait(timeout=60)
+    for i in range(100):
+        registry.add([info(f"same{i:03d}", float(writer), f"written by {writer}")])
+
+
+def test_two_processes_creating_the_same_ids_at_once_leave_one_whole_record_each(tmp_path):
+    Registry(tmp_path, "ckpt")
+    ctx = mp.get_context("spawn")
+    barrier = ctx.Barrier(2)
+    writers = [ctx.Process(target=_add_same_ids, args=(str(tmp_path), k, barrier)) for k in (1, 2)]
+    for w in writers:
+        w.start()
+    for w in writers:
+        w.join(timeout=120)
+    assert [w.exitcode for w in writers] == [0, 0], "a concurrent insert of an existing id must not fail"
+    records = Registry(tmp_path, "ckpt").list()
+    assert sorted(r.adapter_id for r in records) == [f"same{i:03d}" for i in range(100)], "one row per id"
+    for record in records:  # the first writer's row, whole: never fields of both
+        assert record.instruction == f"written by {int(record.created_at)}"
+
+
+PINNED_INSTRUCTION = "Sort the numbers from smallest to largest."
+PINNED_ID = "1fcc3984cb7cde940b64018f77388b50"
+"""The id of PINNED_INSTRUCTION on the shipped checkpoints/tiny. Ids are what clients keep and the
+registry is keyed by: if this changes, every stored id of the shipped checkpoint is invalid."""
+
+
+def test_the_adapter_id_in_a_fresh_process_is_the_pinned_one():
+    code = (
+        "import json, sys, hypernet\n"
+        "from hypernet.files import DEFAULT_CHECKPOINT\n"
+        "from hypernet.model import adapter_id\n"
+        "from serving.checkpoint import read_checkpoint\n"
+        "text = sys.argv[1]\n"
+        "print(json.dumps([hypernet.load().adapter(text).adapter_id,\n"
+        "                  adapter_id(read_checkpoint(DEFAULT_CHECKPOINT).fingerprint, text)]))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code, PINNED_INSTRUCTION], capture_output=True, text=True, check=True)
+    model_id, server_id = json.loads(result.stdout.strip().splitlines()[-1])
+    assert model_id == PINNED_ID, "adapter ids of the shipped checkpoint changed: stored ids no longer resolve"
+    assert server_id == PINNED_ID, "the torch-free fingerprint of the HTTP processes disagrees with the model's"
