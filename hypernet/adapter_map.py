@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from hypernet.batching import stack_adapters
 from hypernet.errors import UserError
 from hypernet.export import Entry
 from hypernet.files import atomic_write_bytes, write_json
@@ -123,12 +124,7 @@ def build_map(model: TagiModel, entries: list[Entry], batch_size: int, progress:
         for start in range(0, len(entries), batch_size):
             adapters += model.adapters([e.instruction for e in entries[start : start + batch_size]])
             bar.update(min(batch_size, len(entries) - start))
-    weights = LoraWeights(
-        {g: torch.cat([a.weights.lora_A[g] for a in adapters], dim=1) for g in adapters[0].weights.lora_A},
-        {g: torch.cat([a.weights.lora_B[g] for a in adapters], dim=1) for g in adapters[0].weights.lora_B},
-        adapters[0].weights.scale,
-    )
-    gram = delta_gram(weights)
+    gram = delta_gram(stack_adapters([a.weights for a in adapters]))
     coords, explained = pca_from_gram(gram)
     return AdapterMap(entries, coords, explained, task_similarity(cosine_from_gram(gram), [e.label for e in entries]))
 
