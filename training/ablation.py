@@ -13,19 +13,23 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
-from training import pipeline as P
+from hypernet.errors import UserError
 from training.common import load_task_set
 from training.curriculum import read_plans
 from training.evaluate import run_eval, write_json
-from training.presets import Preset
+from training.pipeline import SNI_TEST_SPLIT, SYNTH_SETS, train_tasks
+from training.presets import Preset, replace_path
+from training.stages import STAGE, StageInputs, result_path, run_stage
 
 ABLATION_FILE = "curriculum.json"
 ARMS = ("uniform", "tapir")
 METHODS = ("tagi", "tagi_no_fusion")
+DISTILL = STAGE["distill"]
 
 
-def arm_dir(work: Path, preset: Preset, kind: str) -> Path:
-    return work / (P.DISTILL_DIR if kind == preset.distill.curriculum.kind else f"{P.DISTILL_DIR}_{kind}")
+def arm_dir(work: Path, recipe: Preset, kind: str) -> Path:
+    """The recipe's own arm is the pipeline's stage 3 (reused when done); the other gets its own directory."""
+    return work / (DISTILL.directory if kind == recipe.distill.curriculum.kind else f"{DISTILL.directory}_{kind}")
 
 
 def summarise(result: dict) -> dict:
@@ -42,32 +46,29 @@ def summarise(result: dict) -> dict:
     }
 
 
-def run_ablation(preset: Preset, work: Path, out: Path, sni_dir: Path | None, device: str = "auto", resume: bool = True) -> dict:
-    task_set = load_task_set(P.train_tasks(work), preset.held_back, preset.seed)
-    start = work / "stage2_hypernet" / "checkpoint"
-    meta = work / "stage1_meta_teacher" / "model"
-    teachers = work / "stage1_teachers" / "teachers"
-    for path in (start, meta, teachers):
+def run_ablation(recipe: Preset, work: Path, out: Path, sni_dir: Path | None, device: str = "auto", resume: bool = True) -> dict:
+    task_set = load_task_set(train_tasks(work), recipe.held_back, recipe.seed)
+    results = {name: result_path(STAGE[name], work) for name in DISTILL.inputs}
+    for path in results.values():
         if not path.exists():
-            raise FileNotFoundError(f"{path} is missing: run `tagi train --preset {preset.name} --work {work}` first")
-    sets = {name: [str(work / "data" / split)] for name, split in P.SYNTH_SETS.items() if split != "train"}
-    sni_split = Path(sni_dir) / "splits" / "subset_test.txt" if sni_dir is not None else None
-    report: dict = {"steps": preset.distill.loop.steps, "batch_size": preset.distill.loop.batch_size, "arms": {}, "sets": {}}
+            raise UserError(f"{path} is missing: run `tagi train --preset {recipe.name} --work {work}` first")
+    sets = {name: [str(work / "data" / split)] for name, split in SYNTH_SETS.items() if split != "train"}
+    report: dict = {"steps": recipe.distill.loop.steps, "batch_size": recipe.distill.loop.batch_size, "arms": {}, "sets": {}}
     for kind in ARMS:
-        arm = replace(preset, distill=replace(preset.distill, curriculum=replace(preset.distill.curriculum, kind=kind)))
-        stage = arm_dir(work, preset, kind)
-        checkpoint = P.stage_distill(arm, work, task_set, start, meta, teachers, device, resume, stage_dir=stage)
+        arm = replace_path(recipe, "distill.curriculum", replace(recipe.distill.curriculum, kind=kind))
+        stage = arm_dir(work, recipe, kind)
+        checkpoint = run_stage(DISTILL, arm, StageInputs(task_set, results, device, resume), stage)
         report["arms"][kind] = {
             "stage_dir": str(stage),
             "examples_seen": arm.distill.loop.steps * arm.distill.loop.batch_size,
             "rounds": read_plans(stage) if kind == "tapir" else [],
         }
         for name, paths in sets.items():
-            result = run_eval(checkpoint, paths, "def", max_instances=preset.eval_instances, methods=METHODS, timing_tasks=0)
+            result = run_eval(checkpoint, paths, "def", max_instances=recipe.eval_instances, methods=METHODS, timing_tasks=0)
             report["sets"].setdefault(name, {})[kind] = summarise(result)
-        if sni_split is not None and sni_split.exists():
-            result = run_eval(checkpoint, [str(Path(sni_dir) / "tasks")], "def+2pos", max_instances=preset.eval_instances,
-                              max_input_tokens=2048, split_file=str(sni_split), methods=METHODS, timing_tasks=0)
+        if sni_dir is not None:
+            result = run_eval(checkpoint, [str(Path(sni_dir) / "tasks")], "def+2pos", max_instances=recipe.eval_instances,
+                              max_input_tokens=2048, split_file=str(Path(sni_dir) / SNI_TEST_SPLIT), methods=METHODS, timing_tasks=0)
             report["sets"].setdefault("sni_test", {})[kind] = summarise(result)
     synthetic = [n for n in report["sets"] if n.startswith("synthetic")]
     means = {kind: sum(report["sets"][n][kind]["mean"]["exact_match"] for n in synthetic) / len(synthetic) for kind in ARMS}

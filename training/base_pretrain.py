@@ -15,6 +15,8 @@ Real users skip this and point at t5-lm-adapt or flan-t5. The base sees only tra
 
 The tokenizer is SentencePiece unigram with T5's ids plus sentinel pieces `<extra_id_N>`
 (hypernet.tiny's builder has none, and span corruption needs them) and the skill symbols.
+
+Entry point: `run(recipe, inputs, out)` (the stage table, training.stages); writes out/model.
 """
 
 from __future__ import annotations
@@ -22,20 +24,26 @@ from __future__ import annotations
 import json
 import random
 import re
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from transformers import T5ForConditionalGeneration
 
-from hypernet.files import SPIECE
-from hypernet.tiny import TinyPreset, build_tiny_base, load_tokenizer
-from training.common import TaskSet, exact_match_by_group, greedy, seq2seq_batch, spread, write_card
+from hypernet.files import SPIECE, atomic_directory, write_json
+from hypernet.tiny import build_tiny_base, load_tokenizer
+from training.common import TaskSet, exact_match_by_group, greedy, seq2seq_batch, spread
 from training.data import format_concat
-from training.loop import LoopConfig, resolve_device, seed_everything, train
+from training.loop import LoopConfig, LoopResult, resolve_device, seed_everything, train
 from training.presets import BaseConfig
 from training.suite import SuiteConfig, sample_instance
 from training.world import PRIMITIVES, PRIMITIVES_BY_NAME, Step, steps_of
+
+if TYPE_CHECKING:
+    from training.presets import Preset
+    from training.stages import StageInputs
 
 SENTINELS = 20
 SKILL_CODES = 32
@@ -115,13 +123,9 @@ class WorldSkills:
 
 def build_base(task_set: TaskSet, out_dir: Path, config: BaseConfig, seed: int) -> None:
     """Tokenizer (with sentinel and skill-code pieces) + randomly initialised T5, as an HF directory."""
-    preset = TinyPreset(
-        d_model=config.d_model, d_ff=config.d_ff, num_layers=config.num_layers, num_heads=config.num_heads,
-        d_kv=config.d_model // config.num_heads, vocab_size=config.vocab_size,
-    )
     symbols = tuple(sentinel(i) for i in range(SENTINELS)) + tuple(skill_code(i) for i in range(SKILL_CODES))
     seed_everything(seed)
-    build_tiny_base(tokenizer_corpus(task_set), out_dir, preset, seed=seed, symbols=symbols)
+    build_tiny_base(tokenizer_corpus(task_set), out_dir, config.model, seed=seed, symbols=symbols)
 
 
 def span_corrupt(tokens: list[str], rng: random.Random, density: float, mean_span: float) -> tuple[str, str]:
@@ -199,12 +203,20 @@ def pretrain_base(task_set: TaskSet, out_dir: Path, config: BaseConfig, loop: Lo
         return exact_match_by_group(predictions, probe, task_set.categories())
 
     result = train(model, total, make_batch, loss_fn, loop, out_dir, name="stage0-base", resume=resume,
-                   eval_fn=evaluate if probe else None)
+                   eval_fn=evaluate if probe else None, settings={"base": asdict(config), "seed": seed, "world": asdict(world_config)})
     final = out_dir / "model"
-    model.save_pretrained(final)
-    tokenizer.save_pretrained(final)
-    (final / SPIECE).write_bytes((init_dir / SPIECE).read_bytes())
-    write_card(final / BASE_CARD, {
+    with atomic_directory(final, overwrite=True) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / SPIECE).write_bytes((init_dir / SPIECE).read_bytes())
+        write_base_card(tmp, result, config, loop, task_set, span_texts, skills, world, evaluate if probe else None)
+    return final
+
+
+def write_base_card(model_dir: Path, result: LoopResult, config: BaseConfig, loop: LoopConfig, task_set: TaskSet,
+                    span_texts: list[str], skills: list, world: WorldSkills | None, evaluate: Callable[[int], dict] | None) -> None:
+    """base_card.json: what the base saw (never an instruction as a condition) and how well it does."""
+    write_json(model_dir / BASE_CARD, {
         "stage": "base_pretrain",
         "saw": {
             "span_corruption_texts": len(span_texts),
@@ -219,9 +231,16 @@ def pretrain_base(task_set: TaskSet, out_dir: Path, config: BaseConfig, loop: Lo
         "steps": result.steps_done,
         "seconds": round(result.seconds, 1),
         # The loop scored the last step; a resumed, already finished run did not.
-        "final_eval": result.last_eval or (evaluate(result.steps_done) if probe else {}),
+        "final_eval": result.last_eval or (evaluate(result.steps_done) if evaluate is not None else {}),
     })
-    return final
+
+
+def run(recipe: Preset, inputs: StageInputs, out: Path) -> None:
+    """Stage 0 from the training tasks alone; writes out/model, the base every later stage uses."""
+    from training.stages import stage_loop
+
+    pretrain_base(inputs.task_set, out, recipe.base, stage_loop(recipe, "base.loop", inputs.device), recipe.seed, resume=inputs.resume,
+                  world_config=recipe.suite)
 
 
 def read_base_card(base_dir: Path) -> dict:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from hypernet.files import atomic_write_text
 from training.ablation import card_section, load_report
 from training.evaluate import METHODS, format_table, write_json
 
@@ -53,6 +54,7 @@ def write_card(out: Path, command: str | None = None) -> Path:
     preset = info["preset"]
     size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
     base = info.get("base", {})
+    base_model = preset["base"].get("model", preset["base"])  # inline in pipeline.json before configs/ (checkpoints/tiny)
     lines = [
         f"# tagi checkpoint: preset `{preset['name']}`",
         "",
@@ -71,7 +73,7 @@ def write_card(out: Path, command: str | None = None) -> Path:
         "- Held-out task sets (unseen compositions, unseen parameter values, unseen paraphrases) are never read by any stage.",
         "",
         "## What each part saw",
-        f"- Base (stage 0): a from-scratch T5 ({preset['base']['d_model']} wide, {preset['base']['num_layers']}+{preset['base']['num_layers']} layers); "
+        f"- Base (stage 0): a from-scratch T5 ({base_model['d_model']} wide, {base_model['num_layers']}+{base_model['num_layers']} layers); "
         f"span corruption on the training tasks' texts plus instruction-free skills (`{base.get('saw', {}).get('skills', '?')}`), "
         "never an instruction as a condition. With `world` skills it learned fresh examples of the training tasks' functions, "
         "each primitive named by an opaque symbol with its parameter (\"<skill_3> 1 <skill_0> : apple, pear\"), parameters "
@@ -106,5 +108,5 @@ def write_card(out: Path, command: str | None = None) -> Path:
         lines += card_section(report)
     for name, result in results.items():
         lines += [f"### {name}", "", "```", format_table(result), "```", ""]
-    (out / "README.md").write_text("\n".join(lines))
+    atomic_write_text(out / "README.md", "\n".join(lines))
     return out / "README.md"

@@ -1,18 +1,67 @@
-"""Training commands of `tagi`: `data synth`, `train [<stage>]`, `eval`.
+"""Training commands of `tagi`: `init`, `data synth`, `train [<stage>]`, `eval`, `ablate-curriculum`.
 
-`hypernet.cli` calls `register(sub, bench)` when this module exists. Every stage is its own
-subcommand working in a shared --work directory (see training.pipeline for the layout);
-`tagi train --preset NAME --out DIR` runs them all and writes the shipped checkpoint.
+`hypernet.cli` finds `register(sub, bench)` through the `tagi.commands` entry point. The
+stage subcommands come from the one stage table (training.stages): `tagi train` runs every
+stage in a --work directory and writes the shipped checkpoint, `tagi train <stage>` one stage.
+The recipe is `--preset NAME` (configs/NAME.yaml) or `--recipe FILE`.
 """
 
 from __future__ import annotations
 
 import argparse
+import shlex
+import sys
+from dataclasses import replace
 from pathlib import Path
 
-from hypernet.cli import UsageError, add_checkpoint_argument, resolve_checkpoint
+from hypernet.cli_common import add_checkpoint_argument, load_model, resolve_checkpoint
+from hypernet.config import DEFAULT_MAX_NEW_TOKENS
+from hypernet.errors import UserError
+from training.data import SNI_DIR
 
-STAGES = ("base", "teachers", "meta-teacher", "hypernet-pretrain", "distill")
+# ---- init ------------------------------------------------------------------------------------
+
+def cmd_init(args: argparse.Namespace) -> None:
+    import tempfile
+
+    from hypernet.config import CheckpointConfig, GeneratorConfig
+    from hypernet.io import create_checkpoint
+    from hypernet.tiny import PRESETS, build_tiny_base
+
+    out = Path(args.out)
+    if out.exists() and not args.overwrite:
+        raise UserError(f"{out} already exists; pass --overwrite to replace it")
+    try:
+        generator = GeneratorConfig(rank=args.rank, alpha=args.alpha, target_modules=tuple(args.target_modules))
+    except ValueError as error:
+        raise UserError(str(error)) from None
+    config = CheckpointConfig(generator=generator)
+    if args.base:
+        create_checkpoint(Path(args.base), out, config, seed=args.seed, overwrite=args.overwrite)
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            build_tiny_base(init_corpus(args.corpus), Path(tmp), PRESETS[args.preset], seed=args.seed)
+            create_checkpoint(Path(tmp), out, config, seed=args.seed, overwrite=args.overwrite)
+    counts = load_model(str(out)).parameter_counts()
+    print(f"wrote untrained checkpoint to {out}: trainable generator {counts['generator']:,} parameters, "
+          f"frozen base {counts['base_frozen']:,}")
+
+
+def init_corpus(paths: list[str] | None) -> list[str]:
+    """Tokenizer texts: the given files (one text per line), else the synthetic suite's texts."""
+    if not paths:
+        from training.suite import SuiteConfig, build_suite, corpus_texts
+
+        return corpus_texts(build_suite(0, SuiteConfig()))
+    texts = []
+    for path in paths:
+        try:
+            texts.extend(line for line in Path(path).read_text().splitlines() if line.strip())
+        except OSError as err:
+            raise UserError(f"cannot read corpus file {path}: {err.strerror}") from err
+    if not texts:
+        raise UserError("the corpus files hold no text")
+    return texts
 
 
 # ---- data ------------------------------------------------------------------------------------
@@ -23,7 +72,7 @@ def cmd_data_synth(args: argparse.Namespace) -> None:
 
     out = Path(args.out)
     if out.exists() and any(out.iterdir()) and not args.overwrite:
-        raise UsageError(f"{out} is not empty; pass --overwrite to write into it (stale tasks are refused)")
+        raise UserError(f"{out} is not empty; pass --overwrite to write into it (stale tasks are refused)")
     write_synthetic(out, args.seed, get_preset(args.preset).suite)
     counts = {p.name: len(list(p.glob("*.json"))) for p in sorted(out.iterdir()) if p.is_dir() and p.name != "splits"}
     print(f"wrote the synthetic suite (seed {args.seed}) to {out}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
@@ -31,115 +80,93 @@ def cmd_data_synth(args: argparse.Namespace) -> None:
 
 # ---- train -----------------------------------------------------------------------------------
 
-def _preset(args: argparse.Namespace):
-    from dataclasses import replace
+def _recipe(args: argparse.Namespace):
+    """The recipe of --preset or --recipe, with --seed and --threads applied."""
+    from training.presets import get_preset, load_recipe, with_threads
 
-    from training.presets import get_preset, with_threads
-
-    preset = get_preset(args.preset)
+    recipe = load_recipe(args.recipe) if args.recipe else get_preset(args.preset)
     if args.seed is not None:
-        preset = replace(preset, seed=args.seed)
+        recipe = replace(recipe, seed=args.seed)
     if args.threads is not None:
         if args.threads < 1:
-            raise UsageError(f"--threads must be >= 1, got {args.threads}")
-        preset = with_threads(preset, args.threads)
-    return preset
+            raise UserError(f"--threads must be >= 1, got {args.threads}")
+        recipe = with_threads(recipe, args.threads)
+    return recipe
 
 
-def _steps(args: argparse.Namespace, loop):
-    from training.presets import with_steps
+def _distill_overrides(args: argparse.Namespace, recipe):
+    """--no-ce/--no-kl/--no-ins, the lambdas and --curriculum on the recipe's distill section."""
+    distill = recipe.distill
+    changes = {"use_ce": distill.use_ce and not args.no_ce, "use_kl": distill.use_kl and not args.no_kl,
+               "use_ins": distill.use_ins and not args.no_ins}
+    if args.lambda_kl is not None:
+        changes["lambda_kl"] = args.lambda_kl
+    if args.lambda_ins is not None:
+        changes["lambda_ins"] = args.lambda_ins
+    if args.curriculum is not None:
+        changes["curriculum"] = replace(distill.curriculum, kind=args.curriculum)
+    try:
+        return replace(recipe, distill=replace(distill, **changes))
+    except ValueError as error:
+        raise UserError(str(error)) from None
 
-    return with_steps(loop, steps=args.steps)
 
+def _sni_dir(args: argparse.Namespace) -> Path | None:
+    from training.pipeline import SNI_TEST_SPLIT
 
-def _work_task_set(args: argparse.Namespace, preset):
-    from training.common import load_task_set
-    from training.pipeline import train_tasks, write_synthetic
-
-    work = Path(args.work)
-    if args.tasks:
-        return load_task_set(args.tasks, preset.held_back, preset.seed)
-    if not (work / "data" / "splits" / "train.txt").exists():
-        write_synthetic(work / "data", preset.seed, preset.suite)
-    return load_task_set(train_tasks(work), preset.held_back, preset.seed)
-
-
-def _need(path: Path, what: str, stage: str) -> Path:
-    if not path.exists():
-        raise UsageError(f"{what} not found at {path}; run `tagi train {stage}` first (same --work)")
-    return path
+    if args.no_sni:
+        return None
+    sni = Path(args.sni)
+    if not (sni / SNI_TEST_SPLIT).exists():
+        raise UserError(f"{sni} is not an SNI subset (no {SNI_TEST_SPLIT}); pass --sni DIR or --no-sni")
+    return sni
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from dataclasses import replace
+    from training.pipeline import run_pipeline
 
-    from training import pipeline as P
+    recipe = _recipe(args)
+    if args.stage is not None:
+        return cmd_train_stage(args, recipe)
+    if not args.out:
+        raise UserError("tagi train without a stage runs every stage and needs --out DIR (or name a stage)")
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()) and not args.overwrite:
+        raise UserError(f"{out} exists; pass --overwrite to replace it")
+    sni = _sni_dir(args)
+    work = Path(args.work) if args.work else Path("runs") / f"train-{recipe.name}"
+    info = run_pipeline(recipe, out, work, device=args.device, resume=not args.no_resume, overwrite=True,
+                        evaluate=not args.no_eval, sni_dir=sni)
+    from training.card import write_card
 
-    if args.stage is None:
-        if not args.out:
-            raise UsageError("tagi train without a stage runs every stage and needs --out DIR (or name a stage)")
-        out = Path(args.out)
-        if out.exists() and any(out.iterdir()) and not args.overwrite:
-            raise UsageError(f"{out} exists; pass --overwrite to replace it")
-        preset = _preset(args)
-        work = Path(args.work) if args.work else Path("runs") / f"train-{preset.name}"
-        info = P.run_pipeline(preset, out, work, device=args.device, resume=not args.no_resume, overwrite=True,
-                              evaluate=not args.no_eval, sni_dir=None if args.no_sni else Path(args.sni))
-        import shlex
-        import sys
+    write_card(out, "tagi " + " ".join(shlex.quote(a) for a in sys.argv[1:]))
+    print(f"wrote {out} ({info['bytes'] / 1e6:.1f} MB) in {info['train_seconds'] / 60:.1f} min of training; stages: {info['stage_seconds']}")
 
-        from training.card import write_card
 
-        write_card(out, "tagi " + " ".join(shlex.quote(a) for a in sys.argv[1:]))
-        print(f"wrote {out} ({info['bytes'] / 1e6:.1f} MB) in {info['train_seconds'] / 60:.1f} min of training; stages: {info['stage_seconds']}")
-        return
-    if args.stage == "finetune":  # the issue's name for stage 3
-        args.stage = "distill"
-    preset = _preset(args)
+def cmd_train_stage(args: argparse.Namespace, recipe) -> None:
+    from training.common import load_task_set
+    from training.pipeline import work_task_set
+    from training.presets import get_path, replace_path, with_steps
+    from training.stages import STAGE, StageInputs, result_path, run_stage
+
+    stage = STAGE[args.stage]
     if args.steps is not None:
-        loops = {
-            "base": ("base", "loop"), "teachers": ("teachers", "teacher_loop"), "meta-teacher": ("teachers", "meta_loop"),
-            "hypernet-pretrain": ("hypernet_pretrain", "loop"), "distill": ("distill", "loop"),
-        }
-        part, field = loops[args.stage]
-        section = getattr(preset, part)
-        section = replace(section, **{field: _steps(args, getattr(section, field))})
-        preset = replace(preset, **{part: section})
+        if args.steps < 1:
+            raise UserError(f"--steps must be >= 1, got {args.steps}")
+        recipe = replace_path(recipe, stage.loop, with_steps(get_path(recipe, stage.loop), args.steps))
+    if stage.name == "distill":
+        recipe = _distill_overrides(args, recipe)
     work = Path(args.work)
-    task_set = _work_task_set(args, preset)
-    resume = not args.no_resume
-    device = args.device
-    if args.stage == "base":
-        path = P.stage_base(preset, work, task_set, device, resume)
-    elif args.stage == "teachers":
-        base = _need(work / "stage0_base" / "model", "the base", "base")
-        path = P.stage_teachers(preset, work, task_set, base, device, resume)
-    elif args.stage == "meta-teacher":
-        base = _need(work / "stage0_base" / "model", "the base", "base")
-        path = P.stage_meta_teacher(preset, work, task_set, base, device, resume)
-    elif args.stage == "hypernet-pretrain":
-        base = _need(work / "stage0_base" / "model", "the base", "base")
-        path = P.stage_hypernet(preset, work, task_set, base, device, resume)
-    else:
-        start = _need(work / "stage2_hypernet" / "checkpoint", "the pretrained hypernetwork", "hypernet-pretrain")
-        distill = preset.distill
-        distill = replace(distill, use_ce=not args.no_ce, use_kl=not args.no_kl and distill.use_kl, use_ins=not args.no_ins and distill.use_ins)
-        if args.lambda_kl is not None:
-            distill = replace(distill, lambda_kl=args.lambda_kl)
-        if args.lambda_ins is not None:
-            distill = replace(distill, lambda_ins=args.lambda_ins)
-        if args.curriculum is not None:
-            distill = replace(distill, curriculum=replace(distill.curriculum, kind=args.curriculum))
-        preset = replace(preset, distill=distill)
-        meta = work / "stage1_meta_teacher" / "model"
-        teachers = work / "stage1_teachers" / "teachers"
-        if distill.use_kl:
-            _need(meta, "the meta-trained teacher", "meta-teacher")
-        if distill.use_ins:
-            _need(teachers, "the instance teachers", "teachers")
-        stage_dir = Path(args.stage_dir) if args.stage_dir else work / P.DISTILL_DIR
-        path = P.stage_distill(preset, work, task_set, start, meta, teachers, device, resume, stage_dir=stage_dir)
-    print(f"stage {args.stage} done: {path}")
+    results = {}
+    for name in stage.needed(recipe):
+        path = result_path(STAGE[name], work)
+        if not path.exists():
+            raise UserError(f"the result of stage {name} is not at {path}; run `tagi train {name}` first (same --work)")
+        results[name] = path
+    task_set = load_task_set(args.tasks, recipe.held_back, recipe.seed) if args.tasks else work_task_set(recipe, work)
+    out = Path(args.stage_dir) if getattr(args, "stage_dir", None) else work / stage.directory
+    path = run_stage(stage, recipe, StageInputs(task_set, results, args.device, not args.no_resume), out)
+    print(f"stage {stage.name} done: {path}")
 
 
 # ---- eval ------------------------------------------------------------------------------------
@@ -148,6 +175,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
     from training.evaluate import format_table, run_eval, write_json
 
     checkpoint = resolve_checkpoint(args.checkpoint)
+    if args.max_new_tokens < 1:
+        raise UserError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
     result = run_eval(checkpoint, args.tasks, args.format, held_back=args.held_back, seed=args.seed,
                       max_instances=args.max_instances, max_input_tokens=args.max_input_tokens,
                       max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, device=args.device, split_file=args.split)
@@ -162,16 +191,14 @@ def cmd_eval(args: argparse.Namespace) -> None:
 def cmd_ablate_curriculum(args: argparse.Namespace) -> None:
     from training.ablation import run_ablation
     from training.card import write_card
+    from training.pipeline import PIPELINE_FILE
 
-    preset = _preset(args)
+    recipe = _recipe(args)
     out = Path(args.out)
-    if not (out / "pipeline.json").exists():
-        raise UsageError(f"{out} is not a `tagi train` output (no pipeline.json); pass the checkpoint the pipeline wrote")
-    work = Path(args.work) if args.work else Path("runs") / f"train-{preset.name}"
-    try:
-        report = run_ablation(preset, work, out, None if args.no_sni else Path(args.sni), device=args.device, resume=not args.no_resume)
-    except FileNotFoundError as error:
-        raise UsageError(str(error)) from None
+    if not (out / PIPELINE_FILE).exists():
+        raise UserError(f"{out} is not a `tagi train` output (no {PIPELINE_FILE}); pass the checkpoint the pipeline wrote")
+    work = Path(args.work) if args.work else Path("runs") / f"train-{recipe.name}"
+    report = run_ablation(recipe, work, out, _sni_dir(args), device=args.device, resume=not args.no_resume)
     write_card(out)
     means = report["synthetic_mean_exact_match"]
     print(f"wrote {out / 'curriculum.json'}: synthetic held-out mean exact match uniform {means['uniform']:.1f}, "
@@ -180,19 +207,85 @@ def cmd_ablate_curriculum(args: argparse.Namespace) -> None:
 
 # ---- registration ----------------------------------------------------------------------------
 
-def _common_train_args(p: argparse.ArgumentParser) -> None:
-    from training.presets import PRESETS
+def _recipe_args(p: argparse.ArgumentParser) -> None:
+    from training.presets import preset_names
 
-    p.add_argument("--preset", choices=sorted(PRESETS), default="tiny", help="sizes and budgets of every stage (default: tiny; smoke: ~1 minute, for tests)")
-    p.add_argument("--seed", type=int, default=None, help="seed of data, initialisation and batch order (default: the preset's, 0)")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--preset", choices=preset_names(), default="tiny",
+                       help="built-in recipe configs/NAME.yaml (default: tiny, the shipped one; smoke: ~1 minute, for tests)")
+    which.add_argument("--recipe", metavar="FILE", help="recipe YAML file (see configs/); values it does not name keep their defaults")
+    p.add_argument("--seed", type=int, default=None, help="seed of data, initialisation and batch order (default: the recipe's, 0)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="where to train; bf16 autocast on CUDA (default: auto)")
     p.add_argument("--threads", type=int, default=None, metavar="N",
-                   help="torch CPU threads of every stage (default: the preset's; tiny uses all cores, so run it alone, "
+                   help="torch CPU threads of every stage (default: the recipe's; tiny uses all cores, so run it alone, "
                    "or pass 1 when sharing the machine)")
-    p.add_argument("--no-resume", action="store_true", help="start over instead of resuming from the last periodic checkpoint")
+    p.add_argument("--no-resume", action="store_true",
+                   help="start an interrupted stage over instead of resuming from its last periodic checkpoint")
+
+
+def _sni_args(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--sni", default=str(SNI_DIR), metavar="DIR", help=f"SNI subset directory for {what} (default: the repository's data/sni)")
+    p.add_argument("--no-sni", action="store_true", help="skip the SNI test tasks")
+
+
+def _add_init(sub: argparse._SubParsersAction) -> None:
+    from hypernet.config import KNOWN_TARGETS, GeneratorConfig
+    from hypernet.tiny import PRESETS
+
+    p = sub.add_parser("init", help="create an untrained checkpoint (tiny base + tokenizer + generator)",
+                       description="Create an untrained checkpoint: a from-scratch tiny T5 and tokenizer (or a local HF T5 "
+                       "directory given with --base) plus a generator whose first adapters are exactly zero.")
+    p.add_argument("--out", required=True, metavar="DIR", help="checkpoint directory to create")
+    p.add_argument("--preset", choices=sorted(PRESETS), default="tiny", help="size of the from-scratch base (default: tiny, 7.6M)")
+    p.add_argument("--base", metavar="DIR", help="use this local HF T5 directory (t5-lm-adapt, flan-t5) instead of a tiny base")
+    p.add_argument("--corpus", nargs="+", metavar="FILE", help="text files (one text per line) to train the tokenizer on "
+                   "(default: the texts of the built-in synthetic task suite)")
+    defaults = GeneratorConfig()
+    p.add_argument("--rank", type=int, default=defaults.rank, help=f"LoRA rank (default {defaults.rank})")
+    p.add_argument("--alpha", type=float, default=defaults.alpha, help=f"LoRA alpha (default {defaults.alpha})")
+    p.add_argument("--target-modules", nargs="+", default=list(defaults.target_modules), choices=KNOWN_TARGETS,
+                   help="T5 modules to adapt in every block (default: q v)")
+    p.add_argument("--seed", type=int, default=0, help="seed for weights and generator init (default 0)")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p.set_defaults(func=cmd_init)
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    from training.stages import STAGES
+
+    train = sub.add_parser("train", help="train: every stage (--out) or one stage",
+                           description="Without a stage: run every stage end to end in --work and write the shipped checkpoint to "
+                           "--out (a tagi checkpoint + teachers/ + meta_teacher/ + eval.json). With a stage: run that stage only, "
+                           "reading earlier stages' results from --work.")
+    _recipe_args(train)
+    train.add_argument("--out", metavar="DIR", help="output checkpoint directory (all stages)")
+    train.add_argument("--work", metavar="DIR", help="work directory for stage states, logs, plots (default: runs/train-<recipe name>)")
+    train.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    train.add_argument("--no-eval", action="store_true", help="skip the final evaluation (eval.json)")
+    _sni_args(train, "the sni_test evaluation")
+    stages = train.add_subparsers(dest="stage", required=False, metavar="{" + ",".join(s.name for s in STAGES) + "}")
+    for stage in STAGES:
+        p = stages.add_parser(stage.name, help=stage.help, description=f"{stage.help}. Writes WORK/{stage.directory}/{stage.result}.")
+        _recipe_args(p)
+        p.add_argument("--work", required=True, metavar="DIR", help="work directory shared by the stages")
+        p.add_argument("--tasks", nargs="+", metavar="PATH", help="training task files/directories (default: the synthetic suite's train split in --work)")
+        p.add_argument("--steps", type=int, help=f"override the recipe's number of optimizer steps ({stage.loop}.steps)")
+        if stage.name == "distill":
+            p.add_argument("--no-ce", action="store_true", help="switch off L_ce")
+            p.add_argument("--no-kl", action="store_true", help="switch off L_kl (no meta teacher needed, unless --curriculum tapir)")
+            p.add_argument("--no-ins", action="store_true", help="switch off L_ins (no instance teachers needed)")
+            p.add_argument("--lambda-kl", type=float, help="weight lambda1 of L_kl")
+            p.add_argument("--lambda-ins", type=float, help="weight lambda2 of L_ins")
+            p.add_argument("--curriculum", choices=("uniform", "tapir"),
+                           help="data schedule: uniform (every training instance, epoch by epoch) or tapir (rounds balanced "
+                           "across categories with a growing share of the tasks furthest behind the teacher); default: the recipe's")
+            p.add_argument("--stage-dir", metavar="DIR", help=f"where this run's state and checkpoint go (default: WORK/{stage.directory})")
+        p.set_defaults(func=cmd_train)
+    train.set_defaults(func=cmd_train, stage=None)
 
 
 def register(sub: argparse._SubParsersAction, bench: argparse._SubParsersAction | None = None) -> None:
+    _add_init(sub)
     data = sub.add_parser("data", help="build training data", description="Build training data.")
     data_sub = data.add_subparsers(dest="data_command", required=True, metavar="{synth}")
     synth = data_sub.add_parser("synth", help="write the synthetic list-world suite in SNI format",
@@ -200,59 +293,23 @@ def register(sub: argparse._SubParsersAction, bench: argparse._SubParsersAction 
                                 "for the splits train, unseen_composition, unseen_parameter, unseen_paraphrase.")
     synth.add_argument("--out", required=True, metavar="DIR", help="directory to write")
     synth.add_argument("--seed", type=int, default=0, help="suite seed: the same seed gives identical tasks (default 0)")
-    synth.add_argument("--preset", choices=("tiny", "smoke"), default="tiny", help="suite size of this preset (default: tiny = the full suite)")
+    from training.presets import preset_names
+
+    synth.add_argument("--preset", choices=preset_names(), default="tiny", help="suite size of this recipe (default: tiny = the full suite)")
     synth.add_argument("--overwrite", action="store_true", help="write into a non-empty directory")
     synth.set_defaults(func=cmd_data_synth)
 
-    train = sub.add_parser("train", help="train: every stage (--preset/--out) or one stage",
-                           description="Without a stage: run every stage end to end in --work and write the shipped checkpoint to "
-                           "--out (a tagi checkpoint + teachers/ + meta_teacher/ + eval.json). With a stage: run that stage only, "
-                           "reading earlier stages' results from --work.")
-    _common_train_args(train)
-    train.add_argument("--out", metavar="DIR", help="output checkpoint directory (all stages)")
-    train.add_argument("--work", metavar="DIR", help="work directory for stage states, logs, plots (default: runs/train-<preset>)")
-    train.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
-    train.add_argument("--no-eval", action="store_true", help="skip the final evaluation (eval.json)")
-    train.add_argument("--sni", default="/work/shared/data/sni", metavar="DIR", help="SNI subset directory for the sni_test evaluation")
-    train.add_argument("--no-sni", action="store_true", help="skip the SNI evaluation")
-    stages = train.add_subparsers(dest="stage", required=False, metavar="{" + ",".join(STAGES) + "}")
-    helps = {
-        "base": "stage 0: tokenizer + tiny T5 from scratch (span corruption + instruction-free skills)",
-        "teachers": "stage 1: one PEFT LoRA per training task (or category)",
-        "meta-teacher": "stage 1: the meta-trained teacher (base finetuned on instruction + input)",
-        "hypernet-pretrain": "stage 2: hypernetwork pretraining (a -> generator, b -> input, c -> target)",
-        "distill": "stage 3: finetuning with L_ce + lambda1 L_kl + lambda2 L_ins",
-    }
-    for stage in STAGES:
-        aliases = ["finetune"] if stage == "distill" else []
-        p = stages.add_parser(stage, help=helps[stage], description=helps[stage], aliases=aliases)
-        _common_train_args(p)
-        p.add_argument("--work", required=True, metavar="DIR", help="work directory shared by the stages")
-        p.add_argument("--tasks", nargs="+", metavar="PATH", help="training task files/directories (default: the synthetic suite's train split in --work)")
-        p.add_argument("--steps", type=int, help="override the preset's number of optimizer steps")
-        if stage == "distill":
-            p.add_argument("--no-ce", action="store_true", help="switch off L_ce")
-            p.add_argument("--no-kl", action="store_true", help="switch off L_kl (no meta teacher needed)")
-            p.add_argument("--no-ins", action="store_true", help="switch off L_ins (no instance teachers needed)")
-            p.add_argument("--lambda-kl", type=float, help="weight lambda1 of L_kl")
-            p.add_argument("--lambda-ins", type=float, help="weight lambda2 of L_ins")
-            p.add_argument("--curriculum", choices=("uniform", "tapir"),
-                           help="data schedule: uniform (every training instance, epoch by epoch) or tapir (rounds balanced "
-                           "across categories with a growing share of the tasks furthest behind the teacher); default: the preset's")
-            p.add_argument("--stage-dir", metavar="DIR", help="where this run's state and checkpoint go (default: WORK/stage3_distill)")
-        p.set_defaults(func=cmd_train)
-    train.set_defaults(func=cmd_train, stage=None)
+    _add_train(sub)
 
     ablate = sub.add_parser("ablate-curriculum", help="stage 3 with the uniform vs the tapir curriculum at equal compute",
                             description="Run stage 3 with both data schedules (uniform, tapir) from the same pretrained "
                             "hypernetwork and teachers, for the same number of steps and examples; score TAGI on the "
                             "synthetic held-out sets and the SNI test tasks; write OUT/curriculum.json and a section of "
-                            "OUT/README.md. The arm the preset already uses is the pipeline's own stage 3.")
-    _common_train_args(ablate)
-    ablate.add_argument("--work", metavar="DIR", help="the pipeline's work directory (default: runs/train-<preset>)")
+                            "OUT/README.md. The arm the recipe already uses is the pipeline's own stage 3.")
+    _recipe_args(ablate)
+    ablate.add_argument("--work", metavar="DIR", help="the pipeline's work directory (default: runs/train-<recipe name>)")
     ablate.add_argument("--out", required=True, metavar="DIR", help="the checkpoint `tagi train` wrote (gets curriculum.json)")
-    ablate.add_argument("--sni", default="/work/shared/data/sni", metavar="DIR", help="SNI subset directory for the sni_test set")
-    ablate.add_argument("--no-sni", action="store_true", help="skip the SNI test tasks")
+    _sni_args(ablate, "the sni_test set")
     ablate.set_defaults(func=cmd_ablate_curriculum)
 
     ev = sub.add_parser("eval", help="score every method side by side on task files",
@@ -268,7 +325,8 @@ def register(sub: argparse._SubParsersAction, bench: argparse._SubParsersAction 
     ev.add_argument("--seed", type=int, default=0, help="seed of the held-back split (default 0, as in training)")
     ev.add_argument("--max-instances", type=int, metavar="N", help="at most N instances per task")
     ev.add_argument("--max-input-tokens", type=int, metavar="N", help="truncate longer inputs (counted in the JSON; default 1024)")
-    ev.add_argument("--max-new-tokens", type=int, default=48, help="output length limit (default 48)")
+    ev.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS,
+                    help=f"output length limit (default {DEFAULT_MAX_NEW_TOKENS}, hypernet.config.DEFAULT_MAX_NEW_TOKENS)")
     ev.add_argument("--batch-size", type=int, default=64, help="instances per forward pass (default 64)")
     ev.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="device (default cpu)")
     ev.set_defaults(func=cmd_eval)

@@ -1,4 +1,6 @@
-"""Pieces every stage shares: which instances a stage may train on, and text -> tensors.
+"""Pieces every stage shares: which instances a stage may train on, text -> tensors, and the
+formats stages hand each other (a T5 directory, the teachers' index). Stages import these
+from here, never from each other.
 
 Held-back instances: every training task keeps `held_back` instances that no stage trains
 on (split by `training.data.split_instances`, seeded), so "the meta-trained teacher reaches
@@ -121,5 +123,22 @@ def spread(pairs: list[Pair], count: int) -> list[Pair]:
     return [pairs[int(i * step)] for i in range(count)]
 
 
-def write_card(path: Path, data: dict) -> None:
-    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+def load_t5(model_dir: Path, device: torch.device | str = "cpu") -> T5ForConditionalGeneration:
+    """An HF T5 directory (a stage-0 base, the meta teacher) in float32 on `device`."""
+    return T5ForConditionalGeneration.from_pretrained(model_dir, use_safetensors=True, dtype=torch.float32).to(device)
+
+
+def load_frozen_t5(model_dir: Path, device: torch.device | str) -> T5ForConditionalGeneration:
+    """A T5 that only gives targets (the meta teacher in stage 3): eval mode, no gradients."""
+    model = load_t5(model_dir, device)
+    model.requires_grad_(False)
+    return model.eval()
+
+
+TEACHER_INDEX = "index.json"
+"""Stage 1's teachers/index.json: which teacher (PEFT directory) each training task has."""
+
+
+def read_teacher_index(teachers_dir: Path) -> dict:
+    path = Path(teachers_dir) / TEACHER_INDEX
+    return json.loads(path.read_text()) if path.exists() else {}

@@ -13,7 +13,10 @@ pool (the hardest `hard_fraction` of the kept tasks, weighted by their gap), oth
 category from the target mix (uniform by default) and then a task of it uniformly. The hard
 share rises linearly from `hard_share_start` to `hard_share_end` over the rounds.
 
-"uniform" is the plain stage 3: the epoch sampler over every training instance.
+`TapirSampler` plugs this into the training loop's sampler hook: the step that begins a round
+measures the student, plans the round and logs the plan (with the mix it will draw, a pure
+function of the plan and the step seeds), so a run killed anywhere resumes exactly. "uniform"
+is the plain stage 3: the loop's epoch sampler over every training instance.
 """
 
 from __future__ import annotations
@@ -26,7 +29,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from hypernet.files import atomic_write_text
 from training.common import Pair, TaskSet
+from training.loop import step_seed
 
 CURRICULUM_LOG = "curriculum.jsonl"
 
@@ -184,10 +189,7 @@ def read_plans(out_dir: Path) -> list[dict]:
 
 
 def write_plans(out_dir: Path, records: list[dict]) -> None:
-    path = Path(out_dir) / CURRICULUM_LOG
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
-    tmp.replace(path)
+    atomic_write_text(Path(out_dir) / CURRICULUM_LOG, "".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
 
 
 def plan_record(plan: RoundPlan, mix: dict[str, float] | None = None) -> dict:
@@ -208,3 +210,46 @@ def em_by_task(predictions: list[str], probes: list[Pair], count: int, score: Ca
         hits.setdefault(pair.task, []).append(score(prediction, pair.output))
     return [sum(hits[t]) / len(hits[t]) if t in hits else 0.0 for t in range(count)]
 
+
+
+class TapirSampler:
+    """The training loop's sampler for a TAPIR run (training.loop.Sampler).
+
+    `measure_student()` returns each task's exact match of the current student on the probes;
+    it is called once per round, at the round's first step. Plans go to curriculum.jsonl in
+    `out_dir`; the saved state is the number of rounds planned, so a resumed run reuses the
+    plans of the rounds the checkpoint had begun and re-plans (identically, from the same
+    replayed student) any round begun after it.
+    """
+
+    def __init__(self, config: CurriculumConfig, steps: int, batch_size: int, seed: int, names: list[str],
+                 categories: list[str], pairs: list[Pair], teacher_em: list[float],
+                 measure_student: Callable[[], list[float]], out_dir: Path) -> None:
+        self.config, self.batch_size, self.seed = config, batch_size, seed
+        self.names, self.categories, self.pairs = names, categories, pairs
+        self.teacher_em, self.measure_student, self.out_dir = teacher_em, measure_student, Path(out_dir)
+        self.ends = round_ends(steps, config.rounds)
+        self.records: list[dict] = []
+        self.samplers: list[RoundSampler] = []
+
+    def _begin_round(self, index: int) -> None:
+        plan = plan_round(index, self.names, self.categories, self.teacher_em, self.measure_student(), self.config)
+        begin = self.ends[index - 1] if index else 0
+        seeds = [(self.batch_size, step_seed(self.seed, step)) for step in range(begin, self.ends[index])]
+        sampler = RoundSampler(plan, self.names, self.categories, self.pairs)
+        self.records.append(plan_record(plan, sampled_mix(sampler, self.categories, self.pairs, seeds)))
+        self.samplers.append(sampler)
+        write_plans(self.out_dir, self.records)
+
+    def take(self, count: int, step: int) -> list[int]:
+        index = next(i for i, end in enumerate(self.ends) if step < end)
+        if index == len(self.samplers):
+            self._begin_round(index)
+        return self.samplers[index].draw(count, step_seed(self.seed, step))
+
+    def state(self) -> dict[str, int]:
+        return {"rounds_planned": len(self.records)}
+
+    def restore(self, state: dict[str, int]) -> None:
+        self.records = read_plans(self.out_dir)[: int(state["rounds_planned"])]
+        self.samplers = [RoundSampler(plan_from_record(r), self.names, self.categories, self.pairs) for r in self.records]

@@ -35,12 +35,12 @@ from hypernet.fusion import InstructionEncoding, concat_instructions
 from hypernet.io import load_checkpoint
 from hypernet.model import Adapter, TagiModel
 from hypernet.targets import LoraWeights
-from training.common import encode, encode_labels, primitive_group, shift_right
+from training.common import encode, encode_labels, load_t5, primitive_group, read_teacher_index, shift_right
 from training.data import (
     PromptFormat, Task, exact_match, format_concat, instruction_text, label_definition, load_tasks, read_split, rouge_l,
     split_instances,
 )
-from training.teachers import load_base, load_teacher_weights, read_teacher_index
+from training.teachers import load_teacher_weights
 
 METHODS = ("base_concat", "meta_teacher", "task_lora_oracle", "tagi_no_fusion", "tagi", "tagi_wrong_instruction")
 META_TEACHER_DIR = "meta_teacher"
@@ -73,7 +73,7 @@ class Evaluator:
         self.truncated_instructions = 0
         self.timing_tasks = timing_tasks
         meta = self.checkpoint / META_TEACHER_DIR
-        self.meta_teacher = load_base(meta, device).eval() if (meta / "config.json").exists() else None
+        self.meta_teacher = load_t5(meta, device).eval() if (meta / "config.json").exists() else None
         self.teacher_index = read_teacher_index(self.checkpoint / TEACHERS_DIR)
 
     def _fit_instruction(self, text: str) -> str:

@@ -5,21 +5,32 @@ generator (and to fusion), b is the adapted base's input, c its target; the loss
 cross-entropy of c. Texts are built from the training corpus only (a few of its texts
 joined), so pretraining teaches the generator to turn "context" into an adapter that helps
 continue it, without any task labels.
+
+Entry point: `run(recipe, inputs, out)` (the stage table, training.stages): creates the
+checkpoint from stage 0's base (once) and trains its generator into out/checkpoint.
 """
 
 from __future__ import annotations
 
 import random
+from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
-from hypernet.fusion import InstructionEncoding, masked_mean
+from hypernet.config import CheckpointConfig
+from hypernet.files import CONFIG_FILE
+from hypernet.io import create_checkpoint, load_checkpoint, save_checkpoint
 from hypernet.model import TagiModel
 from training.common import TaskSet, shift_right
 from training.losses import IGNORE, cross_entropy
-from training.loop import LoopConfig, train
+from training.loop import LoopConfig, resolve_device, train
 from training.presets import HypernetPretrainConfig
+
+if TYPE_CHECKING:
+    from training.presets import Preset
+    from training.stages import StageInputs
 
 
 def _pad(rows: list[list[int]], value: int) -> torch.Tensor:
@@ -56,13 +67,30 @@ def pretrain_hypernet(model: TagiModel, task_set: TaskSet, out_dir: Path, config
                 "labels": c, "decoder_input_ids": shift_right(c)}
 
     def loss_fn(batch: dict) -> tuple[torch.Tensor, dict]:
-        with torch.no_grad():
-            states = model.base.encoder(input_ids=batch["a_ids"], attention_mask=batch["a_mask"]).last_hidden_state
-        encoding = InstructionEncoding(states, batch["a_mask"], masked_mean(states, batch["a_mask"]))
+        encoding = model.encode_instruction_ids(batch["a_ids"], batch["a_mask"])
         lora = model.generate_lora(encoding)
         fused = encoding if model.config.fusion else None
         logits = model(batch["input_ids"], batch["attention_mask"], batch["decoder_input_ids"], lora=lora, instruction=fused)
         loss = cross_entropy(logits, batch["labels"])
         return loss, {"ce": float(loss.detach())}
 
-    train(model, len(texts), make_batch, loss_fn, loop, out_dir, name="stage2-hypernet-pretrain", resume=resume)
+    train(model, len(texts), make_batch, loss_fn, loop, out_dir, name="stage2-hypernet-pretrain", resume=resume,
+          settings=asdict(config))
+
+
+def checkpoint_config(recipe: Preset) -> CheckpointConfig:
+    """The trained checkpoint's config.json: the recipe's generator and instruction template."""
+    return CheckpointConfig(generator=recipe.generator, instruction_template=recipe.instruction_template, max_instruction_tokens=1024)
+
+
+def run(recipe: Preset, inputs: StageInputs, out: Path) -> None:
+    """Stage 2 on stage 0's base; writes out/checkpoint, the checkpoint stage 3 starts from."""
+    from training.stages import stage_loop
+
+    checkpoint = out / "checkpoint"
+    if not (checkpoint / CONFIG_FILE).exists():
+        create_checkpoint(inputs.results["base"], checkpoint, checkpoint_config(recipe), seed=recipe.seed, overwrite=True)
+    model = load_checkpoint(checkpoint, device=resolve_device(inputs.device))
+    pretrain_hypernet(model, inputs.task_set, out, recipe.hypernet_pretrain, stage_loop(recipe, "hypernet_pretrain.loop", inputs.device),
+                      resume=inputs.resume)
+    save_checkpoint(model.to("cpu"), checkpoint, overwrite=True)

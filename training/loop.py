@@ -11,7 +11,10 @@ Exact resume: everything that decides the next step is either saved or a pure fu
 (seed, epoch), so the data position is just (epoch, offset); batch randomness (span
 corruption, example mixing) gets its own seed from (seed, step); the learning rate is a pure
 function of the step; the model, the AdamW moments and torch's RNG states (dropout) are
-saved. On CPU, N straight steps and N/2 + resume + N/2 give bit-identical weights (tested).
+saved. A curriculum replaces the epoch order through the `Sampler` hook. A checkpoint also
+records the config it was trained under, and resuming under another one is refused. On CPU, N
+straight steps and a run killed between two saves then resumed give bit-identical weights and
+the same log (tested).
 
 Checkpoints hold no pickle: tensors are safetensors, everything else JSON.
 """
@@ -20,21 +23,21 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
 
-from hypernet.io import atomic_directory, write_json
+from hypernet.errors import UserError
+from hypernet.files import atomic_directory, atomic_write_text, write_json
 
 STATE_DIR = "train_state"
 MODEL_FILE = "model.safetensors"
@@ -81,8 +84,13 @@ class LoopConfig:
         for name in ("steps", "batch_size", "checkpoint_every", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("warmup_steps", "weight_decay", "grad_clip", "seed", "eval_every", "threads"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.lr <= 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ValueError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
         if self.optimizer not in ("adamw", "adafactor"):
             raise ValueError(f"optimizer must be adamw or adafactor, got {self.optimizer!r}")
         if self.device not in ("auto", "cpu", "cuda"):
@@ -117,6 +125,21 @@ def step_seed(seed: int, step: int) -> int:
     return (seed * 1_000_003 + step) % (2**31)
 
 
+class Sampler(Protocol):
+    """Which training examples each step uses: the loop's hook for a curriculum.
+
+    `take(count, step)` may depend on the step (training.curriculum.TapirSampler plans a
+    round when a step starts one); `state()` is saved with every checkpoint and handed back
+    to `restore` on resume, so a resumed run draws what the straight run drew.
+    """
+
+    def take(self, count: int, step: int) -> list[int]: ...
+
+    def state(self) -> dict[str, Any]: ...
+
+    def restore(self, state: dict[str, Any]) -> None: ...
+
+
 class EpochSampler:
     """Example indices in a fresh permutation per epoch; position = (epoch, offset)."""
 
@@ -133,7 +156,8 @@ class EpochSampler:
         generator = torch.Generator().manual_seed(self.seed * 7919 + epoch)
         return torch.randperm(self.size, generator=generator).tolist()
 
-    def take(self, count: int) -> list[int]:
+    def take(self, count: int, step: int = 0) -> list[int]:
+        """The next `count` indices of the epoch order (which does not depend on the step)."""
         out = []
         while len(out) < count:
             if self.offset == self.size:
@@ -202,9 +226,7 @@ def read_log(path: Path) -> list[dict[str, Any]]:
 def truncate_log(path: Path, step: int) -> None:
     """Drop records written after the checkpoint a run resumes from, so the log has no repeats."""
     records = [r for r in read_log(path) if r["step"] <= step]
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
-    os.replace(tmp, path)
+    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in records))
 
 
 def plot_log(log_path: Path, out_path: Path, title: str = "") -> None:
@@ -261,9 +283,30 @@ class LoopResult:
     """Scores of the evaluation at the last step (empty when this call ran none)."""
 
 
-def _save_state(
-    out_dir: Path, module: nn.Module, optimizer: torch.optim.Optimizer, sampler: EpochSampler, step: int, config: LoopConfig
-) -> None:
+RESUME_IGNORES = ("device", "threads")
+"""LoopConfig fields a resumed run may change: where and how fast it runs, not what it computes."""
+
+
+def _resume_record(config: LoopConfig, settings: dict[str, Any] | None) -> dict[str, Any]:
+    """What must match between a checkpoint and the run resuming it (JSON-normalised)."""
+    loop = {k: v for k, v in asdict(config).items() if k not in RESUME_IGNORES}
+    return json.loads(json.dumps({"loop": loop, "settings": settings}))
+
+
+def config_differences(saved: Any, current: Any, where: str = "") -> list[str]:
+    """"field old -> new" for every leaf where two JSON configs differ."""
+    if saved is None and not where:
+        return ["it records no config (written by an older tagi)"]
+    if isinstance(saved, dict) and isinstance(current, dict):
+        out = []
+        for key in sorted(set(saved) | set(current)):
+            out += config_differences(saved.get(key), current.get(key), f"{where}.{key}" if where else key)
+        return out
+    return [] if saved == current else [f"{where} {saved!r} -> {current!r}"]
+
+
+def _save_state(out_dir: Path, module: nn.Module, optimizer: torch.optim.Optimizer, sampler: Sampler, step: int,
+                record: dict[str, Any]) -> None:
     trainable = {n: p.detach().cpu().contiguous() for n, p in module.named_parameters() if p.requires_grad}
     opt_tensors, opt_meta = _flatten_optimizer(optimizer)
     rng = {"torch_cpu": torch.get_rng_state()}
@@ -280,7 +323,7 @@ def _save_state(
                 "sampler": sampler.state(),
                 "optimizer": opt_meta,
                 "python_random": [python_state[0], list(python_state[1]), python_state[2]],
-                "config": asdict(config),
+                "resume": record,
             },
         )
 
@@ -295,9 +338,15 @@ def load_weights(out_dir: Path, module: nn.Module) -> int:
     return checkpoint_step(out_dir)
 
 
-def _load_state(out_dir: Path, module: nn.Module, optimizer: torch.optim.Optimizer, sampler: EpochSampler) -> int:
+def _load_state(out_dir: Path, module: nn.Module, optimizer: torch.optim.Optimizer, sampler: Sampler, record: dict[str, Any]) -> int:
+    """Restore everything that decides the next step; refuses a checkpoint of another config,
+    whose continuation would match neither the old run nor a fresh one."""
     state_dir = out_dir / STATE_DIR
     meta = json.loads((state_dir / STATE_FILE).read_text())
+    changed = config_differences(meta.get("resume"), record)
+    if changed:
+        raise UserError(f"cannot resume {out_dir}: its config changed since the checkpoint ({'; '.join(changed)}); "
+                        "pass --no-resume to start over, or use another work directory")
     load_weights(out_dir, module)
     tensors = load_file(state_dir / OPTIMIZER_FILE)
     rng = {k.removeprefix("rng."): v for k, v in tensors.items() if k.startswith("rng.")}
@@ -331,13 +380,16 @@ def train(
     name: str = "train",
     resume: bool = True,
     eval_fn: Callable[[int], dict[str, float]] | None = None,
-    stop_after: int | None = None,
+    sampler: Sampler | None = None,
+    settings: dict[str, Any] | None = None,
 ) -> LoopResult:
     """Optimise the trainable parameters of `module` for `config.steps` steps.
 
     make_batch(indices, seed) builds a batch (tensors on CPU) from example indices;
     loss_fn(batch) returns (loss, metrics) with the batch already moved to the device.
-    `stop_after` ends the run early after that many total steps (tests use it to interrupt).
+    `sampler` picks each step's indices (default: an EpochSampler over `num_examples`).
+    `settings` is the stage's own config (JSON-able): it is saved with every checkpoint, and a
+    resume under different settings, or a different LoopConfig, is refused.
     The module must already be on its device; `seed_everything(config.seed)` should precede
     its construction so that initialisation is seeded too.
     """
@@ -350,16 +402,16 @@ def train(
     if not params:
         raise ValueError(f"{name}: nothing to train (no parameter requires grad)")
     optimizer = make_optimizer(params, config)
-    sampler = EpochSampler(num_examples, config.seed)
+    sampler = sampler if sampler is not None else EpochSampler(num_examples, config.seed)
+    record = _resume_record(config, settings)
     log_path = out_dir / LOG_FILE
     start = 0
     if resume and has_checkpoint(out_dir):
-        start = _load_state(out_dir, module, optimizer, sampler)
+        start = _load_state(out_dir, module, optimizer, sampler, record)
         truncate_log(log_path, start)
     else:
         seed_everything(config.seed)
         log_path.unlink(missing_ok=True)
-    end = config.steps if stop_after is None else min(config.steps, stop_after)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
     module.train()
     began = time.time()
@@ -367,11 +419,11 @@ def train(
     last_eval: dict[str, float] = {}
     bar = tqdm(total=config.steps, initial=start, desc=name, dynamic_ncols=True, disable=None)
     with log_path.open("a") as log:
-        for step in range(start, end):
+        for step in range(start, config.steps):
             lr = lr_at(config, step)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            batch = make_batch(sampler.take(config.batch_size), step_seed(config.seed, step))
+            batch = make_batch(sampler.take(config.batch_size, step), step_seed(config.seed, step))
             batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
             with autocast:
                 loss, metrics = loss_fn(batch)
@@ -392,13 +444,14 @@ def train(
                 module.train()
                 log.write(json.dumps({"kind": "eval", "step": done, "time": round(time.time() - began, 2), **scores}) + "\n")
                 log.flush()
-                if done == end:
+                if done == config.steps:
                     last_eval = scores
             bar.update(1)
-            if done % config.checkpoint_every == 0 or done == end:
+            if done % config.checkpoint_every == 0 or done == config.steps:
                 log.flush()
-                _save_state(out_dir, module, optimizer, sampler, done, config)
+                _save_state(out_dir, module, optimizer, sampler, done, record)
                 plot_log(log_path, out_dir / PLOT_FILE, title=name)
     bar.close()
     module.eval()
-    return LoopResult(steps_done=end, resumed_from=start, seconds=time.time() - began, last_metrics=metrics, last_eval=last_eval)
+    return LoopResult(steps_done=config.steps, resumed_from=start, seconds=time.time() - began, last_metrics=metrics,
+                      last_eval=last_eval)

@@ -1,38 +1,60 @@
-"""Pipeline presets: the sizes and budgets of every stage, in one place.
+"""Recipes: the sizes and budgets of every stage, as validated dataclasses read from YAML.
 
-`tiny` is the shipped recipe (the 90-minute CPU budget); `smoke` runs every stage in about a
-minute on a micro model and exists for tests and CI. A preset is plain dataclasses, so
-`tagi train` can print it and every stage can record it next to its outputs.
+A recipe file (`configs/<name>.yaml`, or any file given to `tagi train --recipe`) holds only
+what it changes: every value it does not name is the default of its dataclass below, so each
+default lives in one place. The built-in presets ARE such files: `--preset tiny` reads
+`configs/tiny.yaml` (the shipped recipe, the 90-minute CPU budget), `--preset smoke` reads
+`configs/smoke.yaml` (every stage in about a minute on a micro model, for tests and CI).
+
+Loading works like nanoGPT's configurator without its `exec`: an unknown key or a value of
+the wrong type is refused with the dotted name of the field, and each dataclass's
+`__post_init__` rejects bad values. Sizes that belong to another package are referenced, not
+copied: the generator is a `hypernet.config.GeneratorConfig`, the stage-0 model a
+`hypernet.tiny.TinyPreset`, the synthetic suite a `training.suite.SuiteConfig`.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import types
+import typing
 from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 from typing import Any, Literal
 
+import yaml
+
+from hypernet.config import GeneratorConfig
+from hypernet.errors import UserError
+from hypernet.tiny import TinyPreset
 from training.curriculum import CurriculumConfig
 from training.loop import LoopConfig
+from training.suite import SuiteConfig
+
+CONFIGS_DIR = Path(__file__).resolve().parents[1] / "configs"
+"""The built-in recipes, one YAML file per preset name."""
 
 
-@dataclass(frozen=True)
-class SuiteSize:
-    """Arguments of training.synthetic.SuiteConfig (kept separate so presets stay data)."""
+def _positive(owner: object, *names: str) -> None:
+    for name in names:
+        if getattr(owner, name) < 1:
+            raise ValueError(f"{name} must be >= 1, got {getattr(owner, name)}")
 
-    values: dict[str, int] = field(default_factory=dict)
+
+def _share(owner: object, *names: str) -> None:
+    for name in names:
+        if not 0 <= getattr(owner, name) <= 1:
+            raise ValueError(f"{name} must be in [0, 1], got {getattr(owner, name)}")
 
 
 @dataclass(frozen=True)
 class BaseConfig:
     """Stage 0: from-scratch tokenizer + T5, span corruption + instruction-free skills."""
 
-    # d192, 3+3 layers: 3.3M parameters (13 MB in float32). The d256 4+4 base of hypernet.tiny
-    # is 30 MB by itself, over the 30 MB budget of the shipped directory before any teacher.
-    d_model: int = 192
-    d_ff: int = 768
-    num_layers: int = 3
-    num_heads: int = 6
-    vocab_size: int = 1000
-    """An upper bound: SentencePiece keeps what the small corpus supports (~740 pieces)."""
+    model: TinyPreset = field(default_factory=lambda: TinyPreset(d_model=192, d_ff=768, num_layers=3, num_heads=6, d_kv=32, vocab_size=1000))
+    """Sizes of the T5. d192, 3+3 layers: 3.3M parameters (13 MB in float32); hypernet.tiny's own
+    d256 4+4 default is 30 MB by itself, over the 30 MB budget of the shipped directory.
+    vocab_size is an upper bound: SentencePiece keeps what the small corpus supports (~740)."""
     span_fraction: float = 0.1
     """Share of examples that are span corruption; the rest are instruction-free skills."""
     skills: Literal["world", "unconditioned", "none"] = "world"
@@ -50,24 +72,45 @@ class BaseConfig:
     loop: LoopConfig = field(default_factory=lambda: LoopConfig(
         steps=6000, batch_size=64, lr=1e-2, optimizer="adafactor", weight_decay=0.0, warmup_steps=150, eval_every=1000))
 
+    def __post_init__(self) -> None:
+        if self.skills not in ("world", "unconditioned", "none"):
+            raise ValueError(f"skills must be world, unconditioned or none, got {self.skills!r}")
+        _share(self, "span_fraction", "unconditioned_share")
+        if not 0 < self.noise_density < 1:
+            raise ValueError(f"noise_density must be in (0, 1), got {self.noise_density}")
+        if self.mean_span < 1:
+            raise ValueError(f"mean_span must be >= 1, got {self.mean_span}")
+        _positive(self, "max_input_tokens", "max_output_tokens", "eval_instances")
+
 
 @dataclass(frozen=True)
 class TeacherConfig:
-    """Stage 1: instance teachers (PEFT LoRA per task or category) and the meta-trained teacher."""
+    """Stage 1: instance teachers (PEFT LoRA per task or function) and the meta-trained teacher."""
 
     per: Literal["task", "function", "category"] = "function"
     """One teacher per task, per function (tasks equal up to wording), or per category. Per
     category would mix e.g. first_k with k = 1, 2, 3 in one adapter that cannot know k."""
     rank: int = 8
+    """LoRA r of the teachers (their own, not the generator's: L_ins compares in delta-W space)."""
     alpha: float = 16.0
     target_modules: tuple[str, ...] = ("q", "v")
-    teacher_loop: LoopConfig = field(default_factory=lambda: LoopConfig(steps=80, batch_size=32, lr=3e-3, warmup_steps=8, checkpoint_every=1000, log_every=10))
+    teacher_loop: LoopConfig = field(default_factory=lambda: LoopConfig(
+        steps=80, batch_size=32, lr=3e-3, warmup_steps=8, checkpoint_every=1000, log_every=10))
     meta_loop: LoopConfig = field(default_factory=lambda: LoopConfig(
         steps=2000, batch_size=64, lr=1e-3, optimizer="adafactor", weight_decay=0.0, warmup_steps=100, eval_every=500))
     max_input_tokens: int = 128
     max_output_tokens: int = 32
     eval_instances: int = 300
     """Held-back instances scored at each evaluation of the meta teacher (per-primitive EM)."""
+
+    def __post_init__(self) -> None:
+        if self.per not in ("task", "function", "category"):
+            raise ValueError(f"per must be task, function or category, got {self.per!r}")
+        if self.alpha <= 0:
+            raise ValueError(f"alpha must be > 0, got {self.alpha}")
+        _positive(self, "rank", "max_input_tokens", "max_output_tokens", "eval_instances")
+        # The same checks as the generator's targets: the teachers adapt the same modules.
+        GeneratorConfig(rank=self.rank, alpha=self.alpha, target_modules=self.target_modules)
 
 
 @dataclass(frozen=True)
@@ -77,6 +120,9 @@ class HypernetPretrainConfig:
     segment_tokens: int = 12
     """Tokens per segment (a, b, c each)."""
     loop: LoopConfig = field(default_factory=lambda: LoopConfig(steps=300, batch_size=32, lr=1e-3, warmup_steps=30))
+
+    def __post_init__(self) -> None:
+        _positive(self, "segment_tokens")
 
 
 @dataclass(frozen=True)
@@ -98,17 +144,32 @@ class DistillConfig:
     """uniform (every training instance, epoch by epoch) or tapir (training.curriculum)."""
     loop: LoopConfig = field(default_factory=lambda: LoopConfig(steps=2500, batch_size=32, lr=1e-3, warmup_steps=100, eval_every=500))
 
+    def __post_init__(self) -> None:
+        if not (self.use_ce or self.use_kl or self.use_ins):
+            raise ValueError("at least one of use_ce, use_kl, use_ins must be true")
+        for name in ("lambda_kl", "lambda_ins"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        _share(self, "no_fusion_prob")
+        _positive(self, "max_input_tokens", "max_output_tokens", "eval_instances")
+
 
 @dataclass(frozen=True)
 class Preset:
+    """A whole recipe: data, seed, the checkpoint's generator and template, every stage."""
+
     name: str
-    suite: dict[str, int]
+    suite: SuiteConfig = field(default_factory=SuiteConfig)
+    """The synthetic list world the stages train on (`tagi data synth`)."""
     seed: int = 0
     held_back: int = 10
     """Instances per training task that no stage trains on."""
-    generator_rank: int = 8
-    generator_alpha: float = 16.0
-    target_modules: tuple[str, ...] = ("q", "v")
+    generator: GeneratorConfig = field(default_factory=GeneratorConfig)
+    instruction_template: str = "Definition: {instruction}"
+    """The trained checkpoint's instruction_template: stages feed the generator SNI "def"
+    prompts, so a user's bare instruction is given the same form."""
     base: BaseConfig = field(default_factory=BaseConfig)
     teachers: TeacherConfig = field(default_factory=TeacherConfig)
     hypernet_pretrain: HypernetPretrainConfig = field(default_factory=HypernetPretrainConfig)
@@ -116,54 +177,136 @@ class Preset:
     eval_instances: int = 20
     """Instances per task scored by the final `tagi eval` of each task set."""
 
+    def __post_init__(self) -> None:
+        if not self.name.strip():
+            raise ValueError("name must not be empty")
+        if self.seed < 0 or self.held_back < 0:
+            raise ValueError(f"seed and held_back must be >= 0, got {self.seed}, {self.held_back}")
+        if "{instruction}" not in self.instruction_template:
+            raise ValueError(f"instruction_template must contain '{{instruction}}', got {self.instruction_template!r}")
+        _positive(self, "eval_instances")
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def _smoke_loop(steps: int, batch: int = 8, **kw: Any) -> LoopConfig:
-    return LoopConfig(steps=steps, batch_size=batch, lr=3e-3, warmup_steps=2, checkpoint_every=max(1, steps // 2), log_every=2, **kw)
+# ---- YAML -> dataclasses ------------------------------------------------------------------------
+
+def _convert(kind: Any, value: Any, where: str, default: Any) -> Any:
+    """`value` (from YAML) as an instance of the annotated type `kind`; refuses anything else."""
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if dataclasses.is_dataclass(kind):
+        return from_mapping(kind, value, where, None if default is dataclasses.MISSING else default)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _convert(inner, value, where, None)
+    if origin is Literal:
+        if value not in args:
+            raise UserError(f"{where}: must be one of {list(args)}, got {value!r}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, list):
+            raise UserError(f"{where}: must be a list, got {value!r}")
+        return tuple(_convert(args[0], item, f"{where}[{i}]", None) for i, item in enumerate(value))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise UserError(f"{where}: must be a mapping, got {value!r}")
+        return {_convert(args[0], k, where, None): _convert(args[1], v, f"{where}.{k}", None) for k, v in value.items()}
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if kind in (bool, int, float, str) and type(value) is kind:
+        return value
+    raise UserError(f"{where}: must be {getattr(kind, '__name__', kind)}, got {value!r}")
 
 
-PRESETS: dict[str, Preset] = {
-    "tiny": Preset(name="tiny", suite={"train_instances": 300}),
-    "smoke": Preset(
-        name="smoke",
-        suite={"train_instances": 24, "test_instances": 6, "train_compositions": 4, "unseen_compositions": 2,
-               "paraphrases_per_function": 1, "values_per_primitive": 1, "unseen_values_per_primitive": 1},
-        held_back=4,
-        base=BaseConfig(d_model=64, d_ff=128, num_layers=2, num_heads=4, vocab_size=600, loop=_smoke_loop(8)),
-        teachers=TeacherConfig(per="category", teacher_loop=_smoke_loop(2, threads=0), meta_loop=_smoke_loop(6, eval_every=3), eval_instances=16),
-        hypernet_pretrain=HypernetPretrainConfig(segment_tokens=6, loop=_smoke_loop(4)),
-        distill=DistillConfig(loop=_smoke_loop(6, eval_every=3), eval_instances=16),
-        eval_instances=3,
-    ),
-}
+def _field_default(f: dataclasses.Field) -> Any:
+    """A field's default value (nested sections merge onto it), or MISSING."""
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return dataclasses.MISSING
+
+
+def from_mapping(cls: type, data: Any, where: str, default: Any = None) -> Any:
+    """An instance of dataclass `cls` from a YAML mapping: named fields replace those of
+    `default` (or of the class defaults); unknown keys and wrong types are refused."""
+    if not isinstance(data, dict):
+        raise UserError(f"{where}: must be a mapping of {cls.__name__} fields, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    values = {}
+    for key, value in data.items():
+        name = f"{where}.{key}" if where else str(key)
+        if key not in fields:
+            raise UserError(f"{name}: unknown key (known: {', '.join(fields)})")
+        values[key] = _convert(hints[key], value, name, getattr(default, key) if default is not None else _field_default(fields[key]))
+    if default is None:
+        missing = [n for n, f in fields.items() if n not in values and _field_default(f) is dataclasses.MISSING]
+        if missing:
+            raise UserError(f"{where or cls.__name__}: missing key {', '.join(missing)}")
+    try:
+        return replace(default, **values) if default is not None else cls(**values)
+    except (TypeError, ValueError) as error:
+        raise UserError(f"{where or cls.__name__}: {error}") from None
+
+
+def load_recipe(path: str | Path) -> Preset:
+    """Read a recipe file; every problem is a one-line UserError naming the file and the field."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as error:
+        raise UserError(f"cannot read recipe {path}: {error.strerror}") from None
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark is not None else ""
+        raise UserError(f"{path} is not valid YAML{where}: {getattr(error, 'problem', None) or error}") from None
+    try:
+        return from_mapping(Preset, data if data is not None else {}, "")
+    except UserError as error:
+        raise UserError(f"{path}: {error}") from None
+
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in CONFIGS_DIR.glob("*.yaml"))
 
 
 def get_preset(name: str) -> Preset:
-    if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; choose from {sorted(PRESETS)}")
-    return PRESETS[name]
+    """The built-in recipe `configs/<name>.yaml`."""
+    if name not in preset_names():
+        raise UserError(f"unknown preset {name!r}; choose from {preset_names()} or pass --recipe FILE")
+    return load_recipe(CONFIGS_DIR / f"{name}.yaml")
 
 
-def with_steps(loop: LoopConfig, steps: int | None = None, seed: int | None = None, device: str | None = None) -> LoopConfig:
-    """A loop config with command-line overrides applied."""
-    changes: dict[str, Any] = {}
-    if steps is not None:
-        changes["steps"] = steps
-        changes["warmup_steps"] = min(loop.warmup_steps, max(1, steps // 10))
-    if seed is not None:
-        changes["seed"] = seed
-    if device is not None:
-        changes["device"] = device
-    return replace(loop, **changes)
+# ---- command-line overrides ---------------------------------------------------------------------
+
+def with_steps(loop: LoopConfig, steps: int) -> LoopConfig:
+    """A loop shortened (or lengthened) to `steps`, its warmup kept to at most a tenth of it."""
+    return replace(loop, steps=steps, warmup_steps=min(loop.warmup_steps, max(1, steps // 10)))
 
 
-def with_threads(preset: Preset, threads: int) -> Preset:
-    """The preset with every stage's loop on `threads` CPU threads."""
-    def loop(section: Any, name: str = "loop") -> Any:
-        return replace(section, **{name: replace(getattr(section, name), threads=threads)})
+def replace_path(recipe: Preset, path: str, value: Any) -> Preset:
+    """`recipe` with the field at dotted `path` (e.g. "teachers.meta_loop") set to `value`."""
+    head, _, rest = path.partition(".")
+    if not rest:
+        return replace(recipe, **{head: value})
+    return replace(recipe, **{head: replace_path(getattr(recipe, head), rest, value)})
 
-    teachers = loop(loop(preset.teachers, "teacher_loop"), "meta_loop")
-    return replace(preset, base=loop(preset.base), teachers=teachers, hypernet_pretrain=loop(preset.hypernet_pretrain),
-                   distill=loop(preset.distill))
+
+def get_path(recipe: Any, path: str) -> Any:
+    for part in path.split("."):
+        recipe = getattr(recipe, part)
+    return recipe
+
+
+LOOPS = ("base.loop", "teachers.teacher_loop", "teachers.meta_loop", "hypernet_pretrain.loop", "distill.loop")
+
+
+def with_threads(recipe: Preset, threads: int) -> Preset:
+    """The recipe with every stage's loop on `threads` CPU threads."""
+    for path in LOOPS:
+        recipe = replace_path(recipe, path, replace(get_path(recipe, path), threads=threads))
+    return recipe

@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 import shutil
 from collections import defaultdict
@@ -29,12 +28,11 @@ from hypernet.io import is_peft_dir, load_peft_loras, peft_lora_config, save_pef
 from hypernet.targets import LoraWeights, TargetLayout
 from hypernet.tiny import load_tokenizer
 from training.common import (
-    Pair, TaskSet, concat_inputs, exact_match_by_group, greedy, seq2seq_batch, spread, write_card,
+    TEACHER_INDEX, Pair, TaskSet, concat_inputs, exact_match_by_group, greedy, load_t5, seq2seq_batch, spread,
 )
 from training.loop import LoopConfig, resolve_device, seed_everything, train
 from training.presets import TeacherConfig
 
-INDEX_FILE = "index.json"
 META_CARD = "meta_card.json"
 
 
@@ -55,10 +53,6 @@ def teacher_groups(task_set: TaskSet, per: str) -> dict[str, list[int]]:
     return dict(groups)
 
 
-def load_base(base_dir: Path, device: torch.device | str = "cpu") -> T5ForConditionalGeneration:
-    return T5ForConditionalGeneration.from_pretrained(base_dir, use_safetensors=True, dtype=torch.float32).to(device)
-
-
 def train_instance_teachers(task_set: TaskSet, base_dir: Path, out_dir: Path, config: TeacherConfig, loop: LoopConfig, resume: bool = True) -> Path:
     """Train every missing teacher; a finished teacher directory is kept (resume = per teacher,
     and within the teacher that was interrupted, from its last checkpoint)."""
@@ -74,7 +68,7 @@ def train_instance_teachers(task_set: TaskSet, base_dir: Path, out_dir: Path, co
             continue
         pairs = [p for p in task_set.train if p.task in set(task_ids)]
         seed_everything(loop.seed)
-        base = load_base(base_dir, device)
+        base = load_t5(base_dir, device)
         model = get_peft_model(base, peft_lora_config(config.rank, config.alpha, config.target_modules))
 
         def make_batch(indices: list[int], _seed: int, pairs: list[Pair] = pairs) -> dict:
@@ -97,13 +91,8 @@ def train_instance_teachers(task_set: TaskSet, base_dir: Path, out_dir: Path, co
         "task_to_teacher": {task_set.tasks[i].name: name for name, ids in groups.items() for i in ids},
         "loop": asdict(loop),
     }
-    write_json(out_dir / INDEX_FILE, index)
+    write_json(out_dir / TEACHER_INDEX, index)
     return out_dir
-
-
-def read_teacher_index(teachers_dir: Path) -> dict:
-    path = Path(teachers_dir) / INDEX_FILE
-    return json.loads(path.read_text()) if path.exists() else {}
 
 
 def load_teacher_weights(teachers_dir: Path, names: list[str], layout: TargetLayout) -> LoraWeights:
@@ -119,7 +108,7 @@ def train_meta_teacher(task_set: TaskSet, base_dir: Path, out_dir: Path, config:
     out_dir = Path(out_dir)
     tokenizer = load_tokenizer(base_dir)
     seed_everything(loop.seed)
-    model = load_base(base_dir, resolve_device(loop.device))
+    model = load_t5(base_dir, resolve_device(loop.device))
     sources = concat_inputs(task_set, task_set.train)
     groups = task_set.categories()
     probe = spread(task_set.held_back, config.eval_instances)
@@ -145,7 +134,7 @@ def train_meta_teacher(task_set: TaskSet, base_dir: Path, out_dir: Path, config:
         save_half(model, tmp)
         tokenizer.save_pretrained(tmp)
         shutil.copyfile(Path(base_dir) / SPIECE, tmp / SPIECE)
-        write_card(tmp / META_CARD, {
+        write_json(tmp / META_CARD, {
             "stage": "meta_teacher",
             "what": "the stage-0 base fully finetuned on 'instruction + input' of the training tasks (Tk-Instruct recipe), "
                     "stored in bfloat16",

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from hypernet.tiny import load_tokenizer
+from hypernet.tiny import TinyPreset, load_tokenizer
 from training.base_pretrain import PRIMITIVE_INDEX, WorldSkills, build_base, skill_code
 from training.common import load_task_set
 from training.data import format_concat
@@ -25,7 +25,7 @@ SUITE = {"train_instances": 30, "test_instances": 4, "train_compositions": 12, "
 @pytest.fixture(scope="module")
 def task_set(tmp_path_factory: pytest.TempPathFactory):
     data = tmp_path_factory.mktemp("data")
-    write_synthetic(data, 0, SUITE)
+    write_synthetic(data, 0, SuiteConfig(**SUITE))
     return load_task_set([str(data / "train")], held_back=5, seed=0)
 
 
@@ -75,7 +75,7 @@ def test_coded_probe_uses_the_tasks_own_parameters(task_set):
 
 
 def test_tokenizer_keeps_prompt_words_and_items_whole(task_set, tmp_path: Path):
-    build_base(task_set, tmp_path, BaseConfig(d_model=32, d_ff=64, num_layers=1, num_heads=2, vocab_size=1000), seed=0)
+    build_base(task_set, tmp_path, BaseConfig(model=TinyPreset(d_model=32, d_ff=64, num_layers=1, num_heads=2, d_kv=16, vocab_size=1000)), seed=0)
     tokenizer = load_tokenizer(tmp_path)
     prompt = format_concat(task_set.instructions[0], task_set.train[0].input)
     words = re.findall(r"\w+|[^\w\s]", prompt)

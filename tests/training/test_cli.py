@@ -55,9 +55,9 @@ def test_stage_without_its_inputs_is_a_usage_error(tmp_path: Path, capsys):
 
 
 def test_eval_defaults_to_the_shipped_checkpoint_or_says_so(tmp_path: Path, capsys, monkeypatch):
-    import hypernet.cli as cli
+    import hypernet.cli_common as cli_common
 
-    monkeypatch.setattr(cli, "DEFAULT_CHECKPOINT", tmp_path / "missing")
+    monkeypatch.setattr(cli_common, "DEFAULT_CHECKPOINT", tmp_path / "missing")
     assert main(["eval", "--tasks", str(tmp_path)]) == 2
     assert "no --checkpoint" in capsys.readouterr().err
 

@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch import nn
 
+from hypernet.errors import UserError
 from training.loop import LOG_FILE, PLOT_FILE, STATE_DIR, EpochSampler, LoopConfig, lr_at, read_log, train
 
 DATA = torch.randn(37, 6, generator=torch.Generator().manual_seed(0))
@@ -35,11 +36,10 @@ def make_batch(indices: list[int], seed: int) -> dict:
     return {"x": DATA[indices] + noise, "y": TARGET[indices]}
 
 
-def run(out: Path, config: LoopConfig, stop_after: int | None = None) -> Net:
+def run(out: Path, config: LoopConfig) -> Net:
     torch.manual_seed(config.seed)
     net = Net()
-    train(net, len(DATA), make_batch, lambda b: (((net(b["x"]) - b["y"]) ** 2).mean(), {"mse": 0.0}), config, out,
-          stop_after=stop_after)
+    train(net, len(DATA), make_batch, lambda b: (((net(b["x"]) - b["y"]) ** 2).mean(), {"mse": 0.0}), config, out)
     return net
 
 
@@ -51,11 +51,15 @@ def _weights(net: nn.Module) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.parametrize("optimizer", ["adamw", "adafactor"])
-def test_resume_is_bit_exact(tmp_path: Path, optimizer: str):
+def test_resume_is_bit_exact(tmp_path: Path, optimizer: str, kill_at_step):
     config = LoopConfig(**{**CONFIG.__dict__, "optimizer": optimizer})
     straight = _weights(run(tmp_path / "straight", config))
-    run(tmp_path / "split", config, stop_after=5)  # interrupted between checkpoints: resumes from step 5's save
-    resumed = _weights(run(tmp_path / "split", config))
+    killed = kill_at_step(5)  # between the saves of steps 3 and 6: steps 4 and 5 are logged, then lost
+    with pytest.raises(killed):
+        run(tmp_path / "split", config)
+    assert json.loads((tmp_path / "split" / STATE_DIR / "state.json").read_text())["step"] == 3
+    assert [r["step"] for r in read_log(tmp_path / "split" / LOG_FILE)] == [1, 2, 3, 4, 5]
+    resumed = _weights(run(tmp_path / "split", config))  # replays steps 4 and 5 from step 3's save
     assert straight.keys() == resumed.keys()
     for key in straight:
         assert torch.equal(straight[key], resumed[key]), key
@@ -63,6 +67,26 @@ def test_resume_is_bit_exact(tmp_path: Path, optimizer: str):
     a = [(r["step"], r["loss"]) for r in read_log(tmp_path / "straight" / LOG_FILE)]
     b = [(r["step"], r["loss"]) for r in read_log(tmp_path / "split" / LOG_FILE)]
     assert a == b
+
+
+def _run_with(out: Path, config: LoopConfig, settings: dict) -> None:
+    torch.manual_seed(config.seed)
+    net = Net()
+    train(net, len(DATA), make_batch, lambda b: (((net(b["x"]) - b["y"]) ** 2).mean(), {}), config, out, settings=settings)
+
+
+def test_resume_refuses_a_changed_config(tmp_path: Path, kill_at_step):
+    with pytest.raises(kill_at_step(4)):
+        _run_with(tmp_path, CONFIG, {"lambda": 1})
+    changed = LoopConfig(**{**CONFIG.__dict__, "lr": 2e-2, "steps": 14})
+    with pytest.raises(UserError, match=r"config changed.*loop\.lr 0\.01 -> 0\.02; loop\.steps 12 -> 14") as info:
+        _run_with(tmp_path, changed, {"lambda": 1})
+    assert "--no-resume" in str(info.value)
+    with pytest.raises(UserError, match=r"settings\.lambda 1 -> 2"):  # the stage's own settings
+        _run_with(tmp_path, CONFIG, {"lambda": 2})
+    # Where and how fast it runs may change.
+    _run_with(tmp_path, LoopConfig(**{**CONFIG.__dict__, "threads": 2, "device": "cpu"}), {"lambda": 1})
+    assert json.loads((tmp_path / STATE_DIR / "state.json").read_text())["step"] == CONFIG.steps
 
 
 def test_seed_changes_the_result(tmp_path: Path):

@@ -1,0 +1,99 @@
+"""Recipes: every file in configs/ loads, equals the Python preset it replaced (so the shipped
+tiny run is reproducible), and a bad recipe is refused with the file and field named."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import pytest
+
+from hypernet.config import GeneratorConfig
+from hypernet.errors import UserError
+from training.presets import CONFIGS_DIR, get_preset, load_recipe, preset_names
+from training.suite import SuiteConfig
+
+ROOT = Path(__file__).resolve().parents[2]
+# The presets as Python dataclasses held them at commit 045d417, in their old flat layout.
+BEFORE = json.loads((Path(__file__).with_name("presets_before.json")).read_text())
+
+
+def _old_layout(recipe) -> dict:
+    """The recipe in the layout of the old Python presets (generator and base sizes inline)."""
+    new = json.loads(json.dumps(asdict(recipe)))
+    generator = new.pop("generator")
+    assert generator == json.loads(json.dumps(asdict(GeneratorConfig(generator["rank"], generator["alpha"], tuple(generator["target_modules"])))))
+    new |= {"generator_rank": generator["rank"], "generator_alpha": generator["alpha"], "target_modules": generator["target_modules"]}
+    model = new["base"].pop("model")
+    # The old BaseConfig derived d_kv from the width and never set dropout.
+    assert model.pop("d_kv") == model["d_model"] // model["num_heads"] and model.pop("dropout_rate") == 0.0
+    new["base"] |= model
+    # pipeline.checkpoint_config wrote this template into every trained checkpoint.
+    assert new.pop("instruction_template") == "Definition: {instruction}"
+    new.pop("suite")  # compared as a SuiteConfig: the old presets named only non-default sizes
+    return new
+
+
+def test_the_built_in_presets_are_the_files_in_configs():
+    assert preset_names() == sorted(BEFORE) == sorted(p.stem for p in CONFIGS_DIR.glob("*.yaml"))
+
+
+@pytest.mark.parametrize("name", sorted(BEFORE))
+def test_each_recipe_file_equals_the_preset_it_replaced(name: str):
+    recipe = load_recipe(CONFIGS_DIR / f"{name}.yaml")
+    assert recipe == get_preset(name) and recipe.name == name
+    before = dict(BEFORE[name])
+    assert recipe.suite == SuiteConfig(**before.pop("suite"))
+    assert _old_layout(recipe) == before
+
+
+def test_tiny_is_the_recipe_the_shipped_checkpoint_was_trained_with():
+    shipped = json.loads((ROOT / "checkpoints" / "tiny" / "pipeline.json").read_text())["preset"]
+    recipe = get_preset("tiny")
+    assert recipe.suite == SuiteConfig(**shipped.pop("suite"))
+    old = _old_layout(recipe)
+    assert old["distill"].pop("curriculum") == asdict(recipe.distill.curriculum)  # added after that run: uniform
+    assert old == shipped
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "recipe.yaml"
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("text, message", [
+    ("name: x\nbase:\n  loop:\n    stepz: 3\n", "base.loop.stepz: unknown key"),
+    ("name: x\nbase:\n  loop:\n    steps: many\n", "base.loop.steps: must be int"),
+    ("name: x\nbase:\n  loop:\n    steps: 2.5\n", "base.loop.steps: must be int"),
+    ("name: x\ndistill:\n  use_kl: 1\n", "distill.use_kl: must be bool"),
+    ("name: x\nteachers:\n  per: everything\n", "teachers.per: must be one of"),
+    ("name: x\nsuite:\n  train_instancs: 3\n", "suite.train_instancs: unknown key"),
+    ("name: x\ndistill:\n  loop:\n    steps: 0\n", "distill.loop: steps must be >= 1"),
+    ("name: x\ndistill:\n  use_ce: false\n  use_kl: false\n  use_ins: false\n", "distill: at least one of use_ce"),
+    ("name: x\ngenerator:\n  target_modules: [q, zz]\n", "generator: unknown target modules"),
+    ("name: x\nbase:\n  model:\n    d_model: 64.5\n", "base.model.d_model: must be int"),
+    ("name: x\ninstruction_template: 'Task:'\n", "instruction_template must contain"),
+    ("seed: 1\n", "missing key name"),
+    ("- name\n", "must be a mapping"),
+    ("name: [unclosed\n", "not valid YAML"),
+])
+def test_bad_recipes_are_refused_naming_the_field(tmp_path: Path, text: str, message: str):
+    path = _write(tmp_path, text)
+    with pytest.raises(UserError, match="recipe.yaml") as info:
+        load_recipe(path)
+    assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_a_recipe_changes_only_what_it_names(tmp_path: Path):
+    recipe = load_recipe(_write(tmp_path, "name: mine\ndistill:\n  lambda_kl: 2\n  loop:\n    steps: 7\n"))
+    tiny = get_preset("tiny")
+    assert recipe.distill.lambda_kl == 2.0 and isinstance(recipe.distill.lambda_kl, float)
+    assert recipe.distill.loop.steps == 7 and recipe.distill.loop.batch_size == tiny.distill.loop.batch_size
+    assert recipe.base == tiny.base and recipe.suite == SuiteConfig()
+
+
+def test_unknown_preset_lists_the_known_ones():
+    with pytest.raises(UserError, match="smoke"):
+        get_preset("huge")

@@ -1,0 +1,165 @@
+"""The training stages, as one table: what each reads, where it writes, which config it takes.
+
+`tagi train` runs every row in order; `tagi train <stage>` runs one row, reading the results of
+the rows it names as inputs from the same work directory. Each stage is a function
+`run(recipe, inputs, out)` (`entry`: in its own module, the two of stage 1 below); it reads the recipe sections named in `reads`
+(its config) and the `inputs` results, and writes everything into `out`, its directory under
+the work directory. A stage that finished is marked DONE with the config it ran under, so a
+rerun reuses it, and refuses to when the config has changed.
+
+Work directory layout:
+    data/                    the synthetic suite (only data/train/ reaches any stage)
+    stage0_base/             base pretraining state, log.jsonl, curves.png; model/ = the base
+    stage1_teachers/         teachers/<name>/ PEFT dirs + index.json; teacher_states/
+    stage1_meta_teacher/     state/ (log, plot); model/ = the meta-trained teacher
+    stage2_hypernet/         hypernetwork pretraining state; checkpoint/ = tagi checkpoint
+    stage3_distill/          distillation state; checkpoint/ = tagi checkpoint
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+from hypernet.errors import UserError
+from hypernet.files import write_json
+from training.common import TaskSet
+from training.loop import LoopConfig, config_differences
+from training.presets import Preset, get_path
+
+DONE = "DONE"
+
+
+@dataclass(frozen=True)
+class StageInputs:
+    """What a stage reads besides its config."""
+
+    task_set: TaskSet
+    """The training tasks (never a held-out task, held-back instances set apart)."""
+    results: dict[str, Path]
+    """Result of every earlier stage, by stage name (a stage uses those it lists as inputs)."""
+    device: str
+    resume: bool
+    """Continue an interrupted stage from its last checkpoint (else start it over)."""
+
+
+def stage_loop(recipe: Preset, path: str, device: str) -> LoopConfig:
+    """The loop at dotted `path` of the recipe, seeded from the recipe's seed, on `device`."""
+    loop = get_path(recipe, path)
+    return replace(loop, seed=recipe.seed + loop.seed, device=device)
+
+
+def run_teachers(recipe: Preset, inputs: StageInputs, out: Path) -> None:
+    """Stage 1, instance teachers: out/teachers/<name>/ PEFT directories and index.json."""
+    from training.teachers import train_instance_teachers
+
+    train_instance_teachers(inputs.task_set, inputs.results["base"], out / "teachers", recipe.teachers,
+                            stage_loop(recipe, "teachers.teacher_loop", inputs.device), resume=inputs.resume)
+
+
+def run_meta_teacher(recipe: Preset, inputs: StageInputs, out: Path) -> None:
+    """Stage 1, the meta-trained teacher: out/model (bfloat16 HF T5), its state in out/state."""
+    from training.teachers import train_meta_teacher
+
+    train_meta_teacher(inputs.task_set, inputs.results["base"], out, recipe.teachers,
+                       stage_loop(recipe, "teachers.meta_loop", inputs.device), resume=inputs.resume)
+
+
+def _distill_needs(recipe: Preset) -> tuple[str, ...]:
+    """Stage 3 reads the meta teacher only for L_kl or TAPIR, the instance teachers only for L_ins."""
+    config = recipe.distill
+    meta = ("meta-teacher",) if config.use_kl or config.curriculum.kind == "tapir" else ()
+    return ("hypernet-pretrain", *meta, *(("teachers",) if config.use_ins else ()))
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    """Its `tagi train <name>` subcommand and its key in StageInputs.results."""
+    directory: str
+    """Its directory under the work directory."""
+    inputs: tuple[str, ...]
+    """Earlier stages whose results it may read."""
+    reads: tuple[str, ...]
+    """Recipe fields that make its config (a change to any of them invalidates its result)."""
+    loop: str
+    """Dotted recipe path of its LoopConfig (what `--steps` changes)."""
+    result: str
+    """Its product, relative to its directory."""
+    entry: str
+    """Its `run(recipe, inputs, out)`, as module.function (imported when it runs, so the CLI
+    builds its parser without loading every stage)."""
+    help: str
+    needs: Callable[[Preset], tuple[str, ...]] | None = None
+    """The inputs a given recipe makes it read (default: all of `inputs`)."""
+
+    def needed(self, recipe: Preset) -> tuple[str, ...]:
+        return self.needs(recipe) if self.needs is not None else self.inputs
+
+    def run(self, recipe: Preset, inputs: StageInputs, out: Path) -> None:
+        module, _, function = self.entry.rpartition(".")
+        getattr(importlib.import_module(module), function)(recipe, inputs, out)
+
+
+STAGES: tuple[Stage, ...] = (
+    Stage("base", "stage0_base", (), ("seed", "held_back", "suite", "base"), "base.loop", "model", "training.base_pretrain.run",
+          "stage 0: tokenizer + tiny T5 from scratch (span corruption + instruction-free skills)"),
+    Stage("teachers", "stage1_teachers", ("base",), ("seed", "held_back", "teachers"), "teachers.teacher_loop", "teachers",
+          "training.stages.run_teachers", "stage 1: one PEFT LoRA per training task (or function, or category)"),
+    Stage("meta-teacher", "stage1_meta_teacher", ("base",), ("seed", "held_back", "teachers"), "teachers.meta_loop", "model",
+          "training.stages.run_meta_teacher", "stage 1: the meta-trained teacher (base finetuned on instruction + input)"),
+    Stage("hypernet-pretrain", "stage2_hypernet", ("base",), ("seed", "held_back", "generator", "instruction_template", "hypernet_pretrain"),
+          "hypernet_pretrain.loop", "checkpoint", "training.hypernet_pretrain.run",
+          "stage 2: hypernetwork pretraining (a -> generator, b -> input, c -> target)"),
+    Stage("distill", "stage3_distill", ("hypernet-pretrain", "meta-teacher", "teachers"), ("seed", "held_back", "distill"), "distill.loop",
+          "checkpoint", "training.distill.run", "stage 3: distillation into the generator, L_ce + lambda1 L_kl + lambda2 L_ins",
+          needs=_distill_needs),
+)
+STAGE = {stage.name: stage for stage in STAGES}
+
+
+def stage_config(stage: Stage, recipe: Preset) -> dict:
+    """The part of the recipe `stage` depends on, as recorded in its DONE file (JSON-normalised)."""
+    return json.loads(json.dumps({name: _plain(getattr(recipe, name)) for name in stage.reads}))
+
+
+def _plain(value: object) -> object:
+    return asdict(value) if hasattr(value, "__dataclass_fields__") else value
+
+
+def result_path(stage: Stage, work: Path) -> Path:
+    return Path(work) / stage.directory / stage.result
+
+
+def run_stage(stage: Stage, recipe: Preset, inputs: StageInputs, out: Path) -> Path:
+    """Run `stage` in `out` unless it finished there under the same config; returns its result."""
+    out = Path(out)
+    config = stage_config(stage, recipe)
+    if (out / DONE).exists():
+        changed = config_differences(json.loads((out / DONE).read_text()).get("config"), config)
+        if changed:
+            raise UserError(f"{out} holds a finished `{stage.name}` stage of another config ({'; '.join(changed)}); "
+                            "use another --work directory, or delete that stage directory to retrain it")
+        return out / stage.result
+    missing = [name for name in stage.needed(recipe) if name not in inputs.results]
+    if missing:
+        raise ValueError(f"stage {stage.name} needs the results of {missing}")
+    stage.run(recipe, inputs, out)
+    write_json(out / DONE, {"stage": stage.name, "config": config})
+    return out / stage.result
+
+
+def run_all(recipe: Preset, work: Path, task_set: TaskSet, device: str = "auto", resume: bool = True,
+            timings: dict[str, float] | None = None) -> dict[str, Path]:
+    """Every stage in table order in `work`; returns each stage's result by name."""
+    results: dict[str, Path] = {}
+    for stage in STAGES:
+        began = time.time()
+        results[stage.name] = run_stage(stage, recipe, StageInputs(task_set, dict(results), device, resume), Path(work) / stage.directory)
+        if timings is not None:
+            timings[stage.directory] = round(time.time() - began, 1)
+    return results
