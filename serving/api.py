@@ -73,6 +73,7 @@ class TagiAPI(ls.LitAPI):
             self.settings.state_dir,
             self.settings.cache_bytes,
             engine=engine,
+            worker=worker,
         )
         log.info("worker %s ready: %s engine, checkpoint %s", worker, self.settings.engine, model.fingerprint[:12])
 

@@ -5,8 +5,8 @@ inference workers (batches, adapter cache). prometheus_client's multiprocess mod
 that: each process writes its samples to memory-mapped files in PROMETHEUS_MULTIPROC_DIR, and
 a scrape of /metrics, answered by any HTTP process, merges every file (MultiProcessCollector).
 Counters and histograms sum over every process that ever ran in this server; the cache gauges
-are one series per live worker (`liveall`: a `pid` label), so a dashboard can tell the workers'
-caches apart and sum them.
+have one series per worker (label `worker`, LitServe's worker id) summed over live processes
+only (`livesum`), so a restarted worker replaces its dead predecessor.
 
 Why the directory is chosen when this module is imported: prometheus_client picks its value
 class (in memory or in files) once, when it is first imported, from that environment
@@ -78,8 +78,9 @@ ADAPTER_SECONDS = Histogram("tagi_adapter_generation_seconds", "Time to generate
 CACHE_HITS = Counter("tagi_adapter_cache_hits_total", "Adapter lookups served from a worker's cache.")
 CACHE_MISSES = Counter("tagi_adapter_cache_misses_total", "Adapter lookups that had to generate the adapter.")
 CACHE_EVICTIONS = Counter("tagi_adapter_cache_evictions_total", "Adapters evicted to keep a worker's cache in its bound.")
-CACHE_BYTES = Gauge("tagi_adapter_cache_bytes", "Bytes of adapters held in a worker's cache.", multiprocess_mode="liveall")
-CACHE_ENTRIES = Gauge("tagi_adapter_cache_entries", "Adapters held in a worker's cache.", multiprocess_mode="liveall")
+CACHE_BYTES = Gauge("tagi_adapter_cache_bytes", "Bytes of adapters held in a worker's cache.", ["worker"],
+                    multiprocess_mode="livesum")
+CACHE_ENTRIES = Gauge("tagi_adapter_cache_entries", "Adapters held in a worker's cache.", ["worker"], multiprocess_mode="livesum")
 
 _LIVE_GAUGE_FILE = re.compile(r"gauge_live\w*?_(\d+)\.db")
 
@@ -115,15 +116,17 @@ class CacheReporter:
     """Publishes one worker cache's statistics. The cache counts hits, misses and evictions
     itself; Prometheus counters only go up, so each report adds what changed since the last."""
 
-    def __init__(self) -> None:
+    def __init__(self, worker: str) -> None:
         self._last = CacheStats(0, 0, 0, 0, 0)
+        self._bytes = CACHE_BYTES.labels(worker=worker)
+        self._entries = CACHE_ENTRIES.labels(worker=worker)
 
     def report(self, stats: CacheStats) -> None:
         CACHE_HITS.inc(stats.hits - self._last.hits)
         CACHE_MISSES.inc(stats.misses - self._last.misses)
         CACHE_EVICTIONS.inc(stats.evictions - self._last.evictions)
-        CACHE_BYTES.set(stats.bytes)
-        CACHE_ENTRIES.set(stats.entries)
+        self._bytes.set(stats.bytes)
+        self._entries.set(stats.entries)
         self._last = stats
 
 

@@ -92,14 +92,21 @@ class _Need:
 
 class AdapterService:
     def __init__(
-        self, model: TagiModel, registry: Registry, state_dir: Path, cache_bytes: int, engine: Engine | None = None
+        self,
+        model: TagiModel,
+        registry: Registry,
+        state_dir: Path,
+        cache_bytes: int,
+        engine: Engine | None = None,
+        worker: str = "0",
     ) -> None:
+        """`worker` names this worker in the cache metrics (LitServe's worker id)."""
         self.model = model
         self.registry = registry
         self.state_dir = Path(state_dir)
         self.cache: LRUCache[Adapter] = LRUCache(cache_bytes)
         self.engine = engine or MixedBatchEngine(model)
-        self._cache_reporter = metrics.CacheReporter()
+        self._cache_reporter = metrics.CacheReporter(worker)
 
     # ---- one batch ---------------------------------------------------------------------------
 
@@ -117,7 +124,8 @@ class AdapterService:
                 elif isinstance(job, AdapterCreateRequest):
                     results[i] = self._created(adapters[need.key])
                 else:
-                    results[i] = JobResult(200, {"adapter_id": job.adapter_id, "path": str(write_archive(adapter, self.state_dir))})
+                    path = write_archive(adapter, self.state_dir)
+                    results[i] = JobResult(200, {"adapter_id": job.adapter_id, "path": str(path)})
             except Exception as err:  # noqa: BLE001 - every failure becomes this job's own result
                 results[i] = _failure(err)
         results.update(self._generate(groups))

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+import serving.metrics  # noqa: F401 - first: prometheus_client picks its multiprocess mode when first imported
 from tests.serving.server_process import TestServer, start_server
 
 

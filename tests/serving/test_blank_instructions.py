@@ -16,6 +16,7 @@ from serving.schemas import BASE_MODEL_ID, AdapterCreateRequest, GenerateRequest
 from serving.server import build_server
 from serving.service import AdapterService
 from serving.settings import ServerSettings
+from tests.serving.promtext import parse, value
 
 BLANKS = ("", "   ")
 REQUESTS = [
@@ -43,9 +44,12 @@ def client(tmp_path_factory):
 
 @pytest.mark.parametrize(("path", "body"), REQUESTS, ids=[f"{p} #{i}" for i, (p, _) in enumerate(REQUESTS)])
 def test_every_endpoint_refuses_a_blank_instruction(client, path, body):
+    batches = lambda: value(parse(client.get("/metrics").text), "tagi_batch_requests_count")  # noqa: E731
+    before = batches()
     response = client.post(path, json=body)
     assert response.status_code == 422, response.text
     assert "empty" in response.json()["error"]["message"]
+    assert batches() == before, "refused by the HTTP process: it never reached a worker"
     assert client.get("/v1/adapters").json() == {"adapters": []}, "nothing was created"
 
 

@@ -13,6 +13,7 @@ import torch
 from peft import PeftModel
 from transformers import T5ForConditionalGeneration
 
+import hypernet
 from hypernet.io import checkpoint_fingerprint
 from hypernet.tiny import load_tokenizer
 from serving.schemas import BASE_MODEL_ID, MAX_INPUTS, MAX_NEW_TOKENS
@@ -42,6 +43,11 @@ def metrics(client) -> dict:
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/plain")
     return parse(response.text)
+
+
+def per_worker(samples: dict, name: str) -> dict[str, float]:
+    """A per-worker gauge by worker id."""
+    return {dict(labels)["worker"]: v for (n, labels), v in samples.items() if n == name}
 
 
 def wait_for_metric(client, predicate, timeout: float = 10.0) -> dict:
@@ -119,7 +125,7 @@ def test_concurrent_different_instructions_share_a_batch_and_match_serving_alone
     assert mixed_batches(wait_for_metric(client, lambda s: mixed_batches(s) > 0)) > 0
 
 
-def test_openai_client(server, client):
+def test_openai_client(server, client, serve_checkpoint):
     api = openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0)
     instruction, text = INSTRUCTIONS[2], INPUTS[0]
     expected = generate(client, instruction=instruction, inputs=[text], max_new_tokens=12)
@@ -140,7 +146,10 @@ def test_openai_client(server, client):
     assert "".join(chunk.choices[0].delta.content or "" for chunk in stream) == expected["outputs"][0]
 
     base = api.chat.completions.create(model=BASE_MODEL_ID, messages=[{"role": "user", "content": text}], max_tokens=12)
-    assert isinstance(base.choices[0].message.content, str)
+    # /v1/generate has no base-model form: the reference is the library's own base-model output.
+    assert base.choices[0].message.content == hypernet.load(serve_checkpoint).generate([text], None, max_new_tokens=12)[0]
+    assert base.choices[0].message.content != expected["outputs"][0], "the adapter must change the output"
+    assert base.model == BASE_MODEL_ID
 
     models = [m.id for m in api.models.list()]
     assert models[0] == BASE_MODEL_ID and expected["adapter_id"] in models
@@ -174,15 +183,25 @@ def test_peft_archive_round_trip(client, serve_checkpoint, tmp_path):
 
 
 def test_delete_is_seen_by_every_worker(client):
-    instruction = INSTRUCTIONS[4]
+    instruction = "Keep only the colours, then reverse the list."  # no other test used it: in no cache yet
+    before = per_worker(metrics(client), "tagi_adapter_cache_entries")
     adapter_id = client.post("/v1/adapters", json={"instruction": instruction}).json()["adapter_id"]
-    for _ in range(4):  # both workers likely hold it now
+
+    def holders() -> set[str]:
+        """Workers whose cache grew since `before`: they generated (and hold) this adapter."""
+        now = per_worker(metrics(client), "tagi_adapter_cache_entries")
+        return {worker for worker, entries in now.items() if entries > before.get(worker, 0)}
+
+    for _ in range(40):  # whichever worker takes a job from the shared queue serves it
+        if len(holders()) == 2:
+            break
         generate(client, adapter_id=adapter_id, inputs=INPUTS[:1])
+    assert len(holders()) == 2, "both workers must hold the adapter before the delete, or the test shows nothing"
     assert client.get(f"/v1/adapters/{adapter_id}/peft").status_code == 200
 
     deleted = client.delete(f"/v1/adapters/{adapter_id}")
     assert deleted.status_code == 200 and deleted.json() == {"adapter_id": adapter_id, "deleted": True}
-    for _ in range(4):
+    for _ in range(8):  # sequential requests reach both workers (shown above); each refuses the id
         gone = client.post("/v1/generate", json={"adapter_id": adapter_id, "inputs": INPUTS[:1]})
         assert gone.status_code == 404 and "unknown adapter id" in gone.json()["error"]["message"]
     assert client.get(f"/v1/adapters/{adapter_id}").status_code == 404
@@ -202,6 +221,7 @@ BAD_REQUESTS = [
     ("POST", "/v1/generate", {"inputs": ["x"]}, 422),
     ("POST", "/v1/generate", {"instruction": "a", "adapter_id": "b", "inputs": ["x"]}, 422),
     ("POST", "/v1/generate", {"instruction": "  ", "inputs": ["x"]}, 422),
+    ("POST", "/v1/generate", {"instruction": "", "inputs": ["x"]}, 422),
     ("POST", "/v1/generate", {"instruction": 5, "inputs": ["x"]}, 422),
     ("POST", "/v1/generate", {"instruction": "a", "inputs": []}, 422),
     ("POST", "/v1/generate", {"instruction": "a", "inputs": "x"}, 422),
@@ -218,12 +238,15 @@ BAD_REQUESTS = [
     ("POST", "/v1/generate", b"x" * (5 * 2**20), 413),
     ("POST", "/v1/adapters", {}, 422),
     ("POST", "/v1/adapters", {"instruction": ""}, 422),
+    ("POST", "/v1/adapters", {"instruction": "   "}, 422),
     ("POST", "/v1/adapters", {"instruction": ["a"]}, 422),
     ("POST", "/v1/adapters", {"instruction": LONG}, 413),
     ("GET", "/v1/adapters/nope", None, 404),
     ("GET", "/v1/adapters/nope/peft", None, 404),
     ("DELETE", "/v1/adapters/nope", None, 404),
     ("POST", "/v1/chat/completions", {"model": BASE_MODEL_ID, "messages": []}, 422),
+    *(("POST", "/v1/chat/completions", {"model": BASE_MODEL_ID, "messages": [
+        {"role": "system", "content": blank}, {"role": "user", "content": "a"}]}, 422) for blank in ("", "   ")),
     ("POST", "/v1/chat/completions", {"model": BASE_MODEL_ID, "messages": [{"role": "system", "content": "a"}]}, 422),
     ("POST", "/v1/chat/completions", {"model": BASE_MODEL_ID, "messages": [
         {"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}, {"role": "user", "content": "c"}]}, 422),
@@ -251,18 +274,23 @@ def test_bad_requests_in_a_batch_fail_alone_and_workers_survive(client):
     """A too-long input batched with good requests fails only its own request."""
     good = generate(client, instruction=INSTRUCTIONS[5], inputs=INPUTS)
     results: dict[int, object] = {}
+    errors: list[BaseException] = []
     barrier = threading.Barrier(6)
 
     def request(i: int) -> None:
-        barrier.wait(timeout=30)
-        inputs = [LONG] if i % 2 else INPUTS
-        results[i] = client.post("/v1/generate", json={"instruction": INSTRUCTIONS[5], "inputs": inputs, "max_new_tokens": 10})
+        try:
+            barrier.wait(timeout=30)
+            body = {"instruction": INSTRUCTIONS[5], "inputs": [LONG] if i % 2 else INPUTS, "max_new_tokens": 10}
+            results[i] = client.post("/v1/generate", json=body)
+        except BaseException as err:  # noqa: BLE001 - reported by the test thread below
+            errors.append(err)
 
     threads = [threading.Thread(target=request, args=(i,)) for i in range(6)]
     for t in threads:
         t.start()
     for t in threads:
         t.join(timeout=120)
+    assert errors == [] and sorted(results) == list(range(6))
     for i, response in results.items():
         assert response.status_code == (413 if i % 2 else 200)
         if i % 2 == 0:
@@ -272,8 +300,12 @@ def test_bad_requests_in_a_batch_fail_alone_and_workers_survive(client):
 
 def test_metrics_cover_requests_errors_latency_batches_and_cache(client):
     client.post("/v1/generate", json={"inputs": ["x"]})  # one 422 at least
-    generate(client, instruction=INSTRUCTIONS[6], inputs=INPUTS)
-    samples = wait_for_metric(client, lambda s: value(s, "tagi_adapter_cache_misses_total") > 0)
+    before = metrics(client)
+    for _ in range(3):  # two workers: one of them serves this instruction twice, the second time from its cache
+        generate(client, instruction="Name the first two items.", inputs=INPUTS)  # in no cache yet
+    samples = metrics(client)
+    assert value(samples, "tagi_adapter_cache_hits_total") - value(before, "tagi_adapter_cache_hits_total") >= 1
+    assert value(samples, "tagi_adapter_cache_misses_total") - value(before, "tagi_adapter_cache_misses_total") >= 1
     assert value(samples, "tagi_http_requests_total", endpoint="/v1/generate", method="POST", code="200") > 0
     assert value(samples, "tagi_http_errors_total", endpoint="/v1/generate", method="POST", code="422") >= 1
     assert value(samples, "tagi_http_request_duration_seconds_count", endpoint="/v1/generate") > 0

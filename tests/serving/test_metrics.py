@@ -12,7 +12,7 @@ from tests.serving.promtext import parse, value
 
 def _worker_samples() -> None:
     metrics.CACHE_HITS.inc(3)
-    metrics.CACHE_BYTES.set(1000)
+    metrics.CACHE_BYTES.labels(worker="0").set(1000)
     metrics.BATCH_REQUESTS.observe(5)
 
 
@@ -28,7 +28,7 @@ def test_samples_of_processes_are_summed_and_gauges_of_dead_ones_dropped():
     assert child.exitcode == 0
 
     metrics.CACHE_HITS.inc(2)
-    metrics.CACHE_BYTES.set(24)
+    metrics.CACHE_BYTES.labels(worker="0").set(24)
     metrics.BATCH_REQUESTS.observe(1)
     metrics.BATCH_REQUESTS.observe(3)
 
