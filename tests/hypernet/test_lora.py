@@ -66,3 +66,22 @@ def test_batcher_places_rows_and_reuses_its_workspace():
 def test_select_maps_examples_to_adapters():
     batch = LoraWeights({"g": torch.arange(3.0).view(1, 3, 1, 1)}, {"g": torch.zeros(1, 3, 1, 1)}, 1.0)
     assert batch.select([2, 2, 0]).lora_A["g"].flatten().tolist() == [2.0, 2.0, 0.0]
+
+
+def test_add_lora_is_in_place_only_when_no_gradient_is_recorded():
+    """In place saves the (b, t, out) allocation at inference; with autograd it would overwrite a
+    tensor the caller (or the graph) still needs."""
+    g = torch.Generator().manual_seed(1)
+    x, A, B = torch.randn(2, 3, 8, generator=g), torch.randn(2, 2, 8, generator=g), torch.randn(2, 6, 2, generator=g)
+    y = torch.randn(2, 3, 6, generator=g)
+    expected = dense_reference(y, x, A, B, 1.5)
+    for context in (torch.no_grad(), torch.enable_grad()):  # nothing requires grad: no gradient is recorded either way
+        target = y.clone()
+        with context:
+            out = add_lora(target, x, A, B, 1.5)
+        assert out.data_ptr() == target.data_ptr() and torch.allclose(out, expected, atol=1e-5)
+    y_leaf = y.clone().requires_grad_(True)
+    out = add_lora(y_leaf, x, A, B, 1.5)
+    assert out.data_ptr() != y_leaf.data_ptr() and torch.equal(y_leaf.detach(), y)
+    out.sum().backward()
+    assert torch.equal(y_leaf.grad, torch.ones_like(y))
