@@ -1,15 +1,16 @@
 """tagi's server: generate adapters from instructions and serve them from one shared base model.
 
 Where things are:
-    schemas.py     request/response bodies and limits (pydantic)
+    settings.py    ServerSettings: every `tagi serve` setting and its default
+    schemas.py     request/response bodies and limits (pydantic); a request is also its job
     errors.py      the one error format, validation messages
-    jobs.py        messages between HTTP processes and inference workers
+    jobs.py        what crosses between HTTP processes and inference workers
     service.py     AdapterService: a batch of jobs -> results, one forward pass per batch
     baseline.py    the PEFT swap-per-request engine (benchmark baseline)
     cache.py       LRU cache bounded in bytes
     registry.py    SQLite registry of adapters (id -> instruction, metadata)
     archive.py     PEFT .tar.gz exports
-    metrics.py     Prometheus metrics aggregated across processes
+    metrics.py     Prometheus metrics of every process (prometheus_client, multiprocess mode)
     auth.py        optional API key
     checkpoint.py  checkpoint config and fingerprint without torch
     api.py         the LitAPI run by each inference worker
@@ -17,4 +18,5 @@ Where things are:
     server.py      build and run the LitServer; signals
     cli.py         `tagi serve`, `tagi bench serve`
     bench.py       the serving benchmark
+    launch.py      start and stop a `tagi serve` child (for the benchmark)
 """

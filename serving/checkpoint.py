@@ -38,6 +38,6 @@ class CheckpointInfo:
 
 
 def read_checkpoint(path: Path) -> CheckpointInfo:
-    """Raises hypernet.files.CheckpointError (one line) for anything that is not a checkpoint."""
+    """Raises hypernet.errors.CheckpointError (one line) for anything that is not a checkpoint."""
     config = read_checkpoint_config(path)
     return CheckpointInfo(Path(path).resolve(), config, checkpoint_fingerprint(Path(path)))

@@ -13,6 +13,7 @@ from hypernet.cli_common import add_checkpoint_argument, resolve_checkpoint
 from hypernet.errors import UserError
 from serving.settings import API_KEY_ENV, HOSTS, EngineName, ServerSettings
 
+
 def cmd_serve(args: argparse.Namespace) -> None:
     from serving.server import serve
 
@@ -68,7 +69,8 @@ authentication:
     p.add_argument("--batch-timeout", type=float, default=d["batch_timeout"], metavar="S",
                    help=f"seconds a worker waits to fill a batch before running what it has (default {d['batch_timeout']:g})")
     p.add_argument("--adapter-cache-mb", type=float, default=d["adapter_cache_mb"], metavar="M",
-                   help=f"per-worker memory for generated adapters, least recently used evicted (default {d['adapter_cache_mb']:g})")
+                   help="per-worker memory for generated adapters, least recently used evicted "
+                   f"(default {d['adapter_cache_mb']:g})")
     p.add_argument("--state-dir", default=str(d["state_dir"]), metavar="DIR",
                    help="where the adapter registry (SQLite) and PEFT archives persist across workers and "
                    f"restarts (default {d['state_dir']})")

@@ -28,10 +28,10 @@ from fastapi.responses import StreamingResponse
 from litserve.server import RegularRequestHandler
 from starlette.concurrency import run_in_threadpool
 
+from serving import metrics as prometheus
 from serving.archive import archive_path
 from serving.errors import ServingError, UnknownAdapter
 from serving.jobs import ExportRequest, Job, JobResult
-from serving import metrics as prometheus
 from serving.registry import Registry
 from serving.schemas import (
     BASE_MODEL_ID,

@@ -9,8 +9,8 @@ import sys
 import pytest
 
 from hypernet.cli import build_parser, main
-from hypernet.io import checkpoint_fingerprint
 from hypernet.errors import CheckpointError, UserError
+from hypernet.io import checkpoint_fingerprint
 from serving.checkpoint import read_checkpoint
 from serving.settings import ServerSettings
 

@@ -6,8 +6,8 @@ import tarfile
 
 import pytest
 
-from serving.jobs import ExportRequest
 from serving import metrics
+from serving.jobs import ExportRequest
 from serving.registry import Registry
 from serving.schemas import AdapterCreateRequest, GenerateRequest
 from serving.service import AdapterService
