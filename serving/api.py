@@ -66,6 +66,9 @@ class TagiAPI(ls.LitAPI):
             from serving.baseline import SwapPerRequestEngine
 
             engine = SwapPerRequestEngine(model, self.settings.checkpoint)
+        # LitServe internal: the variable its inference_worker sets before setup; no public API
+        # tells a LitAPI which worker it is. Names the worker in logs and the cache metrics.
+        # (test_litserve_internals; the per-worker delete test relies on distinct names)
         worker = os.environ.get("LITSERVE_WORKER_ID", "0")
         self.service = AdapterService(
             model,

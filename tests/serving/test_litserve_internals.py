@@ -50,6 +50,14 @@ def test_the_raw_job_route_is_gone(started, serve_checkpoint, tmp_path):
     assert JOBS_PATH in routes, "LitServe no longer adds the raw route: drop the surgery"
 
 
+def test_workers_learn_their_id_from_litserve_worker_id():
+    """serving.api.TagiAPI.setup names its worker (logs, cache metrics) from this variable."""
+    from litserve.loops.loops import inference_worker
+
+    source = inspect.getsource(inference_worker)
+    assert source.index('os.environ["LITSERVE_WORKER_ID"] = str(worker_id)') < source.index("lit_api.setup(device)")
+
+
 def test_the_attributes_the_server_and_its_shutdown_use(started):
     server, _ = started
     # build_server sets it; LitServe's uvicorn config must still read it.
