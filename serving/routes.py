@@ -69,6 +69,8 @@ class JobQueue:
         except asyncio.TimeoutError as err:
             # LitServe drops a job that waited in the queue longer than this too (its own 504),
             # but nothing of LitServe's bounds a job a worker has taken and never answers.
+            # Known cost: the handler has no cancellation path, so LitServe's response-buffer
+            # entry of a timed-out job (about 200 bytes) stays until the server stops.
             raise ServingError(f"no inference worker answered within {self.timeout:g} s", 504) from err
         if not result.ok:
             raise ServingError(result.body["error"]["message"], result.status)
