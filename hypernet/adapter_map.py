@@ -156,8 +156,14 @@ def draw(adapter_map: AdapterMap, title: str) -> bytes:
         ax.legend(fontsize=7, loc="best")
     s = adapter_map.similarity
     if s.same_task is not None and s.different_task is not None:
-        ax.text(0.01, 0.01, f"mean cosine: same task {s.same_task:.3f} ({s.same_pairs} pairs), "
-                f"different tasks {s.different_task:.3f} ({s.different_pairs} pairs)", transform=ax.transAxes, fontsize=8)
+        ax.text(
+            0.01,
+            0.01,
+            f"mean cosine: same task {s.same_task:.3f} ({s.same_pairs} pairs), "
+            f"different tasks {s.different_task:.3f} ({s.different_pairs} pairs)",
+            transform=ax.transAxes,
+            fontsize=8,
+        )
     ax.set_xlabel(f"PC1 ({adapter_map.explained[0]:.0%} of variance)")
     ax.set_ylabel(f"PC2 ({adapter_map.explained[1]:.0%} of variance)")
     ax.set_title(title, fontsize=10)

@@ -25,8 +25,18 @@ from hypernet.files import atomic_write_text, write_json
 from hypernet.io import load_checkpoint
 
 _VERBS = ["Sort", "Reverse", "Count", "Keep", "Drop", "Return", "List", "Find", "Remove", "Double"]
-_WHAT = ["the numbers", "the items", "the words", "every second item", "the first three items", "the duplicates",
-         "the largest number", "the colours", "the animals", "the list"]
+_WHAT = [
+    "the numbers",
+    "the items",
+    "the words",
+    "every second item",
+    "the first three items",
+    "the duplicates",
+    "the largest number",
+    "the colours",
+    "the animals",
+    "the list",
+]
 _HOW = ["from smallest to largest", "in reverse order", "above fifty", "that start with a vowel", "once each"]
 
 
@@ -46,17 +56,27 @@ def _tagi(args: list[str], threads: int) -> float:
     return time.perf_counter() - start
 
 
-def run_export_benchmark(checkpoint: Path, count: int = 1000, single: int = 10, threads: int = 0, json_path: Path | None = None) -> dict:
+def run_export_benchmark(
+    checkpoint: Path, count: int = 1000, single: int = 10, threads: int = 0, json_path: Path | None = None
+) -> dict:
     texts = bench_instructions(count)
     with tempfile.TemporaryDirectory(prefix="tagi-bench-export-") as tmp:
         root = Path(tmp)
         source = root / "instructions.txt"
         atomic_write_text(source, "".join(t + "\n" for t in texts))
         print(f"batched: one process, {count} instructions ...", flush=True)
-        batched_s = _tagi(["adapter", "--checkpoint", str(checkpoint), "--instructions", str(source), "--out-dir", str(root / "batched")], threads)
+        batched_s = _tagi(
+            ["adapter", "--checkpoint", str(checkpoint), "--instructions", str(source), "--out-dir", str(root / "batched")],
+            threads,
+        )
         per_process = []
         for i in tqdm(range(single), desc="one per process"):
-            per_process.append(_tagi(["adapter", "--checkpoint", str(checkpoint), "--instruction", texts[i], "--out", str(root / f"single{i}")], threads))
+            per_process.append(
+                _tagi(
+                    ["adapter", "--checkpoint", str(checkpoint), "--instruction", texts[i], "--out", str(root / f"single{i}")],
+                    threads,
+                )
+            )
 
     if threads:
         torch.set_num_threads(threads)
@@ -81,11 +101,17 @@ def run_export_benchmark(checkpoint: Path, count: int = 1000, single: int = 10, 
         "checkpoint": str(checkpoint),
         "torch": torch.__version__,
     }
-    print(f"batched, one process:      {result['batched_adapters_per_s']:8.1f} adapters/s ({count} in {batched_s:.1f} s, load included)")
-    print(f"one per process:           {result['one_per_process_adapters_per_s']:8.2f} adapters/s (mean {single_s:.2f} s per process over "
-          f"{single}; {count} would take ~{single_s * count:.0f} s)")
-    print(f"speedup:                   {result['speedup']:8.1f}x")
-    print(f"generation only, batched:  {result['in_process_generation_adapters_per_s']:8.1f} adapters/s (TagiModel.adapters, load excluded)")
+    rows = [
+        ("batched, one process", f"{result['batched_adapters_per_s']:8.1f} adapters/s",
+         f"{count} in {batched_s:.1f} s, load included"),
+        ("one per process", f"{result['one_per_process_adapters_per_s']:8.2f} adapters/s",
+         f"mean {single_s:.2f} s per process over {single}; {count} would take ~{single_s * count:.0f} s"),
+        ("speedup", f"{result['speedup']:8.1f}x", ""),
+        ("generation only, batched", f"{result['in_process_generation_adapters_per_s']:8.1f} adapters/s",
+         "TagiModel.adapters, load excluded"),
+    ]
+    for name, value, note in rows:
+        print(f"{name + ':':<27}{value}  {note}".rstrip())
     if json_path is not None:
         write_json(json_path, result)
     return result

@@ -40,7 +40,7 @@ def cmd_adapter(args: argparse.Namespace) -> None:
     model = load_model(args.checkpoint)
     adapter = model.adapter(instruction)
     Exporter(model, merge=args.merge).write(adapter, out, overwrite=args.overwrite)
-    kind = "merged model (load with from_pretrained, no PEFT)" if args.merge else "PEFT format; load with PeftModel.from_pretrained"
+    kind = "merged model: from_pretrained, no PEFT" if args.merge else "PEFT format; load with PeftModel.from_pretrained"
     print(f"adapter {adapter.adapter_id} written to {out} ({kind})")
 
 
@@ -60,7 +60,8 @@ def export_instructions_file(args: argparse.Namespace) -> None:
     for line in bad:
         print(f"tagi: skipped {path} {line}", file=sys.stderr)
     result = export_batch(model, good, Path(args.out_dir), batch_size=args.batch_size, merge=args.merge, overwrite=args.overwrite)
-    print(f"{result.written} written, {result.skipped} already complete, {len(bad)} bad line(s) skipped; manifest: {result.manifest}")
+    print(f"{result.written} written, {result.skipped} already complete, {len(bad)} bad line(s) skipped; "
+          f"manifest: {result.manifest}")
 
 
 def add_adapter(sub: argparse._SubParsersAction) -> None:
@@ -82,7 +83,7 @@ def add_adapter(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=DEFAULT_EXPORT_BATCH_SIZE,
                    help=f"with --instructions: instructions generated and written per step (default {DEFAULT_EXPORT_BATCH_SIZE})")
     p.add_argument("--merge", action="store_true",
-                   help="write a full model with the adapter merged into the base weights (from_pretrained loads it without PEFT)")
+                   help="write a full model with the adapter merged into the base weights (from_pretrained loads it, no PEFT)")
     p.add_argument("--overwrite", action="store_true", help="replace existing output directories that hold something else")
     p.set_defaults(func=cmd_adapter)
 

@@ -168,20 +168,25 @@ class Exporter:
             source = getattr(self.model.tokenizer, "vocab_file", None)
             if source and Path(source).exists() and not (tmp / SPIECE).exists():
                 shutil.copyfile(source, tmp / SPIECE)
-            write_json(tmp / TAGI_EXPORT_FILE, {
-                "format": "merged",
-                "instruction": adapter.instruction,
-                "adapter_id": adapter.adapter_id,
-                "checkpoint_fingerprint": self.model.fingerprint,
-                "input_template": self.model.config.input_template,
-                "note": "A plain T5 with the adapter merged (load without PEFT). Format inputs with input_template; "
-                "fusion cannot be merged: outputs match `tagi run --no-fusion`.",
-            })
+            write_json(
+                tmp / TAGI_EXPORT_FILE,
+                {
+                    "format": "merged",
+                    "instruction": adapter.instruction,
+                    "adapter_id": adapter.adapter_id,
+                    "checkpoint_fingerprint": self.model.fingerprint,
+                    "input_template": self.model.config.input_template,
+                    "note": "A plain T5 with the adapter merged (load without PEFT). Format inputs with input_template; "
+                    "fusion cannot be merged: outputs match `tagi run --no-fusion`.",
+                },
+            )
 
     def merged_model(self, adapter: Adapter) -> T5ForConditionalGeneration:
         """PEFT's own merge_and_unload on a PeftModel holding exactly what `export_peft` writes."""
         generator = self.model.config.generator
-        peft = get_peft_model(copy.deepcopy(self.clean_base()), peft_lora_config(generator.rank, generator.alpha, generator.target_modules))
+        peft = get_peft_model(
+            copy.deepcopy(self.clean_base()), peft_lora_config(generator.rank, generator.alpha, generator.target_modules)
+        )
         set_peft_model_state_dict(peft, peft_state_dict(adapter))
         return peft.merge_and_unload()
 
@@ -256,8 +261,13 @@ def export_batch(
 
 
 def _record(entry: Entry, name: str, expected_id: str, out_dir: Path) -> dict:
-    record = {"name": name, "adapter_id": expected_id, "instruction": entry.instruction, "path": name,
-              "bytes": directory_bytes(out_dir / name)}
+    record = {
+        "name": name,
+        "adapter_id": expected_id,
+        "instruction": entry.instruction,
+        "path": name,
+        "bytes": directory_bytes(out_dir / name),
+    }
     if entry.label is not None:
         record["label"] = entry.label
     return record
@@ -292,4 +302,3 @@ def _remove_stale_temporaries(out_dir: Path, name: str) -> None:
 def _chunks(items: list, size: int) -> Iterator[list]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
-

@@ -8,8 +8,8 @@ import pytest
 import torch
 from PIL import Image
 
-from hypernet.batching import stack_adapters
 from hypernet.adapter_map import build_map, cosine_from_gram, delta_gram, pca_from_gram, task_similarity
+from hypernet.batching import stack_adapters
 from hypernet.cli import main
 from hypernet.export import Entry
 
@@ -28,8 +28,9 @@ def flat_deltas(model, texts: list[str]) -> torch.Tensor:
     rows = []
     for adapter in model.adapters(texts):
         w = adapter.weights
-        parts = [(w.scale * w.lora_B[g][t, 0].double() @ w.lora_A[g][t, 0].double()).flatten()
-                 for _, g, t in model.layout.slots()]
+        parts = [
+            (w.scale * w.lora_B[g][t, 0].double() @ w.lora_A[g][t, 0].double()).flatten() for _, g, t in model.layout.slots()
+        ]
         rows.append(torch.cat(parts))
     return torch.stack(rows)
 
@@ -49,7 +50,9 @@ def test_gram_pca_and_cosine_equal_the_explicit_delta_w_computation(model):
     u, s, _ = torch.linalg.svd(centred, full_matrices=False)
     reference = u[:, :2] * s[:2]
     for k in range(2):  # a principal axis is defined up to sign
-        assert torch.allclose(coords[:, k], reference[:, k], atol=1e-8) or torch.allclose(coords[:, k], -reference[:, k], atol=1e-8)
+        assert torch.allclose(coords[:, k], reference[:, k], atol=1e-8) or torch.allclose(
+            coords[:, k], -reference[:, k], atol=1e-8
+        )
     assert explained == pytest.approx((s[:2] ** 2 / (s**2).sum()).tolist())
     assert coords[:, 0].abs().max() > 0
 
@@ -71,7 +74,9 @@ def test_map_numbers_on_a_tiny_checkpoint(model):
     assert adapter_map.similarity.same_task == pytest.approx(float(torch.stack(same).mean()))
     assert adapter_map.similarity.same_pairs == 4 and adapter_map.similarity.different_pairs == 11
     # Lines 1 and 3 are the same instruction: the same adapter, the same point.
-    assert float(cosine[0, 2]) == pytest.approx(1.0) and torch.allclose(adapter_map.coords[0], adapter_map.coords[2], rtol=1e-9, atol=1e-9)
+    assert float(cosine[0, 2]) == pytest.approx(1.0) and torch.allclose(
+        adapter_map.coords[0], adapter_map.coords[2], rtol=1e-9, atol=1e-9
+    )
     assert not torch.allclose(adapter_map.coords[0], adapter_map.coords[1], rtol=1e-3, atol=1e-3)
 
 
@@ -80,8 +85,20 @@ def test_cli_writes_png_and_sidecar_and_prints_the_numbers(checkpoint_dir, tmp_p
     lines = [json.dumps({"instruction": text, "task": label}) for text, label in INSTRUCTIONS] + ["oops"]
     source.write_text("\n".join(lines) + "\n")
     out = tmp_path / "map.png"
-    code = main(["adapters", "map", "--checkpoint", str(checkpoint_dir), "--instructions", str(source), "--out", str(out),
-                 "--label-field", "task"])
+    code = main(
+        [
+            "adapters",
+            "map",
+            "--checkpoint",
+            str(checkpoint_dir),
+            "--instructions",
+            str(source),
+            "--out",
+            str(out),
+            "--label-field",
+            "task",
+        ]
+    )
     captured = capsys.readouterr()
     assert code == 0, captured.err
     assert [line for line in captured.err.splitlines() if line.startswith("tagi: skipped")] == [

@@ -15,13 +15,13 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from support import WORDS
 from transformers import AutoTokenizer, T5ForConditionalGeneration
 
 from hypernet.cli import main
 from hypernet.export import MANIFEST_FILE, directory_bytes
 from hypernet.io import PEFT_WEIGHTS_FILE, peft_state_dict
 from hypernet.model import ADAPTER_CHUNK
-from support import WORDS
 
 INPUTS = ["apple, river, stone", "green, 7, house, cloud", "seven bright table"]
 
@@ -56,7 +56,9 @@ def test_batched_adapters_are_bit_identical_to_one_at_a_time(model):
         for adapter in model.adapters(batch):
             reference = alone[adapter.instruction]
             assert adapter.adapter_id == reference.adapter_id
-            assert all(torch.equal(a, b) for a, b in zip(adapter_tensors(adapter), adapter_tensors(reference))), adapter.instruction
+            assert all(torch.equal(a, b) for a, b in zip(adapter_tensors(adapter), adapter_tensors(reference))), (
+                adapter.instruction
+            )
     # The comparison means something: different instructions of one pass get different adapters.
     first, second = model.adapters(same_length[:2])
     assert not torch.equal(first.weights.lora_B["64x64"], second.weights.lora_B["64x64"])
@@ -77,8 +79,18 @@ def test_batch_export_writes_named_directories_manifest_and_reports_bad_lines(mo
     source = tmp_path / "in.jsonl"
     source.write_text("\n".join(lines) + "\n")
     out = tmp_path / "out"
-    code, stdout, err = run_main("adapter", "--checkpoint", str(checkpoint_dir), "--instructions", str(source),
-                                 "--out-dir", str(out), "--batch-size", "2", capsys=capsys)
+    code, stdout, err = run_main(
+        "adapter",
+        "--checkpoint",
+        str(checkpoint_dir),
+        "--instructions",
+        str(source),
+        "--out-dir",
+        str(out),
+        "--batch-size",
+        "2",
+        capsys=capsys,
+    )
     assert code == 0, err
     reported = skip_lines(err)
     assert [line.split(" line ")[1].split(":")[0] for line in reported] == ["2", "3", "4", "5", "7", "8"]
@@ -103,10 +115,11 @@ def test_batch_export_writes_named_directories_manifest_and_reports_bad_lines(mo
 
 def test_plain_text_file_is_one_instruction_per_line(model, checkpoint_dir, tmp_path, capsys):
     source = tmp_path / "in.txt"
-    source.write_text("Reverse the list.\n\n{\"instruction\": \"a JSON-looking line is just text here\"}\n")
+    source.write_text('Reverse the list.\n\n{"instruction": "a JSON-looking line is just text here"}\n')
     out = tmp_path / "out"
-    code, _, err = run_main("adapter", "--checkpoint", str(checkpoint_dir), "--instructions", str(source), "--out-dir", str(out),
-                            capsys=capsys)
+    code, _, err = run_main(
+        "adapter", "--checkpoint", str(checkpoint_dir), "--instructions", str(source), "--out-dir", str(out), capsys=capsys
+    )
     assert code == 0, err
     assert len(skip_lines(err)) == 1 and " line 2: instruction is empty" in skip_lines(err)[0]
     rows = read_manifest(out)
@@ -118,17 +131,32 @@ def test_strict_fails_with_one_line_and_keeps_what_was_written(checkpoint_dir, t
     out = tmp_path / "out"
     good = tmp_path / "good.txt"
     good.write_text("Reverse the list.\nCount the words.\n")
-    assert run_main("adapter", "--checkpoint", str(checkpoint_dir), "--instructions", str(good), "--out-dir", str(out),
-                    capsys=capsys)[0] == 0
+    assert (
+        run_main(
+            "adapter", "--checkpoint", str(checkpoint_dir), "--instructions", str(good), "--out-dir", str(out), capsys=capsys
+        )[0]
+        == 0
+    )
     before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
     assert len(before) == 7  # two PEFT directories of three files, and the manifest
 
     mixed = tmp_path / "mixed.txt"
     mixed.write_text("Sort the items.\n\nReverse the list.\n" + "word " * 300 + "\n")
-    code, stdout, err = run_main("adapter", "--checkpoint", str(checkpoint_dir), "--instructions", str(mixed), "--out-dir",
-                                 str(out), "--strict", capsys=capsys)
+    code, stdout, err = run_main(
+        "adapter",
+        "--checkpoint",
+        str(checkpoint_dir),
+        "--instructions",
+        str(mixed),
+        "--out-dir",
+        str(out),
+        "--strict",
+        capsys=capsys,
+    )
     assert code == 2 and stdout == ""
-    assert err.strip().splitlines() == [f"tagi: error: {mixed} line 2: instruction is empty (2 bad line(s) in all; --strict: nothing was written)"]
+    assert err.strip().splitlines() == [
+        f"tagi: error: {mixed} line 2: instruction is empty (2 bad line(s) in all; --strict: nothing was written)"
+    ]
     after = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
     assert after == before
 
@@ -138,8 +166,20 @@ def test_a_killed_export_resumes_without_half_written_directories(model, checkpo
     source = tmp_path / "in.txt"
     source.write_text("".join(f"Sort the {WORDS[i % len(WORDS)]} items number {i}.\n" for i in range(count)))
     out = tmp_path / "out"
-    command = [sys.executable, "-m", "hypernet.cli", "adapter", "--checkpoint", str(checkpoint_dir), "--instructions", str(source),
-               "--out-dir", str(out), "--batch-size", "2"]
+    command = [
+        sys.executable,
+        "-m",
+        "hypernet.cli",
+        "adapter",
+        "--checkpoint",
+        str(checkpoint_dir),
+        "--instructions",
+        str(source),
+        "--out-dir",
+        str(out),
+        "--batch-size",
+        "2",
+    ]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and process.poll() is None:
@@ -178,8 +218,12 @@ def test_a_directory_holding_something_else_is_refused_unless_overwrite(checkpoi
     out = tmp_path / "out"
     first = tmp_path / "first.jsonl"
     first.write_text(json.dumps({"instruction": "Reverse the list.", "name": "task"}) + "\n")
-    assert run_main("adapter", "--checkpoint", str(checkpoint_dir), "--instructions", str(first), "--out-dir", str(out),
-                    capsys=capsys)[0] == 0
+    assert (
+        run_main(
+            "adapter", "--checkpoint", str(checkpoint_dir), "--instructions", str(first), "--out-dir", str(out), capsys=capsys
+        )[0]
+        == 0
+    )
     second = tmp_path / "second.jsonl"
     second.write_text(json.dumps({"instruction": "Count the words.", "name": "task"}) + "\n")
     args = ["adapter", "--checkpoint", str(checkpoint_dir), "--instructions", str(second), "--out-dir", str(out)]
@@ -209,8 +253,16 @@ def test_merged_model_loads_without_peft_and_equals_run_no_fusion(model, checkpo
     cli_lines("adapter", "--checkpoint", str(checkpoint_dir), "--instruction", instruction, "--out", str(single), "--merge")
     source = tmp_path / "in.jsonl"
     source.write_text(json.dumps({"instruction": instruction, "name": "merged"}) + "\n")
-    cli_lines("adapter", "--checkpoint", str(checkpoint_dir), "--instructions", str(source), "--out-dir", str(tmp_path / "many"),
-              "--merge")
+    cli_lines(
+        "adapter",
+        "--checkpoint",
+        str(checkpoint_dir),
+        "--instructions",
+        str(source),
+        "--out-dir",
+        str(tmp_path / "many"),
+        "--merge",
+    )
     for merged_dir in (single, tmp_path / "many" / "merged"):
         weights = load_file(merged_dir / "model.safetensors")
         assert not any("lora" in key for key in weights), "a merged model carries no adapter weights"
@@ -221,8 +273,17 @@ def test_merged_model_loads_without_peft_and_equals_run_no_fusion(model, checkpo
             tokens = merged.generate(**batch, max_new_tokens=8, do_sample=False, num_beams=1)
         assert [t.replace("\n", " ") for t in tokenizer.batch_decode(tokens, skip_special_tokens=True)] == expected
     # A rerun verifies the merged directory and skips it.
-    code, stdout, _ = run_main("adapter", "--checkpoint", str(checkpoint_dir), "--instructions", str(source), "--out-dir",
-                               str(tmp_path / "many"), "--merge", capsys=capsys)
+    code, stdout, _ = run_main(
+        "adapter",
+        "--checkpoint",
+        str(checkpoint_dir),
+        "--instructions",
+        str(source),
+        "--out-dir",
+        str(tmp_path / "many"),
+        "--merge",
+        capsys=capsys,
+    )
     assert code == 0 and "0 written, 1 already complete" in stdout
 
 
