@@ -3,7 +3,8 @@
 Everything a client can get wrong without the model (types, missing fields, counts, ranges)
 is rejected here, in the HTTP process, before a request reaches an inference worker: a bad
 request then never costs a model call and never shares a batch with good ones. What needs the
-tokenizer (token limits) or the registry (unknown adapter ids) is checked by the worker.
+tokenizer (token limits) or the registry (unknown adapter ids) is checked by the worker; an
+input over the token limit makes its batch retry request by request (serving.service).
 """
 
 from __future__ import annotations
