@@ -154,8 +154,8 @@ def span_corrupt(tokens: list[str], rng: random.Random, density: float, mean_spa
     return " ".join(inp), " ".join(out)
 
 
-def pretrain_base(task_set: TaskSet, out_dir: Path, config: BaseConfig, loop: LoopConfig, seed: int, resume: bool = True,
-                  world_config: SuiteConfig = SuiteConfig()) -> Path:
+def pretrain_base(task_set: TaskSet, out_dir: Path, config: BaseConfig, loop: LoopConfig, seed: int, world_config: SuiteConfig,
+                  resume: bool = True) -> Path:
     """Build (once) and train the base in `out_dir`; returns the HF directory of the result.
     `world_config` shapes skills="world" inputs like the suite's (list lengths)."""
     out_dir = Path(out_dir)
@@ -203,7 +203,8 @@ def pretrain_base(task_set: TaskSet, out_dir: Path, config: BaseConfig, loop: Lo
         return exact_match_by_group(predictions, probe, task_set.categories())
 
     result = train(model, total, make_batch, loss_fn, loop, out_dir, name="stage0-base", resume=resume,
-                   eval_fn=evaluate if probe else None, settings={"base": asdict(config), "seed": seed, "world": asdict(world_config)})
+                   eval_fn=evaluate if probe else None,
+                   settings={"base": asdict(config), "seed": seed, "world": asdict(world_config)})
     final = out_dir / "model"
     with atomic_directory(final, overwrite=True) as tmp:
         model.save_pretrained(tmp)
@@ -239,8 +240,8 @@ def run(recipe: Preset, inputs: StageInputs, out: Path) -> None:
     """Stage 0 from the training tasks alone; writes out/model, the base every later stage uses."""
     from training.stages import stage_loop
 
-    pretrain_base(inputs.task_set, out, recipe.base, stage_loop(recipe, "base.loop", inputs.device), recipe.seed, resume=inputs.resume,
-                  world_config=recipe.suite)
+    pretrain_base(inputs.task_set, out, recipe.base, stage_loop(recipe, "base.loop", inputs.device), recipe.seed, recipe.suite,
+                  resume=inputs.resume)
 
 
 def read_base_card(base_dir: Path) -> dict:

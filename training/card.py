@@ -23,20 +23,22 @@ def _overall_table(results: dict) -> list[str]:
     return lines
 
 
+def _ratio(em: dict[str, float], a: str, b: str) -> str:
+    return f"{em[a] / em[b]:.2f}" if em.get(b) else "n/a (denominator 0)"
+
+
 def _targets(results: dict) -> list[str]:
     """The issue's targets per synthetic held-out set: TAGI >= 0.9x the meta teacher's exact
     match; the wrong-instruction control <= 20% of TAGI's."""
-    lines = ["## Targets", "", "| task set | TAGI / meta teacher (>= 0.9) | wrong instruction / TAGI (<= 0.2) | no fusion / meta teacher |", "|---|---|---|---|"]
+    lines = ["## Targets", "",
+             "| task set | TAGI / meta teacher (>= 0.9) | wrong instruction / TAGI (<= 0.2) | no fusion / meta teacher |",
+             "|---|---|---|---|"]
     for name, result in results.items():
         if not name.startswith("synthetic_unseen"):
             continue
-        o = result["overall"]
-        em = {m: o[m]["exact_match"] for m in o}
-
-        def ratio(a: str, b: str) -> str:
-            return f"{em[a] / em[b]:.2f}" if em.get(b) else "n/a (denominator 0)"
-
-        lines.append(f"| {name} | {ratio('tagi', 'meta_teacher')} | {ratio('tagi_wrong_instruction', 'tagi')} | {ratio('tagi_no_fusion', 'meta_teacher')} |")
+        em = {m: row["exact_match"] for m, row in result["overall"].items()}
+        lines.append(f"| {name} | {_ratio(em, 'tagi', 'meta_teacher')} | {_ratio(em, 'tagi_wrong_instruction', 'tagi')} "
+                     f"| {_ratio(em, 'tagi_no_fusion', 'meta_teacher')} |")
     return [*lines, ""]
 
 
@@ -86,7 +88,7 @@ def write_card(out: Path, command: str | None = None) -> Path:
         "- Meta-trained teacher (stage 1): the base fully finetuned on instruction + input of the training tasks (Tk-Instruct recipe); "
         "shipped in `meta_teacher/` as bfloat16 safetensors (cast to float32 on load).",
         "- Hypernetwork pretraining (stage 2): a/b/c split of training-corpus texts, cross-entropy.",
-        f"- Finetuning (stage 3): L_ce + {preset['distill']['lambda_kl']} L_kl (T={preset['distill']['temperature']}) + "
+        f"- Distillation (stage 3, `distill`): L_ce + {preset['distill']['lambda_kl']} L_kl (T={preset['distill']['temperature']}) + "
         f"{preset['distill']['lambda_ins']} L_ins; {int(100 * preset['distill']['no_fusion_prob'])}% of batches without fusion.",
         "",
         "## Evaluation (exact match / Rouge-L, percent)",

@@ -24,8 +24,8 @@ from hypernet.files import CONFIG_FILE
 from hypernet.io import create_checkpoint, load_checkpoint, save_checkpoint
 from hypernet.model import TagiModel
 from training.common import TaskSet, shift_right
-from training.losses import IGNORE, cross_entropy
 from training.loop import LoopConfig, resolve_device, train
+from training.losses import IGNORE, cross_entropy
 from training.presets import HypernetPretrainConfig
 
 if TYPE_CHECKING:

@@ -12,10 +12,9 @@ import pytest
 from hypernet.tiny import TinyPreset, load_tokenizer
 from training.base_pretrain import PRIMITIVE_INDEX, WorldSkills, build_base, skill_code
 from training.common import load_task_set
-from training.data import format_concat
+from training.data import STEP_JOIN, format_concat
 from training.pipeline import write_synthetic
 from training.presets import BaseConfig
-from training.data import STEP_JOIN
 from training.suite import SuiteConfig
 from training.world import PRIMITIVES_BY_NAME, Step, parse_list, run_steps, steps_of
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 import pytest
@@ -26,7 +27,7 @@ def test_every_training_option_has_help():
     parser = build_parser()
     seen = set()
     for name, sub in _walk(parser):
-        if not name.split(" ")[0] in ("train", "eval", "data"):
+        if name.split(" ")[0] not in ("train", "eval", "data"):
             continue
         seen.add(name)
         for action in sub._actions:
@@ -77,3 +78,40 @@ def test_train_one_stage_from_the_command_line(tmp_path: Path, capsys):
     assert (work / "stage0_base" / "model" / "config.json").exists()
     assert (work / "stage0_base" / "log.jsonl").exists()
     assert (work / "data" / "splits" / "train.txt").exists()
+
+
+def test_a_recipe_file_drives_a_stage_and_a_bad_one_is_one_line(tmp_path: Path, capsys):
+    from training.presets import CONFIGS_DIR
+
+    recipe = tmp_path / "mine.yaml"
+    recipe.write_text((CONFIGS_DIR / "smoke.yaml").read_text().replace("name: smoke", "name: mine"))
+    work = tmp_path / "work"
+    assert main(["train", "base", "--recipe", str(recipe), "--work", str(work), "--steps", "2", "--device", "cpu"]) == 0
+    done = json.loads((work / "stage0_base" / "DONE").read_text())
+    assert done["config"]["base"]["loop"]["steps"] == 2 and done["config"]["base"]["model"]["d_model"] == 64
+    capsys.readouterr()
+    # A finished stage is not silently reused under another config.
+    assert main(["train", "base", "--recipe", str(recipe), "--work", str(work), "--steps", "3", "--device", "cpu"]) == 2
+    assert "base.loop.steps 2 -> 3" in capsys.readouterr().err
+    recipe.write_text("name: mine\ndistill:\n  lambda_kl: lots\n")
+    assert main(["train", "base", "--recipe", str(recipe), "--work", str(work)]) == 2
+    err = capsys.readouterr().err
+    assert "mine.yaml: distill.lambda_kl: must be float" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("argv", [
+    ["train", "finetune", "--work", "w"],  # stage 3 has one name: distill
+    ["train", "--preset", "smoke", "--recipe", "r.yaml", "--out", "o"],
+    ["train", "--preset", "huge", "--out", "o"],
+])
+def test_refused_train_command_lines(argv, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+
+
+def test_steps_and_threads_must_be_positive(tmp_path: Path, capsys):
+    assert main(["train", "base", "--preset", "smoke", "--work", str(tmp_path), "--steps", "0"]) == 2
+    assert "--steps must be >= 1" in capsys.readouterr().err
+    assert main(["train", "--preset", "smoke", "--threads", "0", "--out", str(tmp_path / "o")]) == 2
+    assert "--threads must be >= 1" in capsys.readouterr().err
