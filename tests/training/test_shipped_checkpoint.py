@@ -1,21 +1,27 @@
-"""The committed checkpoints/tiny: loads as the default, follows list-world instructions, stays
-within its size budget, and ships the evaluation files the card is built from."""
+"""The committed checkpoints/tiny: loads as the default, follows list-world instructions (where an
+untrained or wrongly instructed model cannot), stays within its size budget, refuses an empty
+instruction, and its eval.json is what the checkpoint does (re-evaluated here on a sample)."""
 
 from __future__ import annotations
 
 import json
 import random
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
-from hypernet.cli import DEFAULT_CHECKPOINT, resolve_checkpoint
+from hypernet.cli_common import DEFAULT_CHECKPOINT, resolve_checkpoint
 from hypernet.io import load_checkpoint
-from training.evaluate import METHODS
-from training.synthetic import SuiteConfig, sample_instance, steps_from_slug
-
-pytestmark = pytest.mark.skipif(not (DEFAULT_CHECKPOINT / "config.json").exists(), reason="no shipped checkpoint")
+from training.data import SNI_DIR, read_split
+from training.evaluate import METHODS, run_eval
+from training.suite import SuiteConfig, build_suite, sample_instance
+from training.suite_files import write_suite
+from training.world import Step
 
 EVAL_SETS = {"synthetic_unseen_composition", "synthetic_unseen_parameter", "synthetic_unseen_paraphrase", "synthetic_train_tasks", "sni_test"}
+Function = tuple[tuple[str, object], ...]
 
 
 @pytest.fixture(scope="module")
@@ -45,11 +51,12 @@ def test_eval_json_has_every_task_set_and_method():
     assert results["synthetic_train_tasks"]["overall"]["meta_teacher"]["exact_match"] >= 80
 
 
-def _accuracy(model, instruction: str, slug: str, count: int = 40, seed: int = 0) -> float:
-    """Exact match of the generated adapter on fresh random inputs of the function `slug`."""
+def _accuracy(model, instruction: str, function: Function, count: int = 40, seed: int = 0) -> float:
+    """Exact match of the generated adapter on fresh random inputs of `function` ((primitive, param) steps)."""
     rng = random.Random(seed)
-    pairs = [sample_instance(rng, steps_from_slug(slug), SuiteConfig()) for _ in range(count)]
-    adapter = model.make_adapter(instruction)
+    steps = [Step(name, param, 0) for name, param in function]
+    pairs = [sample_instance(rng, steps, SuiteConfig()) for _ in range(count)]
+    adapter = model.adapter(instruction)
     outputs = model.generate([x for x, _ in pairs], [adapter] * count, max_new_tokens=24)
     return sum(o == y for o, (_, y) in zip(outputs, pairs)) / count
 
@@ -58,17 +65,100 @@ def _accuracy(model, instruction: str, slug: str, count: int = 40, seed: int = 0
 # The card holds the real measurement (held-back instances of every task); this guards the
 # committed artefact against a broken export or config, with a margin below what it scores.
 @pytest.mark.parametrize(
-    ("instruction", "slug"),
+    ("instruction", "function"),
     [
-        ("Return the list in reverse order.", "reverse"),
-        ("Find the largest number in the list.", "max"),
-        ("Output the numbers that are bigger than 50.", "above_50"),
+        ("Return the list in reverse order.", (("reverse", None),)),
+        ("Find the largest number in the list.", (("max", None),)),
+        ("Output the numbers that are bigger than 50.", (("above", 50),)),
     ],
 )
-def test_follows_instructions_on_fresh_inputs(shipped, instruction: str, slug: str):
-    assert _accuracy(shipped, instruction, slug) >= 0.6
+def test_follows_instructions_on_fresh_inputs(shipped, instruction: str, function: Function):
+    assert _accuracy(shipped, instruction, function) >= 0.6
 
 
 def test_the_instruction_not_the_input_decides(shipped):
-    """The max adapter answers max, not min, on the same inputs."""
-    assert _accuracy(shipped, "Find the largest number in the list.", "min") < 0.3
+    """On the same kind of inputs, the max adapter answers max and the min adapter min: each
+    high on its own function and low on the other's (a model that ignores the instruction, or
+    an untrained one, cannot be both)."""
+    largest, smallest = "Find the largest number in the list.", "Find the smallest number in the list."
+    assert _accuracy(shipped, largest, (("max", None),)) >= 0.6
+    assert _accuracy(shipped, smallest, (("min", None),)) >= 0.6
+    assert _accuracy(shipped, largest, (("min", None),)) < 0.3
+    assert _accuracy(shipped, smallest, (("max", None),)) < 0.3
+
+
+# ---- eval.json, re-evaluated on a sample -----------------------------------------------------
+
+# Set -> (synthetic split or SNI, every k-th task): about 4 tasks each, at the pipeline's own
+# instance counts, so the scores per task can be compared with the committed file.
+SAMPLE = {
+    "synthetic_unseen_composition": ("unseen_composition", 3),
+    "synthetic_unseen_parameter": ("unseen_parameter", 2),
+    "synthetic_unseen_paraphrase": ("unseen_paraphrase", 3),
+    "synthetic_train_tasks": ("train", 16),
+    "sni_test": ("sni", 10),
+}
+# Sets on which the shipped checkpoint does not beat the wrong-instruction control (committed
+# eval.json: unseen_paraphrase EM 15.0 vs 15.0 and Rouge-L 20.6 vs 21.5; sni_test 0.0 vs 0.0).
+# strict: a checkpoint that starts beating it there makes these fail, so the marks get removed.
+DOES_NOT_BEAT_CONTROL = {"synthetic_unseen_paraphrase", "sni_test"}
+
+
+@pytest.fixture(scope="module")
+def fresh_eval(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
+    """`tagi eval` (tagi and its wrong-instruction control) on a sample of every set, with the
+    suite rebuilt from the recipe in pipeline.json."""
+    recipe = json.loads((DEFAULT_CHECKPOINT / "pipeline.json").read_text())["preset"]
+    data = tmp_path_factory.mktemp("suite")
+    write_suite(build_suite(recipe["seed"], SuiteConfig(**recipe["suite"])), data)
+    methods = ("tagi", "tagi_wrong_instruction")
+    results = {}
+    for name, (split, every) in SAMPLE.items():
+        if split == "sni":
+            tasks = sorted(read_split(SNI_DIR / "splits" / "subset_test.txt"))[::every]
+            results[name] = run_eval(DEFAULT_CHECKPOINT, [str(SNI_DIR / "tasks" / f"{t}.json") for t in tasks], "def+2pos",
+                                     max_instances=recipe["eval_instances"], max_input_tokens=2048, max_new_tokens=48,
+                                     methods=methods, timing_tasks=0)
+        else:
+            files = sorted((data / split).glob("*.json"))[::every]
+            results[name] = run_eval(DEFAULT_CHECKPOINT, [str(f) for f in files], "def", seed=recipe["seed"],
+                                     held_back=recipe["held_back"] if split == "train" else None,
+                                     max_instances=recipe["eval_instances"], max_new_tokens=48, methods=methods, timing_tasks=0)
+    return results
+
+
+def test_committed_eval_json_is_what_the_checkpoint_does(fresh_eval: dict[str, dict]):
+    committed = json.loads((DEFAULT_CHECKPOINT / "eval.json").read_text())
+    for name, result in fresh_eval.items():
+        assert len(result["by_task"]) >= 2, name
+        for task, scores in result["by_task"].items():
+            # The control pairs each task with another of the evaluated ones, so only tagi compares.
+            assert scores["tagi"] == committed[name]["by_task"][task]["tagi"], (name, task)
+
+
+@pytest.mark.parametrize(
+    "name", [pytest.param(n, marks=pytest.mark.xfail(strict=True, reason="does not beat the control here (see eval.json)"))
+             if n in DOES_NOT_BEAT_CONTROL else n for n in SAMPLE]
+)
+def test_tagi_beats_its_wrong_instruction_control(fresh_eval: dict[str, dict], name: str):
+    """The adapter carries the task: another task's instruction scores lower, in both metrics."""
+    overall = fresh_eval[name]["overall"]
+    for metric in ("exact_match", "rougeL"):
+        assert overall["tagi"][metric] > overall["tagi_wrong_instruction"][metric], (name, metric, overall)
+
+
+# ---- an empty instruction ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("instruction", ["", "   ", "\n\t"])
+@pytest.mark.parametrize("command", ["run", "adapter"])
+def test_an_empty_instruction_is_refused_on_the_shipped_checkpoint(tmp_path: Path, command: str, instruction: str):
+    """Its instruction_template ("Definition: {instruction}") would make "" look non-empty."""
+    assert json.loads((DEFAULT_CHECKPOINT / "config.json").read_text())["instruction_template"] != "{instruction}"
+    args = ["--input", "1, 2"] if command == "run" else ["--out", str(tmp_path / "adapter")]
+    done = subprocess.run([sys.executable, "-m", "hypernet.cli", command, "--instruction", instruction, *args],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done
+    assert done.stdout == ""
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "instruction is empty" in lines[0], done.stderr
+    assert not (tmp_path / "adapter").exists()
