@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import argparse
+import re
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from support import corpus
-from hypernet.cli import main
+from hypernet.cli import build_parser, main
 
 
 def tagi(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
@@ -61,11 +64,43 @@ def test_user_mistakes_print_one_line_and_exit_2(checkpoint_dir, tmp_path, capsy
     assert_user_error(subprocess.CompletedProcess(args, code, "", capsys.readouterr().err), fragment)
 
 
+def parsers(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], argparse.ArgumentParser]]:
+    """(command path, parser) for `tagi` and every subcommand under it, recursively."""
+    yield path, parser
+    for action in parser._actions:  # argparse has no public way to list subparsers
+        if isinstance(action, argparse._SubParsersAction):
+            for name, child in action.choices.items():
+                yield from parsers(child, (*path, name))
+
+
+def squash(text: str) -> str:
+    return re.sub(r"\s+", "", text)
+
+
 def test_help_explains_every_option(capsys):
-    for command in (["run"], ["adapter"], ["init"], ["bench", "core"]):
+    """Every option and positional of every subcommand (the model's, serving's and training's, found
+    through the entry points) has help text, and that text is in the subcommand's --help output."""
+    walked = dict(parsers(build_parser()))
+    assert {("serve",), ("train", "distill"), ("bench", "serve"), ("eval",), ("run",), ("adapters", "map")} <= set(walked)
+    checked = 0
+    for path, parser in walked.items():
         with pytest.raises(SystemExit) as exit_info:
-            main([*command, "--help"])
+            main([*path, "--help"])
         assert exit_info.value.code == 0
-        for line in capsys.readouterr().out.splitlines():
-            if line.strip().startswith("--") and "  " in line.strip():
-                assert line.split("  ", 1)[1].strip(), f"option without help: {line}"
+        shown = squash(capsys.readouterr().out)
+        for action in parser._actions:
+            if isinstance(action, argparse._HelpAction):
+                continue
+            if isinstance(action, argparse._SubParsersAction):  # each subcommand is listed with its own help
+                for choice in action._choices_actions:
+                    assert choice.help and squash(choice.dest) in shown, f"tagi {' '.join(path)} {choice.dest}: no help text"
+                    assert squash(choice.help) in shown, f"tagi {' '.join(path)} {choice.dest}: help missing from --help"
+                continue
+            where = f"tagi {' '.join(path)} {'/'.join(action.option_strings) or action.dest}"
+            assert action.help and action.help is not argparse.SUPPRESS and action.help.strip(), f"{where}: no help text"
+            for name in action.option_strings:
+                assert squash(name) in shown, f"{where}: {name} missing from --help"
+            for literal in re.split(r"%\(\w+\)[sdr]", action.help.replace("%%", "%")):
+                assert squash(literal) in shown, f"{where}: help text {action.help!r} missing from --help"
+            checked += 1
+    assert checked >= 140  # 146 options and positionals when written: a lost subcommand fails here
