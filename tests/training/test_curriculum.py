@@ -114,3 +114,41 @@ def test_plan_round_trips_through_its_record_and_rounds_cover_the_steps():
 def test_bad_configs_are_refused(bad: dict):
     with pytest.raises(ValueError):
         CurriculumConfig(**bad)
+
+
+def test_tapir_sampler_plans_each_round_at_its_first_step_and_resumes_from_its_state(tmp_path):
+    from training.curriculum import TapirSampler, read_plans
+    from training.loop import step_seed
+
+    task_set = _task_set()
+    config = CurriculumConfig(kind="tapir", rounds=3, hard_share_start=0.2, hard_share_end=0.6)
+    measured: list[int] = []
+
+    def student_em() -> list[float]:
+        measured.append(1)
+        return [0.9, 0.1, 0.5, 0.8, 0.2, 0.7, 0.9, 0.6][: len(NAMES)]
+
+    def sampler(out) -> TapirSampler:
+        return TapirSampler(config, 9, 4, 7, NAMES, CATEGORIES, task_set.train, [0.9] * len(NAMES), student_em, out)
+
+    straight = sampler(tmp_path / "a")
+    (tmp_path / "a").mkdir()
+    drawn = [straight.take(4, step) for step in range(9)]
+    assert len(measured) == 3 and [r["round"] for r in read_plans(tmp_path / "a")] == [0, 1, 2]
+    for record, (begin, end) in zip(read_plans(tmp_path / "a"), [(0, 3), (3, 6), (6, 9)]):
+        # The logged mix is what the round's steps drew.
+        picks = [CATEGORIES[task_set.train[k].task] for step in range(begin, end) for k in drawn[step]]
+        assert record["sampled_mix"] == {c: picks.count(c) / len(picks) for c in sorted(set(picks))}
+        assert RoundSampler(plan_from_record(record), NAMES, CATEGORIES, task_set.train).draw(4, step_seed(7, begin)) == drawn[begin]
+    # Saved after step 4 (two rounds planned); the process went on to plan round 3, then died.
+    (tmp_path / "b").mkdir()
+    first = sampler(tmp_path / "b")
+    for step in range(5):
+        first.take(4, step)
+    state = first.state()
+    first.take(4, 6)
+    resumed = sampler(tmp_path / "b")
+    resumed.restore(state)
+    measured.clear()
+    assert [resumed.take(4, step) for step in range(5, 9)] == drawn[5:] and len(measured) == 1  # round 3 planned again
+    assert read_plans(tmp_path / "b") == read_plans(tmp_path / "a")
