@@ -14,8 +14,8 @@ variable. So this module sets PROMETHEUS_MULTIPROC_DIR before it imports prometh
 nobody did: to a fresh temporary directory, removed at exit by the process that made it.
 Forked HTTP servers inherit it, spawned workers inherit the environment, so one server's
 processes share one directory. An operator may set PROMETHEUS_MULTIPROC_DIR (as
-prometheus_client's documentation says); `tagi serve` then wipes its `*.db` files at start,
-as that documentation requires, since counters must restart with the server.
+prometheus_client's documentation says); `tagi serve` then removes the files of earlier runs
+at start, as that documentation requires, since counters must restart with the server.
 
 Dead processes: a worker can end without running any code (LitServe terminates workers,
 SIGKILL, out of memory), so `mark_process_dead` is called at scrape time for every process
@@ -33,7 +33,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+_OPERATOR_DIRECTORY = "PROMETHEUS_MULTIPROC_DIR" in os.environ
+if not _OPERATOR_DIRECTORY:
     _made_by = os.getpid()
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="tagi-metrics-")
 
@@ -85,10 +86,15 @@ CACHE_ENTRIES = Gauge("tagi_adapter_cache_entries", "Adapters held in a worker's
 _LIVE_GAUGE_FILE = re.compile(r"gauge_live\w*?_(\d+)\.db")
 
 
-def wipe_directory() -> None:
-    """Remove the samples of an earlier run from an operator-chosen directory (at server start)."""
+def wipe_earlier_runs() -> None:
+    """At server start: remove what processes of an earlier run left in an operator-chosen
+    directory. A directory this module made is fresh, and may hold this process's own live
+    files (a test process that starts servers in-process), so it is left alone."""
+    if not _OPERATOR_DIRECTORY:
+        return
     for path in DIRECTORY.glob("*.db"):
-        path.unlink(missing_ok=True)
+        if not path.stem.endswith(f"_{os.getpid()}"):
+            path.unlink(missing_ok=True)
 
 
 def render() -> bytes:

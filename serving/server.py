@@ -22,7 +22,7 @@ from serving.auth import ApiKeyMiddleware
 from serving.checkpoint import read_checkpoint
 from serving.errors import install_error_handlers
 from serving.lifecycle import exit_when_orphaned, sigterm_as_interrupt, stop_manager, stop_workers
-from serving.metrics import RequestMetricsMiddleware, wipe_directory
+from serving.metrics import RequestMetricsMiddleware, wipe_earlier_runs
 from serving.registry import Registry
 from serving.routes import JobQueue, add_routes
 from serving.schemas import MAX_INPUTS, MAX_NEW_TOKENS
@@ -96,7 +96,7 @@ def _exit_http_servers_when_orphaned(server: ls.LitServer) -> None:
 
 def serve(settings: ServerSettings) -> None:
     """Run until SIGINT or SIGTERM, then stop every process of the server."""
-    wipe_directory()  # counters restart with the server
+    wipe_earlier_runs()  # counters restart with the server
     try:
         server = build_server(settings)
         log.info(

@@ -5,6 +5,10 @@ test, so each test compares a scrape after with one before."""
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
+import shutil
+import subprocess
+import sys
 
 from serving import metrics
 from tests.serving.promtext import parse, value
@@ -67,3 +71,22 @@ def test_a_forked_process_counts_only_its_own_samples():
     assert child.exitcode == 0
     assert value(scrape(), "tagi_adapter_cache_misses_total") - value(before, "tagi_adapter_cache_misses_total") == 3
 
+
+
+def test_a_server_start_clears_earlier_runs_only_from_an_operator_directory(tmp_path):
+    stale = tmp_path / "counter_1.db"
+    stale.write_bytes(b"")
+    code = "import serving.metrics as m; m.wipe_earlier_runs()"
+    subprocess.run([sys.executable, "-c", code], env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}, check=True)
+    assert not stale.exists(), "an operator's directory keeps samples of an earlier run"
+
+    # This process's own directory (made by serving.metrics) holds live files of this process and
+    # of the servers it starts in-process: a server start must leave them all.
+    metrics.CACHE_MISSES.inc(1)
+    other = metrics.DIRECTORY / "counter_1.db"  # as if another live process wrote it
+    shutil.copy(metrics.DIRECTORY / f"counter_{os.getpid()}.db", other)
+    try:
+        metrics.wipe_earlier_runs()
+        assert other.exists() and (metrics.DIRECTORY / f"counter_{os.getpid()}.db").exists()
+    finally:
+        other.unlink(missing_ok=True)

@@ -15,10 +15,10 @@ from serving.server import build_server
 from serving.settings import ServerSettings
 from tests.serving.promtext import parse, value
 
-TIMEOUT = 1.0
+TIMEOUT = 0.5
 SLOW = {"instruction": "Reverse the list.", "inputs": [f"apple river {i} stone green house" for i in range(MAX_INPUTS)],
         "max_new_tokens": MAX_NEW_TOKENS}
-"""32 rows of up to 256 tokens: about 3.5 s on one core, well over TIMEOUT."""
+"""32 rows of up to 256 tokens: 2 to 4 s on one core, several times TIMEOUT."""
 
 
 @pytest.fixture(scope="module")
@@ -51,8 +51,12 @@ def test_unanswered_and_queued_requests_get_a_504_and_the_server_recovers(client
 
     deadline = time.monotonic() + 60
     while batches(client) - before < 1 and time.monotonic() < deadline:  # the slow job finishes
-        time.sleep(0.2)
-    time.sleep(TIMEOUT)  # the worker takes the queued job, sees it expired, and drops it
-    answered = client.post("/v1/generate", json={"instruction": "Reverse the list.", "inputs": ["a, b"], "max_new_tokens": 4})
+        time.sleep(0.1)
+    time.sleep(1.0)  # the worker takes the queued job, sees it expired, and drops it
+    assert batches(client) - before == 1, "the slow job ran; the expired one never reached the model"
+
+    for _ in range(5):  # the server answers again (a retry only if this machine is too busy for TIMEOUT)
+        answered = client.post("/v1/generate", json={"instruction": "Reverse the list.", "inputs": ["a, b"], "max_new_tokens": 4})
+        if answered.status_code == 200:
+            break
     assert answered.status_code == 200, answered.text
-    assert batches(client) - before == 2, "the slow job and the last one ran; the expired one never reached the model"
