@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -37,7 +38,15 @@ from hypernet.model import Adapter, TagiModel
 from hypernet.targets import LoraWeights
 from training.common import encode, encode_labels, load_t5, primitive_group, read_teacher_index, shift_right
 from training.data import (
-    PromptFormat, Task, exact_match, format_concat, instruction_text, label_definition, load_tasks, read_split, rouge_l,
+    PromptFormat,
+    Task,
+    exact_match,
+    format_concat,
+    instruction_text,
+    label_definition,
+    load_tasks,
+    read_split,
+    rouge_l,
     split_instances,
 )
 from training.teachers import load_teacher_weights
@@ -62,7 +71,8 @@ def _decode(model: TagiModel, tokens: torch.Tensor) -> list[str]:
 
 
 class Evaluator:
-    def __init__(self, checkpoint: Path, max_input_tokens: int, max_new_tokens: int, batch_size: int, device: str = "cpu", timing_tasks: int = 8) -> None:
+    def __init__(self, checkpoint: Path, max_input_tokens: int, max_new_tokens: int, batch_size: int, device: str = "cpu",
+                 timing_tasks: int = 8) -> None:
         self.checkpoint = Path(checkpoint)
         self.model = load_checkpoint(self.checkpoint, device=device)
         self.model.eval()
@@ -131,7 +141,8 @@ class Evaluator:
         return out
 
     @torch.no_grad()
-    def timing(self, inputs: list[str], concat: list[str], outputs: list[str], instruction: str, repeats: int = 3) -> dict[str, float]:
+    def timing(self, inputs: list[str], concat: list[str], outputs: list[str], instruction: str,
+               repeats: int = 3) -> dict[str, float]:
         """Seconds per instance of a teacher-forced forward: TAGI (incl. adapter generation)
         vs instruction concatenation, same inputs and gold outputs; median of repeats."""
         model = self.model
@@ -178,7 +189,8 @@ class Evaluator:
             self._count_truncated(concat)  # the longest inputs of any method
             oracle = None
             if task.name in teacher_of:
-                oracle = load_teacher_weights(self.checkpoint / TEACHERS_DIR, [teacher_of[task.name]], model.layout).to(model.device)
+                teachers = self.checkpoint / TEACHERS_DIR
+                oracle = load_teacher_weights(teachers, [teacher_of[task.name]], model.layout).to(model.device)
             scores = {}
             for method in methods:
                 if method == "meta_teacher" and self.meta_teacher is None:
@@ -208,7 +220,8 @@ class Evaluator:
         categories = {t.name: primitive_group(t.category) for t in tasks}
         return {
             "overall": _average(per_task, list(per_task)),
-            "by_category": {c: _average(per_task, [t for t in per_task if categories[t] == c]) for c in sorted(set(categories.values()))},
+            "by_category": {c: _average(per_task, [t for t in per_task if categories[t] == c])
+                            for c in sorted(set(categories.values()))},
             "by_task": per_task,
             "time_ratio_tagi_vs_concat": times["tagi"] / times["concat"] if times["concat"] else None,
             "timing_seconds_per_instance": {k: v / max(1, timing_instances) for k, v in times.items()},
@@ -234,8 +247,6 @@ def _average(per_task: dict[str, dict[str, dict[str, float]]], names: list[str])
 
 def select_instances(tasks: list[Task], held_back: int | None, seed: int, max_instances: int | None) -> list[Task]:
     """Optionally only each task's held-back instances (for training tasks), then a prefix."""
-    from dataclasses import replace
-
     out = []
     for task in tasks:
         instances = task.instances
@@ -279,7 +290,8 @@ def format_table(result: dict, title: str = "") -> str:
         width = max([len(label), *(len(r) for r in rows)]) + 2
         lines.append(f"{label:<{width}}" + "".join(f"{m:>24}" for m in methods))
         for name, row in rows.items():
-            cells = "".join(f"{'-':>24}" if m not in row else f"{row[m]['exact_match']:>11.1f} / {row[m]['rougeL']:>9.1f}" for m in methods)
+            cells = "".join(f"{'-':>24}" if m not in row else f"{row[m]['exact_match']:>11.1f} / {row[m]['rougeL']:>9.1f}"
+                            for m in methods)
             lines.append(f"{name:<{width}}" + cells)
 
     lines.append("exact match / Rouge-L (percent)")
@@ -291,8 +303,9 @@ def format_table(result: dict, title: str = "") -> str:
         table(result["by_task"], "task")
     ratio = result.get("time_ratio_tagi_vs_concat")
     if ratio is not None:
+        per_instance = result["timing_seconds_per_instance"]
         lines.append(f"\ntime per instance, TAGI vs instruction concatenation: {ratio:.2f}x "
-                     f"({result['timing_seconds_per_instance']['tagi'] * 1e3:.2f} ms vs {result['timing_seconds_per_instance']['concat'] * 1e3:.2f} ms)")
+                     f"({per_instance['tagi'] * 1e3:.2f} ms vs {per_instance['concat'] * 1e3:.2f} ms)")
     return "\n".join(lines)
 
 

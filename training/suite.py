@@ -38,7 +38,6 @@ from training.world import (
     run_steps,
 )
 
-
 SplitName = Literal["train", "unseen_composition", "unseen_parameter", "unseen_paraphrase"]
 SPLITS: tuple[SplitName, ...] = ("train", "unseen_composition", "unseen_parameter", "unseen_paraphrase")
 

@@ -28,7 +28,15 @@ from hypernet.io import is_peft_dir, load_peft_loras, peft_lora_config, save_pef
 from hypernet.targets import LoraWeights, TargetLayout
 from hypernet.tiny import load_tokenizer
 from training.common import (
-    TEACHER_INDEX, Pair, TaskSet, concat_inputs, exact_match_by_group, greedy, load_t5, seq2seq_batch, spread,
+    TEACHER_INDEX,
+    Pair,
+    TaskSet,
+    concat_inputs,
+    exact_match_by_group,
+    greedy,
+    load_t5,
+    seq2seq_batch,
+    spread,
 )
 from training.loop import LoopConfig, resolve_device, seed_everything, train
 from training.presets import TeacherConfig
@@ -53,7 +61,8 @@ def teacher_groups(task_set: TaskSet, per: str) -> dict[str, list[int]]:
     return dict(groups)
 
 
-def train_instance_teachers(task_set: TaskSet, base_dir: Path, out_dir: Path, config: TeacherConfig, loop: LoopConfig, resume: bool = True) -> Path:
+def train_instance_teachers(task_set: TaskSet, base_dir: Path, out_dir: Path, config: TeacherConfig, loop: LoopConfig,
+                            resume: bool = True) -> Path:
     """Train every missing teacher; a finished teacher directory is kept (resume = per teacher,
     and within the teacher that was interrupted, from its last checkpoint)."""
     out_dir = Path(out_dir)
@@ -73,14 +82,16 @@ def train_instance_teachers(task_set: TaskSet, base_dir: Path, out_dir: Path, co
 
         def make_batch(indices: list[int], _seed: int, pairs: list[Pair] = pairs) -> dict:
             chosen = [pairs[i] for i in indices]
-            return seq2seq_batch(tokenizer, [p.input for p in chosen], [p.output for p in chosen], config.max_input_tokens, config.max_output_tokens)
+            return seq2seq_batch(tokenizer, [p.input for p in chosen], [p.output for p in chosen], config.max_input_tokens,
+                                 config.max_output_tokens)
 
         def loss_fn(batch: dict, model: PeftModel = model) -> tuple[torch.Tensor, dict]:
             out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"])
             return out.loss, {}
 
         state_dir = out_dir.parent / "teacher_states" / name
-        result = train(model, len(pairs), make_batch, loss_fn, loop, state_dir, name=f"teacher {position + 1}/{len(groups)}", resume=resume)
+        result = train(model, len(pairs), make_batch, loss_fn, loop, state_dir, name=f"teacher {position + 1}/{len(groups)}",
+                       resume=resume)
         save_peft_model(model, target)
         results[name] = {"tasks": [task_set.tasks[i].name for i in task_ids], "final_loss": result.last_metrics.get("loss")}
     index = {
@@ -103,7 +114,8 @@ def load_teacher_weights(teachers_dir: Path, names: list[str], layout: TargetLay
 
 # ---- meta-trained teacher ---------------------------------------------------------------------
 
-def train_meta_teacher(task_set: TaskSet, base_dir: Path, out_dir: Path, config: TeacherConfig, loop: LoopConfig, resume: bool = True) -> Path:
+def train_meta_teacher(task_set: TaskSet, base_dir: Path, out_dir: Path, config: TeacherConfig, loop: LoopConfig,
+                       resume: bool = True) -> Path:
     """Tk-Instruct: full finetune of the base on (instruction + input) -> output."""
     out_dir = Path(out_dir)
     tokenizer = load_tokenizer(base_dir)

@@ -23,7 +23,6 @@ from typing import Literal
 
 from training.data import FUNCTION_FIELD, FunctionStep, Param, Task
 
-
 # --------------------------------------------------------------------------
 # Items and their textual form
 

@@ -65,9 +65,12 @@ def test_cross_entropy_ignores_padding():
 
 # ---- L_ins ------------------------------------------------------------------------------------
 
-def _lora(seed: int, batch: int = 2, r: int = 4, d_in: int = 6, d_out: int = 5, scale: float = 2.0, targets: int = 3) -> LoraWeights:
+def _lora(
+    seed: int, batch: int = 2, r: int = 4, d_in: int = 6, d_out: int = 5, scale: float = 2.0, targets: int = 3
+) -> LoraWeights:
     g = torch.Generator().manual_seed(seed)
-    return LoraWeights({"g": torch.randn(targets, batch, r, d_in, generator=g)}, {"g": torch.randn(targets, batch, d_out, r, generator=g)}, scale)
+    lora_A = {"g": torch.randn(targets, batch, r, d_in, generator=g)}
+    return LoraWeights(lora_A, {"g": torch.randn(targets, batch, d_out, r, generator=g)}, scale)
 
 
 def test_alignment_zero_for_same_update_with_other_factors_and_scale():

@@ -20,7 +20,10 @@ from training.suite import SuiteConfig, build_suite, sample_instance
 from training.suite_files import write_suite
 from training.world import Step
 
-EVAL_SETS = {"synthetic_unseen_composition", "synthetic_unseen_parameter", "synthetic_unseen_paraphrase", "synthetic_train_tasks", "sni_test"}
+EVAL_SETS = {
+    "synthetic_unseen_composition", "synthetic_unseen_parameter", "synthetic_unseen_paraphrase", "synthetic_train_tasks",
+    "sni_test",
+}
 Function = tuple[tuple[str, object], ...]
 
 

@@ -7,11 +7,10 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-import pytest
 import torch
+from support import make_checkpoint
 
 from hypernet.io import load_checkpoint
-from support import make_checkpoint
 from training.common import load_task_set
 from training.hypernet_pretrain import corpus, pretrain_hypernet
 from training.loop import LoopConfig
@@ -32,7 +31,8 @@ def _content(row: torch.Tensor, eos: int) -> list[int]:
 def test_segments_are_disjoint_contiguous_and_each_in_its_role(tmp_path: Path):
     checkpoint = make_checkpoint(tmp_path, ("q", "v"), trained=True)
     suite = tmp_path / "suite"
-    write_suite(build_suite(0, SuiteConfig(train_instances=8, test_instances=2, train_compositions=2, unseen_compositions=1)), suite)
+    small = SuiteConfig(train_instances=8, test_instances=2, train_compositions=2, unseen_compositions=1)
+    write_suite(build_suite(0, small), suite)
     (tmp_path / "tasks").mkdir()
     for path in sorted((suite / "train").glob("*.json"))[:3]:
         shutil.copy(path, tmp_path / "tasks" / path.name)

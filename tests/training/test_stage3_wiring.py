@@ -16,10 +16,10 @@ import pytest
 import torch
 from peft import PeftModel
 from safetensors.torch import load_file, save_file
+from support import make_checkpoint
 
 from hypernet.io import PEFT_WEIGHTS_FILE, is_peft_dir, load_checkpoint
 from hypernet.model import TagiModel
-from support import make_checkpoint
 from training.common import TaskSet, load_task_set, read_teacher_index
 from training.data import format_concat, format_instruction, instruction_text
 from training.distill import Distillation, load_teachers

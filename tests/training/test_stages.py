@@ -44,7 +44,8 @@ def pipeline_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
     read: list[str] = []
     original = data_module.load_task
     patch = pytest.MonkeyPatch()
-    patch.setattr(data_module, "load_task", lambda path, max_instances=None: read.append(str(path)) or original(path, max_instances))
+    patch.setattr(data_module, "load_task",
+                  lambda path, max_instances=None: read.append(str(path)) or original(path, max_instances))
     try:
         task_set = load_task_set([str(subset)], preset.held_back, preset.seed)
         results = run_all(preset, work, task_set, device="cpu")
@@ -90,10 +91,12 @@ def test_teachers_are_peft_directories(pipeline_run: dict):
     with torch.no_grad():
         plain = ours(batch["input_ids"], batch["attention_mask"], decoder)
         for name in sorted(set(index["task_to_teacher"].values())):
-            peft_model = PeftModel.from_pretrained(load_t5(pipeline_run["work"] / "stage0_base" / "model"), teachers / name).eval()
-            theirs = peft_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], decoder_input_ids=decoder).logits
-            lora = load_teacher_weights(teachers, [name], ours.layout)
-            mine = ours(batch["input_ids"], batch["attention_mask"], decoder, lora=lora.select(torch.zeros(len(pairs), dtype=torch.long)))
+            base = load_t5(pipeline_run["work"] / "stage0_base" / "model")
+            peft_model = PeftModel.from_pretrained(base, teachers / name).eval()
+            theirs = peft_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                decoder_input_ids=decoder).logits
+            lora = load_teacher_weights(teachers, [name], ours.layout).select(torch.zeros(len(pairs), dtype=torch.long))
+            mine = ours(batch["input_ids"], batch["attention_mask"], decoder, lora=lora)
             assert (theirs - plain).abs().max() > 1e-4, name  # the teacher changes the outputs at all
             torch.testing.assert_close(mine - plain, theirs - plain, rtol=1e-3, atol=1e-6)
 
@@ -128,7 +131,8 @@ def test_no_stage_reads_held_out_tasks(tmp_path: Path, monkeypatch: pytest.Monke
 
     read: list[Path] = []
     original = data_module.load_task
-    monkeypatch.setattr(data_module, "load_task", lambda path, max_instances=None: read.append(Path(path)) or original(path, max_instances))
+    monkeypatch.setattr(data_module, "load_task",
+                        lambda path, max_instances=None: read.append(Path(path)) or original(path, max_instances))
     task_set = P.work_task_set(get_preset("smoke"), tmp_path)
     data = tmp_path / "data"
     splits = {split: set(read_split(data / "splits" / f"{split}.txt")) for split in SPLITS}
@@ -166,7 +170,8 @@ def test_eval_json_shape_and_absent_not_zero(pipeline_run: dict):
     assert "task_lora_oracle" in result["by_task"][train_name]
     for path in held_out:  # no oracle LoRA for a held-out task: absent, not zero
         assert "task_lora_oracle" not in result["by_task"][path.stem]
-        assert {"base_concat", "meta_teacher", "tagi_no_fusion", "tagi", "tagi_wrong_instruction"} <= set(result["by_task"][path.stem])
+        expected = {"base_concat", "meta_teacher", "tagi_no_fusion", "tagi", "tagi_wrong_instruction"}
+        assert expected <= set(result["by_task"][path.stem])
     assert set(result["overall"]) == set(METHODS)
 
 
@@ -225,7 +230,8 @@ def _trained_state(stage_dir: Path) -> dict[str, dict]:
     from safetensors.torch import load_file
 
     states = {str(p.relative_to(stage_dir)): load_file(p) for p in sorted(stage_dir.rglob(f"{STATE_DIR}/model.safetensors"))}
-    logs = {str(p.relative_to(stage_dir)): [{k: v for k, v in json.loads(line).items() if k != "time"} for line in p.read_text().splitlines()]
+    logs = {str(p.relative_to(stage_dir)): [{k: v for k, v in json.loads(line).items() if k != "time"}
+                                            for line in p.read_text().splitlines()]
             for p in sorted(stage_dir.rglob(LOG_FILE))}
     return {"states": states, "logs": logs}
 
@@ -293,7 +299,8 @@ def test_a_finished_stage_is_reused_and_a_changed_config_refused(pipeline_run: d
     work, preset = pipeline_run["work"], pipeline_run["preset"]
     inputs = StageInputs(pipeline_run["task_set"], pipeline_run["results"], "cpu", True)
     before = (work / "stage2_hypernet" / "checkpoint" / "generator.safetensors").stat().st_mtime_ns
-    assert run_stage(STAGE["hypernet-pretrain"], preset, inputs, work / "stage2_hypernet") == work / "stage2_hypernet" / "checkpoint"
+    result = run_stage(STAGE["hypernet-pretrain"], preset, inputs, work / "stage2_hypernet")
+    assert result == work / "stage2_hypernet" / "checkpoint"
     assert (work / "stage2_hypernet" / "checkpoint" / "generator.safetensors").stat().st_mtime_ns == before  # not retrained
     changed = replace(preset, hypernet_pretrain=replace(preset.hypernet_pretrain, segment_tokens=5))
     with pytest.raises(UserError, match=r"another config \(hypernet_pretrain\.segment_tokens 6 -> 5\)"):
