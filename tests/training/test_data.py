@@ -72,7 +72,7 @@ def _write(tmp_path: Path, data: object, name: str = "task_x.json") -> Path:
 # Real data
 
 
-def test_every_shared_task_loads_with_expected_totals(sni_dir: Path) -> None:
+def test_every_shipped_sni_task_loads_with_expected_totals(sni_dir: Path) -> None:
     tasks = load_tasks([sni_dir / "tasks"])
     assert len(tasks) == 38
     assert sum(len(t.instances) for t in tasks) == 1954
