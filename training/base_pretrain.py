@@ -204,7 +204,7 @@ def pretrain_base(task_set: TaskSet, out_dir: Path, config: BaseConfig, loop: Lo
 
     result = train(model, total, make_batch, loss_fn, loop, out_dir, name="stage0-base", resume=resume,
                    eval_fn=evaluate if probe else None,
-                   settings={"base": asdict(config), "seed": seed, "world": asdict(world_config)})
+                   settings={"base": config, "seed": seed, "world": world_config})
     final = out_dir / "model"
     with atomic_directory(final, overwrite=True) as tmp:
         model.save_pretrained(tmp)

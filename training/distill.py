@@ -22,7 +22,7 @@ itself: `distill(model, task_set, out_dir, config, loop, meta_teacher_dir, teach
 from __future__ import annotations
 
 import random
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -198,7 +198,7 @@ def distill(model: TagiModel, task_set: TaskSet, out_dir: Path, config: DistillC
     work = Distillation(model, task_set, pairs, config, teachers)
     sampler = tapir_sampler(work, probes, loop, out_dir) if tapir else None
     train(model, len(pairs), work.make_batch, work.loss, loop, out_dir, name=LOG_NAME, resume=resume,
-          eval_fn=work.evaluate if work.scored else None, sampler=sampler, settings=asdict(config))
+          eval_fn=work.evaluate if work.scored else None, sampler=sampler, settings=config)
 
 
 def run(recipe: Preset, inputs: StageInputs, out: Path) -> None:

@@ -13,7 +13,6 @@ checkpoint from stage 0's base (once) and trains its generator into out/checkpoi
 from __future__ import annotations
 
 import random
-from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -75,7 +74,7 @@ def pretrain_hypernet(model: TagiModel, task_set: TaskSet, out_dir: Path, config
         return loss, {"ce": float(loss.detach())}
 
     train(model, len(texts), make_batch, loss_fn, loop, out_dir, name="stage2-hypernet-pretrain", resume=resume,
-          settings=asdict(config))
+          settings=config)
 
 
 def checkpoint_config(recipe: Preset) -> CheckpointConfig:

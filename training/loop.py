@@ -21,6 +21,7 @@ Checkpoints hold no pickle: tensors are safetensors, everything else JSON.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import random
@@ -287,10 +288,23 @@ RESUME_IGNORES = ("device", "threads")
 """LoopConfig fields a resumed run may change: where and how fast it runs, not what it computes."""
 
 
-def _resume_record(config: LoopConfig, settings: dict[str, Any] | None) -> dict[str, Any]:
-    """What must match between a checkpoint and the run resuming it (JSON-normalised)."""
-    loop = {k: v for k, v in asdict(config).items() if k not in RESUME_IGNORES}
-    return json.loads(json.dumps({"loop": loop, "settings": settings}))
+def resume_view(data: Any) -> Any:
+    """`data` (dataclasses, dicts, lists) as JSON values, every LoopConfig in it without the
+    RESUME_IGNORES fields: what must match for a result to be continued or reused."""
+    if isinstance(data, LoopConfig):
+        return {k: v for k, v in json.loads(json.dumps(asdict(data))).items() if k not in RESUME_IGNORES}
+    if dataclasses.is_dataclass(data) and not isinstance(data, type):
+        return {f.name: resume_view(getattr(data, f.name)) for f in dataclasses.fields(data)}
+    if isinstance(data, dict):
+        return {str(k): resume_view(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [resume_view(v) for v in data]
+    return data
+
+
+def _resume_record(config: LoopConfig, settings: Any) -> dict[str, Any]:
+    """What must match between a checkpoint and the run resuming it."""
+    return {"loop": resume_view(config), "settings": resume_view(settings)}
 
 
 def config_differences(saved: Any, current: Any, where: str = "") -> list[str]:
@@ -381,15 +395,15 @@ def train(
     resume: bool = True,
     eval_fn: Callable[[int], dict[str, float]] | None = None,
     sampler: Sampler | None = None,
-    settings: dict[str, Any] | None = None,
+    settings: Any = None,
 ) -> LoopResult:
     """Optimise the trainable parameters of `module` for `config.steps` steps.
 
     make_batch(indices, seed) builds a batch (tensors on CPU) from example indices;
     loss_fn(batch) returns (loss, metrics) with the batch already moved to the device.
     `sampler` picks each step's indices (default: an EpochSampler over `num_examples`).
-    `settings` is the stage's own config (JSON-able): it is saved with every checkpoint, and a
-    resume under different settings, or a different LoopConfig, is refused.
+    `settings` is the stage's own config (dataclasses or JSON values): it is saved with every
+    checkpoint, and a resume under different settings, or a different LoopConfig, is refused.
     The module must already be on its device; `seed_everything(config.seed)` should precede
     its construction so that initialisation is seeded too.
     """

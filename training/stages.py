@@ -22,13 +22,13 @@ import importlib
 import json
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from hypernet.errors import UserError
 from hypernet.files import write_json
 from training.common import TaskSet
-from training.loop import LoopConfig, config_differences
+from training.loop import LoopConfig, config_differences, resume_view
 from training.presets import Preset, get_path
 
 DONE = "DONE"
@@ -85,7 +85,7 @@ class Stage:
     inputs: tuple[str, ...]
     """Earlier stages whose results it may read."""
     reads: tuple[str, ...]
-    """Recipe fields that make its config (a change to any of them invalidates its result)."""
+    """Recipe fields (dotted paths) that make its config: a change to any invalidates its result."""
     loop: str
     """Dotted recipe path of its LoopConfig (what `--steps` changes)."""
     result: str
@@ -105,12 +105,17 @@ class Stage:
         getattr(importlib.import_module(module), function)(recipe, inputs, out)
 
 
+# The two stage-1 stages share TeacherConfig; each depends on its own part of it.
+INSTANCE_TEACHERS = tuple(f"teachers.{name}" for name in ("per", "rank", "alpha", "target_modules", "teacher_loop", "max_input_tokens",
+                                                          "max_output_tokens"))
+META_TEACHER = tuple(f"teachers.{name}" for name in ("meta_loop", "max_input_tokens", "max_output_tokens", "eval_instances"))
+
 STAGES: tuple[Stage, ...] = (
     Stage("base", "stage0_base", (), ("seed", "held_back", "suite", "base"), "base.loop", "model", "training.base_pretrain.run",
           "stage 0: tokenizer + tiny T5 from scratch (span corruption + instruction-free skills)"),
-    Stage("teachers", "stage1_teachers", ("base",), ("seed", "held_back", "teachers"), "teachers.teacher_loop", "teachers",
+    Stage("teachers", "stage1_teachers", ("base",), ("seed", "held_back", *INSTANCE_TEACHERS), "teachers.teacher_loop", "teachers",
           "training.stages.run_teachers", "stage 1: one PEFT LoRA per training task (or function, or category)"),
-    Stage("meta-teacher", "stage1_meta_teacher", ("base",), ("seed", "held_back", "teachers"), "teachers.meta_loop", "model",
+    Stage("meta-teacher", "stage1_meta_teacher", ("base",), ("seed", "held_back", *META_TEACHER), "teachers.meta_loop", "model",
           "training.stages.run_meta_teacher", "stage 1: the meta-trained teacher (base finetuned on instruction + input)"),
     Stage("hypernet-pretrain", "stage2_hypernet", ("base",), ("seed", "held_back", "generator", "instruction_template", "hypernet_pretrain"),
           "hypernet_pretrain.loop", "checkpoint", "training.hypernet_pretrain.run",
@@ -123,12 +128,9 @@ STAGE = {stage.name: stage for stage in STAGES}
 
 
 def stage_config(stage: Stage, recipe: Preset) -> dict:
-    """The part of the recipe `stage` depends on, as recorded in its DONE file (JSON-normalised)."""
-    return json.loads(json.dumps({name: _plain(getattr(recipe, name)) for name in stage.reads}))
-
-
-def _plain(value: object) -> object:
-    return asdict(value) if hasattr(value, "__dataclass_fields__") else value
+    """The part of the recipe `stage` depends on, as recorded in its DONE file (JSON values;
+    where and how fast a loop runs is left out: a stage may finish on another machine)."""
+    return {name: resume_view(get_path(recipe, name)) for name in stage.reads}
 
 
 def result_path(stage: Stage, work: Path) -> Path:

@@ -3,6 +3,7 @@ tiny run is reproducible), and a bad recipe is refused with the file and field n
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import asdict
 from pathlib import Path
@@ -97,3 +98,31 @@ def test_a_recipe_changes_only_what_it_names(tmp_path: Path):
 def test_unknown_preset_lists_the_known_ones():
     with pytest.raises(UserError, match="smoke"):
         get_preset("huge")
+
+
+def test_every_recipe_field_belongs_to_a_stage():
+    """A field no stage records would let a finished stage be reused after that field changed."""
+    import dataclasses
+
+    from training.presets import Preset
+    from training.stages import STAGES
+
+    read = {path for stage in STAGES for path in stage.reads}
+    for field in dataclasses.fields(Preset):
+        if field.name in ("name", "eval_instances"):  # a label, and the final evaluation's budget (no stage's)
+            continue
+        parts = {path for path in read if path == field.name or path.startswith(f"{field.name}.")}
+        assert parts, f"no stage reads {field.name}"
+        if parts != {field.name}:  # split between stages: every subfield is somebody's
+            section = getattr(get_preset("tiny"), field.name)
+            assert {f"{field.name}.{f.name}" for f in dataclasses.fields(section)} == parts, field.name
+
+
+def test_where_and_how_fast_a_loop_runs_is_not_part_of_a_stage_config():
+    from training.presets import with_threads
+    from training.stages import STAGES, stage_config
+
+    tiny = get_preset("tiny")
+    for stage in STAGES:
+        assert stage_config(stage, with_threads(tiny, 1)) == stage_config(stage, tiny)
+    assert stage_config(STAGES[0], tiny) != stage_config(STAGES[0], dataclasses.replace(tiny, seed=1))
