@@ -375,7 +375,7 @@ def test_task_files_declare_their_function_and_stages_read_it_back(suite: Suite,
     for t in _all(suite):
         loaded = load_task(tmp_path / t.split / f"{t.task.name}.json")
         assert [s.function for s in steps_of(loaded)] == [s.function for s in t.steps], t.task.name
-        # Renaming the file changes nothing: the function is read from the file, not its name.
+    # Renaming the file changes nothing: the function is read from the file, not its name.
     renamed = tmp_path / "renamed.json"
     renamed.write_bytes((tmp_path / "train" / f"{suite.train[-1].task.name}.json").read_bytes())
     assert [s.function for s in steps_of(load_task(renamed))] == [s.function for s in suite.train[-1].steps]
