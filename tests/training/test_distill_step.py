@@ -10,6 +10,7 @@ same wiring against teachers trained by stage 1 and real PEFT.
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -54,6 +55,8 @@ def teacher_loras(model: TagiModel) -> LoraWeights:
 def parts(checkpoint_dir: Path) -> tuple[TagiModel, TaskSet, Teachers]:
     model = load_checkpoint(checkpoint_dir)
     model.eval()  # no dropout: values are compared across calls
+    # The template `tagi train` checkpoints carry, so a batch built without it differs.
+    model.config = replace(model.config, instruction_template="Definition: {instruction}")
     meta = load_t5(checkpoint_dir / "base").eval().requires_grad_(False)
     return model, task_set(), Teachers(meta, teacher_loras(model), ROW_OF_TASK)
 
