@@ -67,7 +67,8 @@ def write_card(out: Path, command: str | None = None) -> Path:
         "",
         f"Training time: {info['train_seconds'] / 60:.1f} min (stages: "
         + ", ".join(f"{k} {v / 60:.1f} min" for k, v in info["stage_seconds"].items())
-        + f"); total with evaluation: {info.get('total_seconds', info['train_seconds']) / 60:.1f} min. Size on disk: {size / 1e6:.1f} MB.",
+        + f"); total with evaluation: {info.get('total_seconds', info['train_seconds']) / 60:.1f} min. "
+        f"Size on disk: {size / 1e6:.1f} MB.",
         "",
         "## Data",
         f"- The synthetic list world (`tagi data synth --seed {preset['seed']}`): {len(info['train_tasks'])} training tasks; "
@@ -75,8 +76,9 @@ def write_card(out: Path, command: str | None = None) -> Path:
         "- Held-out task sets (unseen compositions, unseen parameter values, unseen paraphrases) are never read by any stage.",
         "",
         "## What each part saw",
-        f"- Base (stage 0): a from-scratch T5 ({base_model['d_model']} wide, {base_model['num_layers']}+{base_model['num_layers']} layers); "
-        f"span corruption on the training tasks' texts plus instruction-free skills (`{base.get('saw', {}).get('skills', '?')}`), "
+        f"- Base (stage 0): a from-scratch T5 ({base_model['d_model']} wide, "
+        f"{base_model['num_layers']}+{base_model['num_layers']} layers); span corruption on the training tasks' texts "
+        f"plus instruction-free skills (`{base.get('saw', {}).get('skills', '?')}`), "
         "never an instruction as a condition. With `world` skills it learned fresh examples of the training tasks' functions, "
         "each primitive named by an opaque symbol with its parameter (\"<skill_3> 1 <skill_0> : apple, pear\"), parameters "
         "drawn from training values only, held-back inputs excluded; "
@@ -85,10 +87,12 @@ def write_card(out: Path, command: str | None = None) -> Path:
            if base.get("final_eval") else ""),
         "- Instance teachers (stage 1): PEFT LoRA per " + preset["teachers"]["per"] + f" (r={preset['teachers']['rank']}, alpha={preset['teachers']['alpha']}), "
         "input only; shipped in `teachers/` (float16).",
-        "- Meta-trained teacher (stage 1): the base fully finetuned on instruction + input of the training tasks (Tk-Instruct recipe); "
+        "- Meta-trained teacher (stage 1): the base fully finetuned on instruction + input of the training tasks "
+        "(Tk-Instruct recipe); "
         "shipped in `meta_teacher/` as bfloat16 safetensors (cast to float32 on load).",
         "- Hypernetwork pretraining (stage 2): a/b/c split of training-corpus texts, cross-entropy.",
-        f"- Distillation (stage 3, `distill`): L_ce + {preset['distill']['lambda_kl']} L_kl (T={preset['distill']['temperature']}) + "
+        f"- Distillation (stage 3, `distill`): L_ce + {preset['distill']['lambda_kl']} L_kl "
+        f"(T={preset['distill']['temperature']}) + "
         f"{preset['distill']['lambda_ins']} L_ins; {int(100 * preset['distill']['no_fusion_prob'])}% of batches without fusion.",
         "",
         "## Evaluation (exact match / Rouge-L, percent)",

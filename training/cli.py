@@ -140,7 +140,8 @@ def cmd_train(args: argparse.Namespace) -> None:
     from training.card import write_card
 
     write_card(out, "tagi " + " ".join(shlex.quote(a) for a in sys.argv[1:]))
-    print(f"wrote {out} ({info['bytes'] / 1e6:.1f} MB) in {info['train_seconds'] / 60:.1f} min of training; stages: {info['stage_seconds']}")
+    print(f"wrote {out} ({info['bytes'] / 1e6:.1f} MB) in {info['train_seconds'] / 60:.1f} min of training; "
+          f"stages: {info['stage_seconds']}")
 
 
 def cmd_train_stage(args: argparse.Namespace, recipe) -> None:
