@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from support import ALL_TARGETS, make_checkpoint
 from transformers.utils import logging as hf_logging
 
 from hypernet.io import load_checkpoint
 from hypernet.model import TagiModel
-from support import ALL_TARGETS, make_checkpoint
 
 hf_logging.disable_progress_bar()
 hf_logging.set_verbosity_error()

@@ -10,8 +10,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from support import corpus
+
 from hypernet.cli import build_parser, main
 
 
@@ -64,7 +64,9 @@ def test_user_mistakes_print_one_line_and_exit_2(checkpoint_dir, tmp_path, capsy
     assert_user_error(subprocess.CompletedProcess(args, code, "", capsys.readouterr().err), fragment)
 
 
-def parsers(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], argparse.ArgumentParser]]:
+def parsers(
+    parser: argparse.ArgumentParser, path: tuple[str, ...] = ()
+) -> Iterator[tuple[tuple[str, ...], argparse.ArgumentParser]]:
     """(command path, parser) for `tagi` and every subcommand under it, recursively."""
     yield path, parser
     for action in parser._actions:  # argparse has no public way to list subparsers

@@ -25,7 +25,8 @@ def t5_layout(num_layers: int = 2) -> TargetLayout:
             blocks = [("self", "SelfAttention", 0)] + ([("cross", "EncDecAttention", 1)] if stack == "decoder" else [])
             for block, module, index in blocks:
                 for name in ("q", "v"):
-                    targets.append(TargetModule(stack, layer, block, name, f"{stack}.block.{layer}.layer.{index}.{module}.{name}", D_MODEL, D_MODEL))
+                    path = f"{stack}.block.{layer}.layer.{index}.{module}.{name}"
+                    targets.append(TargetModule(stack, layer, block, name, path, D_MODEL, D_MODEL))
             ffn = f"{stack}.block.{layer}.layer.{len(blocks)}.DenseReluDense"
             targets.append(TargetModule(stack, layer, "ffn", "wi", f"{ffn}.wi", D_MODEL, 48))
             targets.append(TargetModule(stack, layer, "ffn", "wo", f"{ffn}.wo", 48, D_MODEL))
@@ -34,7 +35,8 @@ def t5_layout(num_layers: int = 2) -> TargetLayout:
 
 def make_generator(seed: int = 0, **config) -> AdapterGenerator:
     torch.manual_seed(seed)
-    return AdapterGenerator(t5_layout(), D_MODEL, GeneratorConfig(**{"rank": 4, "alpha": 8.0, "target_modules": ("q", "v", "wi", "wo"), **config}))
+    config = {"rank": 4, "alpha": 8.0, "target_modules": ("q", "v", "wi", "wo"), **config}
+    return AdapterGenerator(t5_layout(), D_MODEL, GeneratorConfig(**config))
 
 
 def pooled(n: int, seed: int = 1) -> torch.Tensor:

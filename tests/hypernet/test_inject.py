@@ -30,8 +30,9 @@ def tiny_t5() -> T5ForConditionalGeneration:
 def random_adapters(layout: TargetLayout, batch: int, seed: int, dtype: torch.dtype = torch.float32) -> LoraWeights:
     """Different factors for every target and every row, so a mixed-up slot changes the output."""
     g = torch.Generator().manual_seed(seed)
-    lora_A = {grp: torch.randn(n, batch, RANK, d_in, generator=g, dtype=dtype) for grp, (d_in, d_out, n) in layout.groups.items()}
-    lora_B = {grp: torch.randn(n, batch, d_out, RANK, generator=g, dtype=dtype) for grp, (d_in, d_out, n) in layout.groups.items()}
+    groups = layout.groups.items()
+    lora_A = {grp: torch.randn(n, batch, RANK, d_in, generator=g, dtype=dtype) for grp, (d_in, d_out, n) in groups}
+    lora_B = {grp: torch.randn(n, batch, d_out, RANK, generator=g, dtype=dtype) for grp, (d_in, d_out, n) in groups}
     return LoraWeights(lora_A, lora_B, SCALE)
 
 

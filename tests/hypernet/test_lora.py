@@ -1,7 +1,7 @@
 import torch
 
-from hypernet.lora import add_lora, delta_weight, lora_delta
 from hypernet.batching import AdapterBatcher
+from hypernet.lora import add_lora, delta_weight, lora_delta
 from hypernet.targets import LoraWeights, TargetLayout, TargetModule
 
 
@@ -46,7 +46,9 @@ def one_adapter(value: float) -> LoraWeights:
 
 
 def test_batcher_places_rows_and_reuses_its_workspace():
-    layout = TargetLayout(tuple(TargetModule("encoder", i, "self", "q", f"encoder.block.{i}.layer.0.SelfAttention.q", 4, 5) for i in range(3)))
+    layout = TargetLayout(
+        tuple(TargetModule("encoder", i, "self", "q", f"encoder.block.{i}.layer.0.SelfAttention.q", 4, 5) for i in range(3))
+    )
     batcher = AdapterBatcher(layout, rank=2, scale=2.0, dtype=torch.float32, device=torch.device("cpu"))
     one, two = one_adapter(1.0), one_adapter(2.0)
     batch = batcher.assemble([one, None, two])

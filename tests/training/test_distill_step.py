@@ -20,7 +20,7 @@ from hypernet.io import load_checkpoint
 from hypernet.model import TagiModel
 from hypernet.targets import LoraWeights
 from training.common import Pair, TaskSet, load_t5
-from training.data import Task, format_concat, format_instruction, instruction_text
+from training.data import Task, format_concat, format_instruction
 from training.distill import Distillation, Teachers
 from training.losses import IGNORE, alignment_loss, cross_entropy, distill_kl, target_mask
 from training.presets import DistillConfig
@@ -150,7 +150,8 @@ def test_the_loss_adds_its_terms_with_their_weights(parts):
     # L_ins pairs the adapter of task t (batch["tasks"] order) with teacher row ROW_OF_TASK[t]
     ins = alignment_loss(lora, teachers.loras.select([ROW_OF_TASK[t] for t in batch["tasks"].tolist()]))
     assert float(total.detach()) == pytest.approx(float(ce + 0.3 * kl + 0.7 * ins), rel=1e-5)
-    assert metrics == pytest.approx({"ce": float(ce), "kl": float(kl), "ins": float(ins), "fusion": float(batch["fusion"])}, rel=1e-5)
+    expected = {"ce": float(ce), "kl": float(kl), "ins": float(ins), "fusion": float(batch["fusion"])}
+    assert metrics == pytest.approx(expected, rel=1e-5)
     assert float(kl) > 1e-3 and float(ins) > 1e-3  # every term is live, so each weight shows in the total
     wrong_rows = alignment_loss(lora, teachers.loras.select(batch["tasks"].tolist()))
     assert abs(float(wrong_rows) - float(ins)) > 1e-3 * float(ins)  # the mapping shows in the value

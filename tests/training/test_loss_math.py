@@ -85,7 +85,8 @@ def test_cross_entropy_is_the_mean_over_labelled_tokens():
 
 def one_group(scale: float, size: float, seed: int, batch: int = 2) -> LoraWeights:
     g = torch.Generator().manual_seed(seed)
-    return LoraWeights({"g": torch.randn(3, batch, 2, 5, generator=g) * size}, {"g": torch.randn(3, batch, 4, 2, generator=g) * size}, scale)
+    A, B = torch.randn(3, batch, 2, 5, generator=g), torch.randn(3, batch, 4, 2, generator=g)
+    return LoraWeights({"g": A * size}, {"g": B * size}, scale)
 
 
 def test_alignment_is_relative_even_for_a_tiny_teacher_update():
@@ -121,7 +122,8 @@ def test_alignment_gradient_never_reaches_the_teacher():
     teacher_B = teacher.lora_B["g"].clone().requires_grad_(True)
     generated = one_group(2.0, 1.0, seed=3)
     generated_A = generated.lora_A["g"].clone().requires_grad_(True)
-    loss = alignment_loss(LoraWeights({"g": generated_A}, generated.lora_B, 2.0), LoraWeights({"g": teacher_A}, {"g": teacher_B}, 2.0))
+    teacher_side = LoraWeights({"g": teacher_A}, {"g": teacher_B}, 2.0)
+    loss = alignment_loss(LoraWeights({"g": generated_A}, generated.lora_B, 2.0), teacher_side)
     loss.backward()
     assert generated_A.grad is not None and generated_A.grad.abs().sum() > 0
     assert teacher_A.grad is None and teacher_B.grad is None
