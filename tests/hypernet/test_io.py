@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 import pytest
@@ -131,3 +132,26 @@ def test_a_bf16_base_loads_in_float32(checkpoint_dir, tmp_path):
     model = load_checkpoint(copy)
     assert {p.dtype for p in model.parameters()} == {torch.float32}
     assert len(model.generate(["apple, river"], [model.adapter("Reverse the list.")], max_new_tokens=3)) == 1  # runs
+
+
+def test_atomic_file_writes_replace_whole_files_with_normal_permissions(tmp_path, monkeypatch):
+    from hypernet.files import atomic_write_bytes, write_json
+
+    target = tmp_path / "sub" / "data.json"
+    write_json(target, {"b": 1, "a": [1, 2]})
+    assert target.read_text() == '{\n  "a": [\n    1,\n    2\n  ],\n  "b": 1\n}\n'
+    mask = os.umask(0)
+    os.umask(mask)
+    assert target.stat().st_mode & 0o777 == 0o666 & ~mask
+
+    class Boom(Exception):
+        pass
+
+    def crash(fd: int) -> None:  # the process dies after writing part of the data, before the rename
+        raise Boom
+
+    monkeypatch.setattr(os, "fsync", crash)
+    with pytest.raises(Boom):
+        atomic_write_bytes(target, b"half")
+    assert json.loads(target.read_text()) == {"a": [1, 2], "b": 1}, "a failed write must leave the old file"
+    assert sorted(p.name for p in target.parent.iterdir()) == ["data.json"], "no temporary file left behind"
