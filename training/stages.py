@@ -2,10 +2,11 @@
 
 `tagi train` runs every row in order; `tagi train <stage>` runs one row, reading the results of
 the rows it names as inputs from the same work directory. Each stage is a function
-`run(recipe, inputs, out)` (`entry`: in its own module, the two of stage 1 below); it reads the recipe sections named in `reads`
-(its config) and the `inputs` results, and writes everything into `out`, its directory under
-the work directory. A stage that finished is marked DONE with the config it ran under, so a
-rerun reuses it, and refuses to when the config has changed.
+`run(recipe, inputs, out)` (its `entry`: in the stage's own module, or below for the two of
+stage 1, whose module trains both); it reads the recipe fields named in `reads` (its config)
+and the `inputs` results, and writes everything into `out`, its directory under the work
+directory. A stage that finished is marked DONE with the config it ran under, so a rerun
+reuses it, and refuses to when that config has changed.
 
 Work directory layout:
     data/                    the synthetic suite (only data/train/ reaches any stage)
@@ -78,6 +79,8 @@ def _distill_needs(recipe: Preset) -> tuple[str, ...]:
 
 @dataclass(frozen=True)
 class Stage:
+    """One row of the table: everything `tagi train` needs to know about a stage."""
+
     name: str
     """Its `tagi train <name>` subcommand and its key in StageInputs.results."""
     directory: str
