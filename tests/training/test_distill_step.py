@@ -97,9 +97,12 @@ def test_a_batch_holds_inputs_without_instructions_and_each_tasks_instruction_on
 
 
 def test_a_batch_is_truncated_to_the_configured_lengths(parts):
+    model = parts[0]
+    model.config = replace(model.config, max_instruction_tokens=3)  # the checkpoint's limit, not the stage's
     work = work_for(parts, max_input_tokens=2, max_output_tokens=3)
     batch = work.make_batch([1, 3], batch_seed=0)
     assert batch["input_ids"].shape[1] == 2 and batch["labels"].shape[1] == 3
+    assert batch["instruction_input_ids"].shape[1] == 3
     assert batch["teacher_input_ids"].shape[1] == 4 * 2  # the teacher's input also holds the instruction
 
 
