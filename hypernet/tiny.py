@@ -25,7 +25,7 @@ from transformers import (
     T5Tokenizer,
 )
 
-from hypernet.files import SPIECE
+from hypernet.files import SPIECE, atomic_directory, atomic_write_bytes
 
 
 
@@ -64,9 +64,8 @@ def train_tokenizer(texts: list[str], out_dir: Path, vocab_size: int, symbols: t
         num_threads=2,
         minloglevel=2,
     )
-    out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / SPIECE
-    path.write_bytes(model.getvalue())
+    atomic_write_bytes(path, model.getvalue())
     return path
 
 
@@ -79,25 +78,26 @@ def load_tokenizer(base_dir: Path) -> PreTrainedTokenizerBase:
 
 
 def build_tiny_base(texts: list[str], out_dir: Path, preset: TinyPreset, seed: int = 0, symbols: tuple[str, ...] = ()) -> None:
-    """Write an HF model directory (random weights, tokenizer, spiece.model) to `out_dir`."""
-    spiece = train_tokenizer(texts, out_dir, preset.vocab_size, symbols)
-    vocab_size = spm.SentencePieceProcessor(model_file=str(spiece)).vocab_size()
-    tokenizer = load_tokenizer(out_dir)
-    tokenizer.save_pretrained(out_dir)
-    config = T5Config(
-        vocab_size=vocab_size,
-        d_model=preset.d_model,
-        d_ff=preset.d_ff,
-        d_kv=preset.d_kv,
-        num_layers=preset.num_layers,
-        num_decoder_layers=preset.num_layers,
-        num_heads=preset.num_heads,
-        dropout_rate=preset.dropout_rate,
-        pad_token_id=0,
-        eos_token_id=1,
-        decoder_start_token_id=0,
-    )
-    torch.manual_seed(seed)
-    model = T5ForConditionalGeneration(config)
-    model.generation_config = GenerationConfig(decoder_start_token_id=0, eos_token_id=1, pad_token_id=0)
-    model.save_pretrained(out_dir)
+    """Write an HF model directory (random weights, tokenizer, spiece.model) to `out_dir`,
+    replacing it whole: a crash leaves the old directory or none, never a base without weights."""
+    with atomic_directory(Path(out_dir), overwrite=True) as tmp:
+        spiece = train_tokenizer(texts, tmp, preset.vocab_size, symbols)
+        vocab_size = spm.SentencePieceProcessor(model_file=str(spiece)).vocab_size()
+        load_tokenizer(tmp).save_pretrained(tmp)
+        config = T5Config(
+            vocab_size=vocab_size,
+            d_model=preset.d_model,
+            d_ff=preset.d_ff,
+            d_kv=preset.d_kv,
+            num_layers=preset.num_layers,
+            num_decoder_layers=preset.num_layers,
+            num_heads=preset.num_heads,
+            dropout_rate=preset.dropout_rate,
+            pad_token_id=0,
+            eos_token_id=1,
+            decoder_start_token_id=0,
+        )
+        torch.manual_seed(seed)
+        model = T5ForConditionalGeneration(config)
+        model.generation_config = GenerationConfig(decoder_start_token_id=0, eos_token_id=1, pad_token_id=0)
+        model.save_pretrained(tmp)
