@@ -36,6 +36,7 @@ from serving.registry import Registry
 from serving.schemas import (
     BASE_MODEL_ID,
     ONE_ADAPTER,
+    AdapterBatchCreated,
     AdapterCreated,
     AdapterCreateRequest,
     AdapterDeleted,
@@ -82,9 +83,10 @@ def add_routes(app: FastAPI, jobs: JobQueue, registry: Registry, state_dir: Path
 
     # ---- adapters --------------------------------------------------------------------------
 
-    @app.post("/v1/adapters", response_model=AdapterCreated, tags=["adapters"])
+    @app.post("/v1/adapters", response_model=AdapterCreated | AdapterBatchCreated, tags=["adapters"])
     async def create_adapter(body: AdapterCreateRequest) -> dict:
-        """Generate (or fetch from cache) the adapter of an instruction and register it."""
+        """Generate (or fetch from cache) the adapter of an instruction, or of each of a list of
+        instructions (answered as {"adapters": [...]}, in order), and register it."""
         return await jobs.run(body)
 
     @app.get("/v1/adapters", response_model=AdapterList, tags=["adapters"])

@@ -18,6 +18,8 @@ from hypernet.config import DEFAULT_MAX_NEW_TOKENS
 MAX_INPUTS = 32
 """Inputs per /v1/generate request; a batch of max_batch_size requests is at most this many rows each."""
 MAX_NEW_TOKENS = 256
+MAX_BATCH_INSTRUCTIONS = 64
+"""Instructions per POST /v1/adapters list."""
 ONE_ADAPTER = "give exactly one of instruction and adapter_id"
 BASE_MODEL_ID = "tagi-base"
 """The OpenAI `model` name of the base model; any other name must be an adapter id."""
@@ -40,12 +42,36 @@ class _Body(BaseModel):
 # ---- adapters ------------------------------------------------------------------------------
 
 class AdapterCreateRequest(_Body):
-    instruction: StrictStr = Field(description="the task instruction the adapter is generated from")
+    """One instruction, or a list of them: a list is ONE job, so a worker generates its new
+    adapters in one pass (TagiModel.adapters) and the answer lists them in order."""
+
+    instruction: StrictStr | None = Field(None, description="the task instruction the adapter is generated from")
+    instructions: list[StrictStr] | None = Field(
+        None, min_length=1, max_length=MAX_BATCH_INSTRUCTIONS, description=f"or 1..{MAX_BATCH_INSTRUCTIONS} instructions"
+    )
 
     @field_validator("instruction")
     @classmethod
-    def _instruction(cls, value: str) -> str:
+    def _instruction(cls, value: str | None) -> str | None:
         return _non_empty(value)
+
+    @field_validator("instructions")
+    @classmethod
+    def _instructions(cls, values: list[str] | None) -> list[str] | None:
+        for i, value in enumerate(values or []):
+            if not value.strip():
+                raise ValueError(f"instruction {i} is empty")
+        return values
+
+    @model_validator(mode="after")
+    def _one_of(self) -> AdapterCreateRequest:
+        if (self.instruction is None) == (self.instructions is None):
+            raise ValueError("give exactly one of instruction and instructions")
+        return self
+
+    @property
+    def texts(self) -> list[str]:
+        return [self.instruction] if self.instructions is None else list(self.instructions)
 
 
 class AdapterInfo(BaseModel):
@@ -66,6 +92,12 @@ class AdapterCreated(BaseModel):
     num_parameters: int
     cached: bool = Field(description="true when the serving worker already held the adapter in memory")
     generation_ms: float = Field(description="time spent generating the adapter (0 when cached)")
+
+
+class AdapterBatchCreated(BaseModel):
+    """The answer to POST /v1/adapters with `instructions`: one entry per instruction, in order."""
+
+    adapters: list[AdapterCreated]
 
 
 class AdapterList(BaseModel):
