@@ -5,8 +5,9 @@ or given), (2) reads the registry once for all of them, so an adapter deleted th
 process is refused here even if this worker still caches it, (3) gets each adapter from the
 byte-bounded LRU cache or generates it (all that the batch lacks in one generator pass), (4)
 answers create/export jobs (a create job may list many instructions), and (5) serves every
-generate job of the batch in ONE engine call with per-row adapters, fusion and max_new_tokens, then splits the outputs back per request. Greedy decoding of a row does not
-depend on the other rows, so a request's outputs are those it would get alone.
+generate job of the batch in ONE engine call with per-row adapters, fusion and max_new_tokens,
+then splits the outputs back per request. Greedy decoding of a row does not depend on the
+other rows, so a request's outputs are those it would get alone.
 
 Every job gets its own result: a bad job (too long, unknown id) never fails its batch-mates.
 Inputs are tokenized once, by the model inside the batched call; if that call fails (an input
