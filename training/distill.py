@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 import torch
 from transformers import T5ForConditionalGeneration
 
+from hypernet.errors import UserError
 from hypernet.io import load_checkpoint, load_peft_loras, save_checkpoint
 from hypernet.model import TagiModel
 from hypernet.targets import LoraWeights
@@ -76,12 +77,12 @@ def load_teachers(model: TagiModel, task_set: TaskSet, config: DistillConfig, me
     if config.use_kl or config.curriculum.kind == "tapir":
         if meta_dir is None:
             why = "L_kl" if config.use_kl else "the tapir curriculum (difficulty is measured against it)"
-            raise ValueError(f"{why} needs the meta-trained teacher (--meta-teacher)")
+            raise UserError(f"{why} needs the meta-trained teacher (--meta-teacher)")
         meta = load_frozen_t5(meta_dir, model.device)
     if not config.use_ins:
         return Teachers(meta, None, [])
     if teachers_dir is None:
-        raise ValueError("L_ins needs the instance teachers (--teachers)")
+        raise UserError("L_ins needs the instance teachers (--teachers)")
     task_to_teacher = read_teacher_index(teachers_dir)["task_to_teacher"]
     names = sorted(set(task_to_teacher.values()))
     loras = load_peft_loras([Path(teachers_dir) / name for name in names], model.layout).to(model.device)
@@ -140,7 +141,7 @@ class Distillation:
             kl = distill_kl(logits, teacher_logits, target_mask(batch["labels"]), config.temperature)
             total = total + config.lambda_kl * kl
             metrics["kl"] = float(kl.detach())
-        if teachers.loras is not None:
+        if config.use_ins:  # load_teachers refuses a config with L_ins and no teachers
             rows = torch.tensor([teachers.row_of_task[t] for t in batch["tasks"].tolist()])
             ins = alignment_loss(lora, teachers.loras.select(rows))
             total = total + config.lambda_ins * ins
