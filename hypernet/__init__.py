@@ -20,9 +20,11 @@ Where things are:
     model.py      TagiModel: instruction -> adapter -> outputs; Adapter
     files.py      checkpoint file names, config reading, fingerprints, atomic writes (no torch)
     io.py         loading and saving checkpoints; the PEFT format (exports, teachers)
+    export.py     batch export of many instructions (manifest, resume), merged models
+    adapter_map.py  the adapter space in two dimensions (PCA of delta-W), same- vs other-task similarity
     tiny.py       a from-scratch tiny T5 and SentencePiece tokenizer
     cli.py        the `tagi` command (cli_common.py: helpers the serving and training commands share)
-    bench.py      `tagi bench core`
+    bench.py      `tagi bench core`; bench_export.py: `tagi bench export`
 """
 
 from __future__ import annotations

@@ -60,7 +60,9 @@ class AdapterBatcher:
                     self.lora_B[group][:, i].copy_(adapter.lora_B[group][:, 0])
             self.rows[i] = adapter
         b = len(adapters)
-        return LoraWeights({g: a[:, :b] for g, a in self.lora_A.items()}, {g: t[:, :b] for g, t in self.lora_B.items()}, self.scale)
+        return LoraWeights(
+            {g: a[:, :b] for g, a in self.lora_A.items()}, {g: t[:, :b] for g, t in self.lora_B.items()}, self.scale
+        )
 
 
 def stack_adapters(adapters: list[LoraWeights | None]) -> LoraWeights:

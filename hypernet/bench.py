@@ -53,7 +53,9 @@ def build_models(sizes: dict, seed: int) -> tuple[T5ForConditionalGeneration, Ta
     with torch.no_grad():  # a trained generator emits non-zero B (entries ~0.02); zero B would skip no work
         for head in ours.generator.heads_B.values():
             head.weight.normal_(0, 0.02 / head.in_features**0.5)
-    peft = get_peft_model(copies[1], LoraConfig(r=8, lora_alpha=16, target_modules=list(TARGETS), task_type="SEQ_2_SEQ_LM"), adapter_name="a0")
+    peft = get_peft_model(
+        copies[1], LoraConfig(r=8, lora_alpha=16, target_modules=list(TARGETS), task_type="SEQ_2_SEQ_LM"), adapter_name="a0"
+    )
     return plain, ours, peft.eval()
 
 
@@ -144,9 +146,18 @@ def run_core_benchmark(json_path: Path | None = None, rounds: int = 7, quick: bo
         "median_ms": med,
         "max_abs_logit_diff_vs_peft": max_diff,
         "max_abs_logit_change_by_adapters": adapter_effect,
-        "config": {**sizes, "batch": batch, "input_tokens": input_len, "decoder_tokens": decoder_len,
-                   "instruction_tokens": instruction_len, "rank": 8, "targets": list(TARGETS),
-                   "rounds": rounds, "threads": torch.get_num_threads(), "torch": torch.__version__},
+        "config": {
+            **sizes,
+            "batch": batch,
+            "input_tokens": input_len,
+            "decoder_tokens": decoder_len,
+            "instruction_tokens": instruction_len,
+            "rank": 8,
+            "targets": list(TARGETS),
+            "rounds": rounds,
+            "threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+        },
         "generator_parameters": sum(p.numel() for p in ours.generator.parameters()),
     }
     print_report(result)
@@ -159,10 +170,22 @@ def print_report(result: dict) -> None:
     med = result["median_ms"]
     rows = [
         ("plain base forward", f"{med['base']:.1f} ms", ""),
-        ("tagi mixed batch (8 adapters)", f"{med['mixed']:.1f} ms", f"mixed_vs_base = {result['mixed_vs_base']:.3f} (target <= 1.15)"),
-        ("PEFT adapter_names (8 adapters)", f"{med['peft_mixed']:.1f} ms", f"peft_mixed_vs_base = {result['peft_mixed_vs_base']:.3f}"),
+        (
+            "tagi mixed batch (8 adapters)",
+            f"{med['mixed']:.1f} ms",
+            f"mixed_vs_base = {result['mixed_vs_base']:.3f} (target <= 1.15)",
+        ),
+        (
+            "PEFT adapter_names (8 adapters)",
+            f"{med['peft_mixed']:.1f} ms",
+            f"peft_mixed_vs_base = {result['peft_mixed_vs_base']:.3f}",
+        ),
         ("encode 256-token instruction", f"{med['encode']:.1f} ms", ""),
-        ("generate adapter from it", f"{med['generate']:.1f} ms", f"generate_adapter_vs_encode = {result['generate_adapter_vs_encode']:.3f} (target <= 1.5)"),
+        (
+            "generate adapter from it",
+            f"{med['generate']:.1f} ms",
+            f"generate_adapter_vs_encode = {result['generate_adapter_vs_encode']:.3f} (target <= 1.5)",
+        ),
         ("swap in a new adapter", f"{med['swap']:.3f} ms", "swap_ms (target <= 5)"),
     ]
     for name, value, note in rows:

@@ -102,13 +102,22 @@ def run_export_benchmark(
         "torch": torch.__version__,
     }
     rows = [
-        ("batched, one process", f"{result['batched_adapters_per_s']:8.1f} adapters/s",
-         f"{count} in {batched_s:.1f} s, load included"),
-        ("one per process", f"{result['one_per_process_adapters_per_s']:8.2f} adapters/s",
-         f"mean {single_s:.2f} s per process over {single}; {count} would take ~{single_s * count:.0f} s"),
+        (
+            "batched, one process",
+            f"{result['batched_adapters_per_s']:8.1f} adapters/s",
+            f"{count} in {batched_s:.1f} s, load included",
+        ),
+        (
+            "one per process",
+            f"{result['one_per_process_adapters_per_s']:8.2f} adapters/s",
+            f"mean {single_s:.2f} s per process over {single}; {count} would take ~{single_s * count:.0f} s",
+        ),
         ("speedup", f"{result['speedup']:8.1f}x", ""),
-        ("generation only, batched", f"{result['in_process_generation_adapters_per_s']:8.1f} adapters/s",
-         "TagiModel.adapters, load excluded"),
+        (
+            "generation only, batched",
+            f"{result['in_process_generation_adapters_per_s']:8.1f} adapters/s",
+            "TagiModel.adapters, load excluded",
+        ),
     ]
     for name, value, note in rows:
         print(f"{name + ':':<27}{value}  {note}".rstrip())

@@ -24,6 +24,7 @@ log = logging.getLogger("tagi")
 
 # ---- adapter ---------------------------------------------------------------------------------
 
+
 def cmd_adapter(args: argparse.Namespace) -> None:
     if (args.instruction is None) == (args.instructions is None):
         raise UserError("give either --instruction TEXT with --out DIR, or --instructions FILE with --out-dir DIR")
@@ -60,35 +61,57 @@ def export_instructions_file(args: argparse.Namespace) -> None:
     for line in bad:
         print(f"tagi: skipped {path} {line}", file=sys.stderr)
     result = export_batch(model, good, Path(args.out_dir), batch_size=args.batch_size, merge=args.merge, overwrite=args.overwrite)
-    print(f"{result.written} written, {result.skipped} already complete, {len(bad)} bad line(s) skipped; "
-          f"manifest: {result.manifest}")
+    print(
+        f"{result.written} written, {result.skipped} already complete, {len(bad)} bad line(s) skipped; "
+        f"manifest: {result.manifest}"
+    )
 
 
 def add_adapter(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("adapter", help="generate adapters for instructions and export them (PEFT directories or merged models)",
-                       description="Generate the LoRA adapter of an instruction and write it as a PEFT directory "
-                       "(adapter_config.json, adapter_model.safetensors, tagi.json with the input template); with "
-                       "--instructions FILE, one per line of FILE into --out-dir, batched and resumable.")
+    p = sub.add_parser(
+        "adapter",
+        help="generate adapters for instructions and export them (PEFT directories or merged models)",
+        description="Generate the LoRA adapter of an instruction and write it as a PEFT directory "
+        "(adapter_config.json, adapter_model.safetensors, tagi.json with the input template); with "
+        "--instructions FILE, one per line of FILE into --out-dir, batched and resumable.",
+    )
     add_checkpoint_argument(p)
     p.add_argument("--instruction", help="task instruction text, or @FILE to read it from a file")
     p.add_argument("--out", metavar="DIR", help="directory to write (atomically) for --instruction")
-    p.add_argument("--instructions", metavar="FILE",
-                   help='many instructions: JSONL ({"instruction": ..., "name": optional}) if FILE ends in .jsonl, '
-                   "else one instruction per line")
-    p.add_argument("--out-dir", metavar="DIR",
-                   help="for --instructions: one directory per instruction (named by name or adapter id) and manifest.jsonl; "
-                   "a rerun skips what is complete and verified")
-    p.add_argument("--strict", action="store_true",
-                   help="with --instructions: fail (exit 2, nothing written) on any bad line instead of skipping it")
-    p.add_argument("--batch-size", type=int, default=DEFAULT_EXPORT_BATCH_SIZE,
-                   help=f"with --instructions: instructions generated and written per step (default {DEFAULT_EXPORT_BATCH_SIZE})")
-    p.add_argument("--merge", action="store_true",
-                   help="write a full model with the adapter merged into the base weights (from_pretrained loads it, no PEFT)")
+    p.add_argument(
+        "--instructions",
+        metavar="FILE",
+        help='many instructions: JSONL ({"instruction": ..., "name": optional}) if FILE ends in .jsonl, '
+        "else one instruction per line",
+    )
+    p.add_argument(
+        "--out-dir",
+        metavar="DIR",
+        help="for --instructions: one directory per instruction (named by name or adapter id) and manifest.jsonl; "
+        "a rerun skips what is complete and verified",
+    )
+    p.add_argument(
+        "--strict",
+        action="store_true",
+        help="with --instructions: fail (exit 2, nothing written) on any bad line instead of skipping it",
+    )
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=DEFAULT_EXPORT_BATCH_SIZE,
+        help=f"with --instructions: instructions generated and written per step (default {DEFAULT_EXPORT_BATCH_SIZE})",
+    )
+    p.add_argument(
+        "--merge",
+        action="store_true",
+        help="write a full model with the adapter merged into the base weights (from_pretrained loads it, no PEFT)",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace existing output directories that hold something else")
     p.set_defaults(func=cmd_adapter)
 
 
 # ---- adapters map ----------------------------------------------------------------------------
+
 
 def cmd_adapters_map(args: argparse.Namespace) -> None:
     from hypernet.adapter_map import build_map, write_map
@@ -111,29 +134,43 @@ def cmd_adapters_map(args: argparse.Namespace) -> None:
     s = adapter_map.similarity
     print(f"map of {len(good)} adapters: {args.out} (points with instruction, label, coordinates: {sidecar})")
     if s.same_task is not None and s.different_task is not None:
-        print(f"mean cosine similarity of delta-W: same task {s.same_task:.4f} ({s.same_pairs} pairs), "
-              f"different tasks {s.different_task:.4f} ({s.different_pairs} pairs)")
+        print(
+            f"mean cosine similarity of delta-W: same task {s.same_task:.4f} ({s.same_pairs} pairs), "
+            f"different tasks {s.different_task:.4f} ({s.different_pairs} pairs)"
+        )
 
 
 def add_adapters(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("adapters", help="look at many generated adapters together")
     adapters = p.add_subparsers(dest="adapters_command", required=True, metavar="{map}")
-    m = adapters.add_parser("map", help="PCA map of generated adapters, coloured by task, with a JSON sidecar",
-                            description="Generate the adapter of every instruction in FILE, project the flattened delta-W "
-                            "(scale * B @ A of every target) to two dimensions by PCA, and draw it coloured by the label "
-                            "field; also print the mean cosine similarity of same-label vs different-label adapters.")
+    m = adapters.add_parser(
+        "map",
+        help="PCA map of generated adapters, coloured by task, with a JSON sidecar",
+        description="Generate the adapter of every instruction in FILE, project the flattened delta-W "
+        "(scale * B @ A of every target) to two dimensions by PCA, and draw it coloured by the label "
+        "field; also print the mean cosine similarity of same-label vs different-label adapters.",
+    )
     add_checkpoint_argument(m)
-    m.add_argument("--instructions", required=True, metavar="FILE",
-                   help="JSONL (.jsonl) with an instruction and a label per line, or one instruction per line (no labels)")
+    m.add_argument(
+        "--instructions",
+        required=True,
+        metavar="FILE",
+        help="JSONL (.jsonl) with an instruction and a label per line, or one instruction per line (no labels)",
+    )
     m.add_argument("--out", required=True, metavar="PNG", help="image to write; the JSON sidecar goes next to it (.json)")
     m.add_argument("--label-field", default="label", help="JSONL field that names the task (default: label)")
     m.add_argument("--title", default=None, help="plot title (default: the number of adapters and the file name)")
-    m.add_argument("--batch-size", type=int, default=DEFAULT_EXPORT_BATCH_SIZE,
-                   help=f"instructions generated per step (default {DEFAULT_EXPORT_BATCH_SIZE})")
+    m.add_argument(
+        "--batch-size",
+        type=int,
+        default=DEFAULT_EXPORT_BATCH_SIZE,
+        help=f"instructions generated per step (default {DEFAULT_EXPORT_BATCH_SIZE})",
+    )
     m.set_defaults(func=cmd_adapters_map)
 
 
 # ---- run -------------------------------------------------------------------------------------
+
 
 def cmd_run(args: argparse.Namespace) -> None:
     instruction = read_text_argument(args.instruction, "instruction")
@@ -147,18 +184,26 @@ def cmd_run(args: argparse.Namespace) -> None:
 
 
 def add_run(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("run", help="answer inputs zero-shot from an instruction",
-                       description="Generate the adapter of --instruction and print the greedy output for each --input, one per line.")
+    p = sub.add_parser(
+        "run",
+        help="answer inputs zero-shot from an instruction",
+        description="Generate the adapter of --instruction and print the greedy output for each --input, one per line.",
+    )
     add_checkpoint_argument(p)
     p.add_argument("--instruction", required=True, help="task instruction text, or @FILE to read it from a file")
     p.add_argument("--input", required=True, action="append", help="an input; repeat for several (one batch)")
     p.add_argument("--no-fusion", action="store_true", help="adapter only, no instruction fusion: what a PEFT export reproduces")
-    p.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS,
-                   help=f"output length limit in tokens (default {DEFAULT_MAX_NEW_TOKENS})")
+    p.add_argument(
+        "--max-new-tokens",
+        type=int,
+        default=DEFAULT_MAX_NEW_TOKENS,
+        help=f"output length limit in tokens (default {DEFAULT_MAX_NEW_TOKENS})",
+    )
     p.set_defaults(func=cmd_run)
 
 
 # ---- bench -----------------------------------------------------------------------------------
+
 
 def cmd_bench_core(args: argparse.Namespace) -> None:
     from hypernet.bench import run_core_benchmark
@@ -176,25 +221,36 @@ def cmd_bench_export(args: argparse.Namespace) -> None:
 
     if args.count < 1 or args.single < 1:
         raise UserError("--count and --single must be >= 1")
-    run_export_benchmark(resolve_checkpoint(args.checkpoint), count=args.count, single=args.single, threads=args.threads,
-                         json_path=Path(args.json) if args.json else None)
+    run_export_benchmark(
+        resolve_checkpoint(args.checkpoint),
+        count=args.count,
+        single=args.single,
+        threads=args.threads,
+        json_path=Path(args.json) if args.json else None,
+    )
 
 
 def add_bench(sub: argparse._SubParsersAction) -> argparse._SubParsersAction:
     p = sub.add_parser("bench", help="benchmarks that print figures")
     bench = p.add_subparsers(dest="bench", required=True, metavar="{core,export,serve}")
-    core = bench.add_parser("core", help="mixed-adapter forward vs base vs PEFT, adapter generation, swap time",
-                            description="Measure on a t5-base-size random T5 (d_model 768, 12+12 layers; batch 8, 128 input "
-                            "tokens, 32 decoder tokens, rank 8, q k v o wi wo), side by side, median over rounds.")
+    core = bench.add_parser(
+        "core",
+        help="mixed-adapter forward vs base vs PEFT, adapter generation, swap time",
+        description="Measure on a t5-base-size random T5 (d_model 768, 12+12 layers; batch 8, 128 input "
+        "tokens, 32 decoder tokens, rank 8, q k v o wi wo), side by side, median over rounds.",
+    )
     core.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     core.add_argument("--rounds", type=int, default=7, help="timing rounds; medians are reported (default 7)")
     core.add_argument("--quick", action="store_true", help="a small config instead of t5-base size (smoke test only)")
     core.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice, one per core)")
     core.set_defaults(func=cmd_bench_core)
-    export = bench.add_parser("export", help="adapters per second: a file of instructions in one process vs one process each",
-                              description="Time `tagi adapter --instructions` on COUNT instructions in one process against "
-                              "`tagi adapter --instruction` run once per instruction (measured on --single of them and "
-                              "extrapolated), end to end with the model load; also the in-process generation rate.")
+    export = bench.add_parser(
+        "export",
+        help="adapters per second: a file of instructions in one process vs one process each",
+        description="Time `tagi adapter --instructions` on COUNT instructions in one process against "
+        "`tagi adapter --instruction` run once per instruction (measured on --single of them and "
+        "extrapolated), end to end with the model load; also the in-process generation rate.",
+    )
     add_checkpoint_argument(export)
     export.add_argument("--count", type=int, default=1000, help="instructions exported by the batched process (default 1000)")
     export.add_argument("--single", type=int, default=10, help="one-per-process runs to measure (default 10)")
@@ -205,8 +261,11 @@ def add_bench(sub: argparse._SubParsersAction) -> argparse._SubParsersAction:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tagi", description="Task adapters generated from instructions: "
-                                     "instruction -> LoRA adapter -> zero-shot outputs, served or exported to PEFT.")
+    parser = argparse.ArgumentParser(
+        prog="tagi",
+        description="Task adapters generated from instructions: "
+        "instruction -> LoRA adapter -> zero-shot outputs, served or exported to PEFT.",
+    )
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     sub = parser.add_subparsers(dest="command", required=True)
     add_adapter(sub)

@@ -16,12 +16,15 @@ from hypernet.files import CONFIG_FILE, DEFAULT_CHECKPOINT
 if TYPE_CHECKING:
     from hypernet.model import TagiModel
 
+
 def resolve_checkpoint(path: str | None) -> Path:
     if path is not None:
         return Path(path)
     if (DEFAULT_CHECKPOINT / CONFIG_FILE).exists():
         return DEFAULT_CHECKPOINT
-    raise UserError(f"no --checkpoint given and no shipped checkpoint at {DEFAULT_CHECKPOINT}; create one with `tagi init --out DIR`")
+    raise UserError(
+        f"no --checkpoint given and no shipped checkpoint at {DEFAULT_CHECKPOINT}; create one with `tagi init --out DIR`"
+    )
 
 
 def add_checkpoint_argument(parser: argparse.ArgumentParser) -> None:

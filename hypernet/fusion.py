@@ -33,9 +33,7 @@ def masked_mean(states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (states * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
 
 
-def fuse(
-    encoded: torch.Tensor, mask: torch.Tensor, instruction: InstructionEncoding | None
-) -> tuple[torch.Tensor, torch.Tensor]:
+def fuse(encoded: torch.Tensor, mask: torch.Tensor, instruction: InstructionEncoding | None) -> tuple[torch.Tensor, torch.Tensor]:
     """Prepend instruction states to the encoder output the decoder attends to."""
     if instruction is None:
         return encoded, mask

@@ -48,7 +48,9 @@ class AdapterGenerator(nn.Module):
         self.heads_A = nn.ModuleDict()
         self.heads_B = nn.ModuleDict()
         for group, (d_in, d_out, _) in layout.groups.items():
-            self.register_buffer(f"rows_{group}", torch.tensor([i for i, t in enumerate(layout.targets) if t.group == group]), persistent=False)
+            self.register_buffer(
+                f"rows_{group}", torch.tensor([i for i, t in enumerate(layout.targets) if t.group == group]), persistent=False
+            )
             head_A = nn.Linear(hidden, r * d_in)
             # A ~ PEFT's kaiming-uniform scale (1/sqrt(in)) whatever the hidden width, so the
             # update's magnitude does not grow with the generator's size.
@@ -65,7 +67,11 @@ class AdapterGenerator(nn.Module):
         """pooled: (n, d_model) -> LoraWeights for a batch of n adapters."""
         n = pooled.shape[0]
         r = self.config.rank
-        targets = self.position_embedding(self.position_ids) + self.module_embedding(self.module_ids) + self.block_embedding(self.block_ids)
+        targets = (
+            self.position_embedding(self.position_ids)
+            + self.module_embedding(self.module_ids)
+            + self.block_embedding(self.block_ids)
+        )
         h = self.instruction_proj(pooled)[:, None, :] + self.target_proj(targets)[None]  # (n, T, H)
         h = self.trunk(h)
         lora_A, lora_B = {}, {}

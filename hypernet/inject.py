@@ -61,7 +61,11 @@ class LoraSlots:
             weights = weights.to(device=like.device, dtype=like.dtype)  # e.g. a bf16 base on CUDA
         try:
             for layer in self.layers:
-                layer.factors = (weights.lora_A[layer.group][layer.index], weights.lora_B[layer.group][layer.index], weights.scale)
+                layer.factors = (
+                    weights.lora_A[layer.group][layer.index],
+                    weights.lora_B[layer.group][layer.index],
+                    weights.scale,
+                )
             yield
         finally:
             for layer in self.layers:

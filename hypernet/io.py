@@ -24,6 +24,7 @@ from safetensors.torch import load_file, save_file
 from transformers import T5ForConditionalGeneration
 
 from hypernet.config import CheckpointConfig
+from hypernet.errors import CheckpointError
 from hypernet.files import (
     BASE_DIR,
     CONFIG_FILE,
@@ -36,7 +37,6 @@ from hypernet.files import (
     read_checkpoint_config,
     write_json,
 )
-from hypernet.errors import CheckpointError
 from hypernet.generator import AdapterGenerator
 from hypernet.model import Adapter, TagiModel
 from hypernet.targets import LoraWeights, TargetLayout, find_targets
@@ -113,12 +113,15 @@ def load_checkpoint(
 
 # ---- the PEFT format ---------------------------------------------------------------------------
 
+
 def peft_key(module_path: str, factor: str) -> str:
     """PEFT's saved key (no adapter name) of one LoRA factor ("A" or "B") of a module."""
     return f"base_model.model.{module_path}.lora_{factor}.weight"
 
 
-def peft_lora_config(rank: int, alpha: float, target_modules: tuple[str, ...] | list[str], base_name: str | None = None) -> LoraConfig:
+def peft_lora_config(
+    rank: int, alpha: float, target_modules: tuple[str, ...] | list[str], base_name: str | None = None
+) -> LoraConfig:
     """The LoRA config of every adapter we write: no dropout, no bias, seq2seq."""
     return LoraConfig(
         r=rank,
@@ -158,7 +161,9 @@ def load_peft_loras(dirs: list[Path], layout: TargetLayout) -> LoraWeights:
         config = LoraConfig.from_pretrained(str(path))
         scales.add(config.lora_alpha / config.r)
     if len(scales) != 1:
-        raise CheckpointError(f"PEFT adapters in {[str(d) for d in dirs]} have different alpha/r {sorted(scales)}: they cannot share a batch")
+        raise CheckpointError(
+            f"PEFT adapters in {[str(d) for d in dirs]} have different alpha/r {sorted(scales)}: they cannot share a batch"
+        )
     states = [load_file(Path(path) / PEFT_WEIGHTS_FILE) for path in dirs]
     lora_A: dict[str, list[torch.Tensor]] = {}
     lora_B: dict[str, list[torch.Tensor]] = {}
@@ -170,7 +175,9 @@ def load_peft_loras(dirs: list[Path], layout: TargetLayout) -> LoraWeights:
             raise CheckpointError(f"a PEFT adapter lacks {err}: it does not target the modules of this layout") from err
         lora_A.setdefault(group, []).append(torch.stack(rows_A))
         lora_B.setdefault(group, []).append(torch.stack(rows_B))
-    return LoraWeights({g: torch.stack(v) for g, v in lora_A.items()}, {g: torch.stack(v) for g, v in lora_B.items()}, scales.pop())
+    return LoraWeights(
+        {g: torch.stack(v) for g, v in lora_A.items()}, {g: torch.stack(v) for g, v in lora_B.items()}, scales.pop()
+    )
 
 
 def peft_state_dict(adapter: Adapter) -> dict[str, torch.Tensor]:

@@ -19,9 +19,7 @@ def lora_delta(x: torch.Tensor, lora_A: torch.Tensor, lora_B: torch.Tensor, scal
     return torch.bmm(torch.bmm(x, lora_A.mT), lora_B.mT) * scale
 
 
-def add_lora(
-    y: torch.Tensor, x: torch.Tensor, lora_A: torch.Tensor, lora_B: torch.Tensor, scale: float
-) -> torch.Tensor:
+def add_lora(y: torch.Tensor, x: torch.Tensor, lora_A: torch.Tensor, lora_B: torch.Tensor, scale: float) -> torch.Tensor:
     """y + lora_delta(x, ...), fused into one baddbmm; in place when no gradient is recorded,
     since at inference the extra (b, t, out) allocation is most of what LoRA costs."""
     xa = torch.bmm(x, lora_A.mT)  # (b, t, r)

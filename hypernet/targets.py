@@ -74,9 +74,7 @@ def find_targets(model: nn.Module, module_names: tuple[str, ...]) -> TargetLayou
         if match is None or match.group(4) not in wanted or not isinstance(module, nn.Linear):
             continue
         stack, layer, block, name = match.groups()
-        targets.append(
-            TargetModule(stack, int(layer), _BLOCKS[block], name, path, module.in_features, module.out_features)
-        )
+        targets.append(TargetModule(stack, int(layer), _BLOCKS[block], name, path, module.in_features, module.out_features))
     if not targets:
         raise UserError(f"no T5 modules named {sorted(wanted)} found: is this a T5 encoder-decoder?")
     missing = wanted - {t.name for t in targets}

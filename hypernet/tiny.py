@@ -28,7 +28,6 @@ from transformers import (
 from hypernet.files import SPIECE, atomic_directory, atomic_write_bytes
 
 
-
 @dataclass(frozen=True)
 class TinyPreset:
     """Sizes of a from-scratch base. `tiny` is ~7.6M parameters: trainable on 2 CPU cores."""

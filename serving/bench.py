@@ -41,9 +41,18 @@ INSTRUCTIONS = [
     "Replace every number in the text by its name.",
 ]
 INPUTS = [
-    "apple, river, stone", "green house, 7 clouds", "seven bright tables", "paper, garden, silver, music",
-    "window 3 cloud", "stone river apple green", "music paper", "a bright silver window",
-    "house, table, 12, garden", "river cloud seven", "green, paper", "silver table music apple",
+    "apple, river, stone",
+    "green house, 7 clouds",
+    "seven bright tables",
+    "paper, garden, silver, music",
+    "window 3 cloud",
+    "stone river apple green",
+    "music paper",
+    "a bright silver window",
+    "house, table, 12, garden",
+    "river cloud seven",
+    "green, paper",
+    "silver table music apple",
 ]
 TARGETS = {"batched_vs_unbatched": 2.5, "mixed_vs_base_only": 0.8, "mixed_vs_swap_per_request": 2.0}
 
@@ -204,8 +213,10 @@ def warm_up(url: str, config: BenchConfig) -> None:
 def run_serve_benchmark(config: BenchConfig, checkpoint: Path, json_path: Path | None = None) -> dict:
     with tempfile.TemporaryDirectory(prefix="tagi-bench-serve-") as tmp:
         root = Path(tmp)
-        print(f"checkpoint {checkpoint}; {config.requests} requests per configuration from {config.clients} clients, "
-              f"{config.instructions} instructions, {config.max_new_tokens} new tokens, fusion off")
+        print(
+            f"checkpoint {checkpoint}; {config.requests} requests per configuration from {config.clients} clients, "
+            f"{config.instructions} instructions, {config.max_new_tokens} new tokens, fusion off"
+        )
         adapted, base = config.bodies(base=False), config.bodies(base=True)
         runs: dict[str, LoadResult] = {}
         with running_server(checkpoint, root, "mixed", "--max-batch-size", "8") as url:
@@ -256,9 +267,14 @@ def summarize(runs: dict[str, LoadResult]) -> dict:
         "mean_requests_per_batch": round(stats["tagi_batch_requests_sum"] / max(stats["tagi_batch_requests_count"], 1), 2),
         "mean_adapters_per_forward": round(stats["tagi_batch_adapters_sum"] / max(stats["tagi_batch_adapters_count"], 1), 2),
         "configs": {
-            name: {"requests": len(run.outputs) + run.errors, "errors": run.errors, "seconds": round(run.seconds, 2),
-                   "req_per_s": round(run.throughput, 2), "p50_ms": round(run.percentile(50), 1),
-                   "p99_ms": round(run.percentile(99), 1)}
+            name: {
+                "requests": len(run.outputs) + run.errors,
+                "errors": run.errors,
+                "seconds": round(run.seconds, 2),
+                "req_per_s": round(run.throughput, 2),
+                "p50_ms": round(run.percentile(50), 1),
+                "p99_ms": round(run.percentile(99), 1),
+            }
             for name, run in runs.items()
         },
     }
@@ -273,15 +289,21 @@ def print_report(runs: dict[str, LoadResult], figures: dict) -> None:
     }
     print(f"\n{'configuration':<32}{'requests':>9}{'errors':>8}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}")
     for name, run in runs.items():
-        print(f"{labels[name]:<32}{len(run.outputs) + run.errors:>9}{run.errors:>8}{run.throughput:>9.1f}"
-              f"{run.percentile(50):>9.0f}{run.percentile(99):>9.0f}")
+        print(
+            f"{labels[name]:<32}{len(run.outputs) + run.errors:>9}{run.errors:>8}{run.throughput:>9.1f}"
+            f"{run.percentile(50):>9.0f}{run.percentile(99):>9.0f}"
+        )
     print(f"\n{'figure':<32}{'value':>9}{'target':>9}")
     for key, target in TARGETS.items():
         verdict = "ok" if figures[key] >= target else "MISSED"
         print(f"{key:<32}{figures[key]:>9.2f}{'>= ' + str(target):>9}  {verdict}")
     print(f"{'errors':<32}{figures['errors']:>9}{'0':>9}  {'ok' if figures['errors'] == 0 else 'MISSED'}")
-    print(f"{'outputs_match (mixed == alone)':<32}{str(figures['outputs_match']):>9}{'True':>9}  "
-          f"{'ok' if figures['outputs_match'] else 'MISSED'}  ({figures['outputs_compared']} requests compared)")
-    print(f"mixed run: {figures['mean_requests_per_batch']} requests per batch, "
-          f"{figures['mean_adapters_per_forward']} distinct adapters per forward pass on average; "
-          f"PEFT swap outputs equal unbatched tagi outputs: {figures['swap_outputs_match_unbatched']}")
+    print(
+        f"{'outputs_match (mixed == alone)':<32}{str(figures['outputs_match']):>9}{'True':>9}  "
+        f"{'ok' if figures['outputs_match'] else 'MISSED'}  ({figures['outputs_compared']} requests compared)"
+    )
+    print(
+        f"mixed run: {figures['mean_requests_per_batch']} requests per batch, "
+        f"{figures['mean_adapters_per_forward']} distinct adapters per forward pass on average; "
+        f"PEFT swap outputs equal unbatched tagi outputs: {figures['swap_outputs_match_unbatched']}"
+    )

@@ -44,7 +44,9 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
         description=textwrap.fill(
             "Start a LitServe server: POST an instruction, get an adapter id; POST inputs with an instruction or "
             "adapter id, get outputs. Requests with different instructions that arrive together share one batched "
-            "forward pass. Adapter ids persist in --state-dir. Stop with Ctrl+C or SIGTERM.", 88),
+            "forward pass. Adapter ids persist in --state-dir. Stop with Ctrl+C or SIGTERM.",
+            88,
+        ),
         epilog="""endpoints:
   POST   /v1/adapters             {"instruction"} -> adapter id and metadata
   GET    /v1/adapters[/ID]        list / metadata;   DELETE /v1/adapters/ID
@@ -59,26 +61,59 @@ authentication:
     )
     add_checkpoint_argument(p)
     d = {f.name: f.default for f in dataclasses.fields(ServerSettings)}
-    p.add_argument("--host", default=d["host"], choices=HOSTS,
-                   help=f"interface to listen on (default {d['host']}: this machine only)")
+    p.add_argument(
+        "--host", default=d["host"], choices=HOSTS, help=f"interface to listen on (default {d['host']}: this machine only)"
+    )
     p.add_argument("--port", type=int, default=d["port"], help=f"TCP port, 1024-65535 (default {d['port']})")
-    p.add_argument("--workers", type=int, default=d["workers"], metavar="N",
-                   help=f"inference worker processes, each with its own copy of the model (default {d['workers']})")
-    p.add_argument("--max-batch-size", type=int, default=d["max_batch_size"], metavar="N",
-                   help=f"requests served together in one forward pass; 1 turns batching off (default {d['max_batch_size']})")
-    p.add_argument("--batch-timeout", type=float, default=d["batch_timeout"], metavar="S",
-                   help=f"seconds a worker waits to fill a batch before running what it has (default {d['batch_timeout']:g})")
-    p.add_argument("--adapter-cache-mb", type=float, default=d["adapter_cache_mb"], metavar="M",
-                   help="per-worker memory for generated adapters, least recently used evicted "
-                   f"(default {d['adapter_cache_mb']:g})")
-    p.add_argument("--state-dir", default=str(d["state_dir"]), metavar="DIR",
-                   help="where the adapter registry (SQLite) and PEFT archives persist across workers and "
-                   f"restarts (default {d['state_dir']})")
-    p.add_argument("--torch-threads", type=int, default=d["torch_threads"], metavar="N",
-                   help="torch threads per worker (default: (cores - 1) / workers, at least 1)")
-    p.add_argument("--engine", choices=list(get_args(EngineName)), default=d["engine"],
-                   help=f"mixed: per-example adapters in one batch (default {d['engine']}); peft-swap: a benchmark "
-                   "baseline that runs each request alone on a PEFT model after set_adapter (no fusion)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=d["workers"],
+        metavar="N",
+        help=f"inference worker processes, each with its own copy of the model (default {d['workers']})",
+    )
+    p.add_argument(
+        "--max-batch-size",
+        type=int,
+        default=d["max_batch_size"],
+        metavar="N",
+        help=f"requests served together in one forward pass; 1 turns batching off (default {d['max_batch_size']})",
+    )
+    p.add_argument(
+        "--batch-timeout",
+        type=float,
+        default=d["batch_timeout"],
+        metavar="S",
+        help=f"seconds a worker waits to fill a batch before running what it has (default {d['batch_timeout']:g})",
+    )
+    p.add_argument(
+        "--adapter-cache-mb",
+        type=float,
+        default=d["adapter_cache_mb"],
+        metavar="M",
+        help=f"per-worker memory for generated adapters, least recently used evicted (default {d['adapter_cache_mb']:g})",
+    )
+    p.add_argument(
+        "--state-dir",
+        default=str(d["state_dir"]),
+        metavar="DIR",
+        help="where the adapter registry (SQLite) and PEFT archives persist across workers and "
+        f"restarts (default {d['state_dir']})",
+    )
+    p.add_argument(
+        "--torch-threads",
+        type=int,
+        default=d["torch_threads"],
+        metavar="N",
+        help="torch threads per worker (default: (cores - 1) / workers, at least 1)",
+    )
+    p.add_argument(
+        "--engine",
+        choices=list(get_args(EngineName)),
+        default=d["engine"],
+        help=f"mixed: per-example adapters in one batch (default {d['engine']}); peft-swap: a benchmark "
+        "baseline that runs each request alone on a PEFT model after set_adapter (no fusion)",
+    )
     p.set_defaults(func=cmd_serve)
 
 
@@ -109,16 +144,31 @@ def add_bench_serve(bench: argparse._SubParsersAction) -> None:
     )
     add_checkpoint_argument(p)
     p.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
-    p.add_argument("--requests", type=int, default=defaults.requests,
-                   help=f"requests per configuration (default {defaults.requests})")
-    p.add_argument("--clients", type=int, default=defaults.clients,
-                   help=f"concurrent client threads (default {defaults.clients})")
-    p.add_argument("--instructions", type=int, default=defaults.instructions,
-                   help=f"distinct instructions, i.e. adapters, cycled over requests (default {defaults.instructions})")
-    p.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens,
-                   help=f"output tokens per request (default {defaults.max_new_tokens})")
-    p.add_argument("--time-limit", type=float, default=defaults.time_limit_s, metavar="S",
-                   help=f"stop a configuration's load after this many seconds (default {defaults.time_limit_s:g})")
+    p.add_argument(
+        "--requests", type=int, default=defaults.requests, help=f"requests per configuration (default {defaults.requests})"
+    )
+    p.add_argument(
+        "--clients", type=int, default=defaults.clients, help=f"concurrent client threads (default {defaults.clients})"
+    )
+    p.add_argument(
+        "--instructions",
+        type=int,
+        default=defaults.instructions,
+        help=f"distinct instructions, i.e. adapters, cycled over requests (default {defaults.instructions})",
+    )
+    p.add_argument(
+        "--max-new-tokens",
+        type=int,
+        default=defaults.max_new_tokens,
+        help=f"output tokens per request (default {defaults.max_new_tokens})",
+    )
+    p.add_argument(
+        "--time-limit",
+        type=float,
+        default=defaults.time_limit_s,
+        metavar="S",
+        help=f"stop a configuration's load after this many seconds (default {defaults.time_limit_s:g})",
+    )
     p.set_defaults(func=cmd_bench_serve)
 
 

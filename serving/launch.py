@@ -39,20 +39,31 @@ def group_alive(pgid: int) -> bool:
 class LocalServer:
     """`tagi serve --checkpoint C --state-dir S --port <free> ARGS` on 127.0.0.1, logging to a file."""
 
-    def __init__(self, checkpoint: Path, state_dir: Path, log_path: Path, *args: str,
-                 env: dict[str, str] | None = None) -> None:
+    def __init__(self, checkpoint: Path, state_dir: Path, log_path: Path, *args: str, env: dict[str, str] | None = None) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = Path(log_path)
         script = shutil.which("tagi", path=str(Path(sys.executable).parent))
-        command = [*([script] if script else [sys.executable, "-m", "hypernet.cli"]), "serve", "--checkpoint",
-                   str(checkpoint), "--state-dir", str(state_dir), "--host", "127.0.0.1", "--port", str(self.port), *args]
+        command = [
+            *([script] if script else [sys.executable, "-m", "hypernet.cli"]),
+            "serve",
+            "--checkpoint",
+            str(checkpoint),
+            "--state-dir",
+            str(state_dir),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            *args,
+        ]
         # The child sees exactly the key it is given, never one inherited from this process, and
         # keeps its metrics in its own directory, not in this process's.
         inherited = {k: v for k, v in os.environ.items() if k not in ("LIT_SERVER_API_KEY", "PROMETHEUS_MULTIPROC_DIR")}
         self._log = self.log_path.open("wb")
-        self.process = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT, env=inherited | (env or {}),
-                                        start_new_session=True)
+        self.process = subprocess.Popen(
+            command, stdout=self._log, stderr=subprocess.STDOUT, env=inherited | (env or {}), start_new_session=True
+        )
         self.pgid = self.process.pid  # a session leader's pid is its process group id
 
     def wait_ready(self, timeout: float = 120.0) -> LocalServer:

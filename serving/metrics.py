@@ -54,33 +54,50 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send  # noqa: E402
 from serving.cache import CacheStats  # noqa: E402
 
 if not prometheus_client.values.ValueClass._multiprocess:
-    raise RuntimeError("prometheus_client was imported before serving.metrics set PROMETHEUS_MULTIPROC_DIR: "
-                       "its metrics would stay in one process; import serving.metrics first")
+    raise RuntimeError(
+        "prometheus_client was imported before serving.metrics set PROMETHEUS_MULTIPROC_DIR: "
+        "its metrics would stay in one process; import serving.metrics first"
+    )
 
 DIRECTORY = Path(os.environ["PROMETHEUS_MULTIPROC_DIR"])
 CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
 """The classic text format: what every Prometheus server and our tests read."""
 
 _LATENCY = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
-HTTP_REQUESTS = Counter("tagi_http_requests_total", "HTTP requests by method, endpoint (route template) and status code.",
-                        ["method", "endpoint", "code"])
-HTTP_ERRORS = Counter("tagi_http_errors_total", "HTTP responses with a 4xx or 5xx status, by method, endpoint and code.",
-                      ["method", "endpoint", "code"])
-HTTP_LATENCY = Histogram("tagi_http_request_duration_seconds", "HTTP request latency by method and endpoint.",
-                         ["method", "endpoint"], buckets=_LATENCY)
+HTTP_REQUESTS = Counter(
+    "tagi_http_requests_total",
+    "HTTP requests by method, endpoint (route template) and status code.",
+    ["method", "endpoint", "code"],
+)
+HTTP_ERRORS = Counter(
+    "tagi_http_errors_total",
+    "HTTP responses with a 4xx or 5xx status, by method, endpoint and code.",
+    ["method", "endpoint", "code"],
+)
+HTTP_LATENCY = Histogram(
+    "tagi_http_request_duration_seconds", "HTTP request latency by method and endpoint.", ["method", "endpoint"], buckets=_LATENCY
+)
 BATCH_REQUESTS = Histogram("tagi_batch_requests", "Requests (jobs) per inference batch.", buckets=(1, 2, 4, 8, 16, 32, 64))
-BATCH_ROWS = Histogram("tagi_batch_rows", "Input rows per batched forward pass (model.generate call).",
-                       buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512))
-BATCH_ADAPTERS = Histogram("tagi_batch_adapters", "Distinct adapters in one batched forward pass (0: base model only).",
-                           buckets=(0, 1, 2, 3, 4, 6, 8, 16, 32))
+BATCH_ROWS = Histogram(
+    "tagi_batch_rows",
+    "Input rows per batched forward pass (model.generate call).",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
+)
+BATCH_ADAPTERS = Histogram(
+    "tagi_batch_adapters",
+    "Distinct adapters in one batched forward pass (0: base model only).",
+    buckets=(0, 1, 2, 3, 4, 6, 8, 16, 32),
+)
 FORWARD_SECONDS = Histogram("tagi_forward_seconds", "Time of one batched forward pass (generation).", buckets=_LATENCY)
-ADAPTER_SECONDS = Histogram("tagi_adapter_generation_seconds", "Time to generate one adapter from its instruction.",
-                            buckets=_LATENCY)
+ADAPTER_SECONDS = Histogram(
+    "tagi_adapter_generation_seconds", "Time to generate one adapter from its instruction.", buckets=_LATENCY
+)
 CACHE_HITS = Counter("tagi_adapter_cache_hits_total", "Adapter lookups served from a worker's cache.")
 CACHE_MISSES = Counter("tagi_adapter_cache_misses_total", "Adapter lookups that had to generate the adapter.")
 CACHE_EVICTIONS = Counter("tagi_adapter_cache_evictions_total", "Adapters evicted to keep a worker's cache in its bound.")
-CACHE_BYTES = Gauge("tagi_adapter_cache_bytes", "Bytes of adapters held in a worker's cache.", ["worker"],
-                    multiprocess_mode="livesum")
+CACHE_BYTES = Gauge(
+    "tagi_adapter_cache_bytes", "Bytes of adapters held in a worker's cache.", ["worker"], multiprocess_mode="livesum"
+)
 CACHE_ENTRIES = Gauge("tagi_adapter_cache_entries", "Adapters held in a worker's cache.", ["worker"], multiprocess_mode="livesum")
 
 _LIVE_GAUGE_FILE = re.compile(r"gauge_live\w*?_(\d+)\.db")

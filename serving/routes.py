@@ -148,12 +148,15 @@ def add_routes(app: FastAPI, jobs: JobQueue, registry: Registry, state_dir: Path
         if body.model != BASE_MODEL_ID and instruction is not None:
             raise ServingError(
                 f"model {body.model!r} is an adapter, which already is an instruction: drop the system message, "
-                f"or use model {BASE_MODEL_ID!r} with it", 422)
+                f"or use model {BASE_MODEL_ID!r} with it",
+                422,
+            )
         adapter = None if body.model == BASE_MODEL_ID else body.model
         # A chat request is a generate job with one input. Its fields were validated as chat
         # fields (non-empty system message, token range, strict types): not validated again.
-        job = GenerateRequest.model_construct(instruction=instruction, adapter_id=adapter, inputs=[text],
-                                              max_new_tokens=body.max_new_tokens, fusion=body.fusion)
+        job = GenerateRequest.model_construct(
+            instruction=instruction, adapter_id=adapter, inputs=[text], max_new_tokens=body.max_new_tokens, fusion=body.fusion
+        )
         try:
             result = await jobs.run(job)
         except ServingError as err:
@@ -181,7 +184,6 @@ def add_routes(app: FastAPI, jobs: JobQueue, registry: Registry, state_dir: Path
     def metrics() -> Response:
         """Prometheus exposition of every process of this server."""
         return Response(prometheus.render(), media_type=prometheus.CONTENT_TYPE)
-
 
 
 def _chunks(handle: BinaryIO, size: int = 1 << 16) -> Iterator[bytes]:

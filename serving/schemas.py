@@ -41,6 +41,7 @@ class _Body(BaseModel):
 
 # ---- adapters ------------------------------------------------------------------------------
 
+
 class AdapterCreateRequest(_Body):
     """One instruction, or a list of them: a list is ONE job, so a worker generates its new
     adapters in one pass (TagiModel.adapters) and the answer lists them in order."""
@@ -111,6 +112,7 @@ class AdapterDeleted(BaseModel):
 
 # ---- generate ------------------------------------------------------------------------------
 
+
 class GenerateRequest(_Body):
     """What /v1/generate takes, and the one generate job every route puts on the workers' queue
     (a chat completion becomes one). Neither `instruction` nor `adapter_id` means the plain base
@@ -140,6 +142,7 @@ class GenerateResponse(BaseModel):
 
 
 # ---- OpenAI-compatible chat ----------------------------------------------------------------
+
 
 class TextPart(BaseModel):
     type: Literal["text"]

@@ -101,8 +101,13 @@ def serve(settings: ServerSettings) -> None:
         server = build_server(settings)
         log.info(
             "serving %s on http://%s:%d with %d worker(s), batches of up to %d, state in %s%s",
-            settings.checkpoint, settings.host, settings.port, settings.workers, settings.max_batch_size,
-            settings.state_dir, ", API key required" if settings.api_key else "",
+            settings.checkpoint,
+            settings.host,
+            settings.port,
+            settings.workers,
+            settings.max_batch_size,
+            settings.state_dir,
+            ", API key required" if settings.api_key else "",
         )
         with sigterm_as_interrupt():
             try:

@@ -10,7 +10,7 @@ pytest_plugins = ("pytester",)
 
 CONFTEST = Path(__file__).with_name("conftest.py")
 
-SKIPS = '''
+SKIPS = """
 import pytest
 
 def test_runs():
@@ -19,23 +19,23 @@ def test_runs():
 @pytest.mark.skipif(True, reason="needs hardware: a CUDA GPU")
 def test_on_gpu():
     pass
-'''
+"""
 
-MISSING_DATA = '''
+MISSING_DATA = """
 import pytest
 
 def test_reads_data():
     pytest.skip("data/sni is absent")
-'''
+"""
 
-MISSING_MODULE = '''
+MISSING_MODULE = """
 import pytest
 
 pytest.importorskip("no_such_browser_driver")
 
 def test_drives_a_browser():
     pass
-'''
+"""
 
 
 @pytest.fixture()
@@ -54,8 +54,9 @@ def test_a_hardware_skip_passes_under_ci(project: pytest.Pytester, monkeypatch: 
 
 
 @pytest.mark.parametrize("source", [MISSING_DATA, MISSING_MODULE], ids=["pytest.skip", "importorskip"])
-def test_a_skip_for_something_the_repository_provides_fails_under_ci(project: pytest.Pytester, monkeypatch: pytest.MonkeyPatch,
-                                                                     source: str):
+def test_a_skip_for_something_the_repository_provides_fails_under_ci(
+    project: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, source: str
+):
     project.makepyfile(test_missing=source)
     monkeypatch.delenv("CI", raising=False)
     assert project.runpytest().ret == pytest.ExitCode.OK  # off CI a skip stays a skip

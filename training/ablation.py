@@ -67,8 +67,16 @@ def run_ablation(recipe: Preset, work: Path, out: Path, sni_dir: Path | None, de
             result = run_eval(checkpoint, paths, "def", max_instances=recipe.eval_instances, methods=METHODS, timing_tasks=0)
             report["sets"].setdefault(name, {})[kind] = summarise(result)
         if sni_dir is not None:
-            result = run_eval(checkpoint, [str(Path(sni_dir) / "tasks")], "def+2pos", max_instances=recipe.eval_instances,
-                              max_input_tokens=2048, split_file=str(Path(sni_dir) / SNI_TEST_SPLIT), methods=METHODS, timing_tasks=0)
+            result = run_eval(
+                checkpoint,
+                [str(Path(sni_dir) / "tasks")],
+                "def+2pos",
+                max_instances=recipe.eval_instances,
+                max_input_tokens=2048,
+                split_file=str(Path(sni_dir) / SNI_TEST_SPLIT),
+                methods=METHODS,
+                timing_tasks=0,
+            )
             report["sets"].setdefault("sni_test", {})[kind] = summarise(result)
     synthetic = [n for n in report["sets"] if n.startswith("synthetic")]
     means = {kind: sum(report["sets"][n][kind]["mean"]["exact_match"] for n in synthetic) / len(synthetic) for kind in ARMS}

@@ -154,8 +154,15 @@ def span_corrupt(tokens: list[str], rng: random.Random, density: float, mean_spa
     return " ".join(inp), " ".join(out)
 
 
-def pretrain_base(task_set: TaskSet, out_dir: Path, config: BaseConfig, loop: LoopConfig, seed: int, world_config: SuiteConfig,
-                  resume: bool = True) -> Path:
+def pretrain_base(
+    task_set: TaskSet,
+    out_dir: Path,
+    config: BaseConfig,
+    loop: LoopConfig,
+    seed: int,
+    world_config: SuiteConfig,
+    resume: bool = True,
+) -> Path:
     """Build (once) and train the base in `out_dir`; returns the HF directory of the result.
     `world_config` shapes skills="world" inputs like the suite's (list lengths)."""
     out_dir = Path(out_dir)
@@ -202,9 +209,18 @@ def pretrain_base(task_set: TaskSet, out_dir: Path, config: BaseConfig, loop: Lo
         predictions = greedy(model, tokenizer, inputs, config.max_input_tokens, config.max_output_tokens)
         return exact_match_by_group(predictions, probe, task_set.categories())
 
-    result = train(model, total, make_batch, loss_fn, loop, out_dir, name="stage0-base", resume=resume,
-                   eval_fn=evaluate if probe else None,
-                   settings={"base": config, "seed": seed, "world": world_config})
+    result = train(
+        model,
+        total,
+        make_batch,
+        loss_fn,
+        loop,
+        out_dir,
+        name="stage0-base",
+        resume=resume,
+        eval_fn=evaluate if probe else None,
+        settings={"base": config, "seed": seed, "world": world_config},
+    )
     final = out_dir / "model"
     with atomic_directory(final, overwrite=True) as tmp:
         model.save_pretrained(tmp)
@@ -214,34 +230,53 @@ def pretrain_base(task_set: TaskSet, out_dir: Path, config: BaseConfig, loop: Lo
     return final
 
 
-def write_base_card(model_dir: Path, result: LoopResult, config: BaseConfig, loop: LoopConfig, task_set: TaskSet,
-                    span_texts: list[str], skills: list, world: WorldSkills | None, evaluate: Callable[[int], dict] | None) -> None:
+def write_base_card(
+    model_dir: Path,
+    result: LoopResult,
+    config: BaseConfig,
+    loop: LoopConfig,
+    task_set: TaskSet,
+    span_texts: list[str],
+    skills: list,
+    world: WorldSkills | None,
+    evaluate: Callable[[int], dict] | None,
+) -> None:
     """base_card.json: what the base saw (never an instruction as a condition) and how well it does."""
-    write_json(model_dir / BASE_CARD, {
-        "stage": "base_pretrain",
-        "saw": {
-            "span_corruption_texts": len(span_texts),
-            "skill_pairs": len(skills),
-            "skills": config.skills,
-            "skill_codes": {p.name: skill_code(i) for i, p in enumerate(PRIMITIVES)} if world is not None else {},
-            "instructions_as_input": False,
-            "tasks": [t.name for t in task_set.tasks],
-            "held_back_instances_per_task_excluded": True,
+    write_json(
+        model_dir / BASE_CARD,
+        {
+            "stage": "base_pretrain",
+            "saw": {
+                "span_corruption_texts": len(span_texts),
+                "skill_pairs": len(skills),
+                "skills": config.skills,
+                "skill_codes": {p.name: skill_code(i) for i, p in enumerate(PRIMITIVES)} if world is not None else {},
+                "instructions_as_input": False,
+                "tasks": [t.name for t in task_set.tasks],
+                "held_back_instances_per_task_excluded": True,
+            },
+            "config": asdict(config) | {"loop": asdict(loop)},
+            "steps": result.steps_done,
+            "seconds": round(result.seconds, 1),
+            # The loop scored the last step; a resumed, already finished run did not.
+            "final_eval": result.last_eval or (evaluate(result.steps_done) if evaluate is not None else {}),
         },
-        "config": asdict(config) | {"loop": asdict(loop)},
-        "steps": result.steps_done,
-        "seconds": round(result.seconds, 1),
-        # The loop scored the last step; a resumed, already finished run did not.
-        "final_eval": result.last_eval or (evaluate(result.steps_done) if evaluate is not None else {}),
-    })
+    )
 
 
 def run(recipe: Preset, inputs: StageInputs, out: Path) -> None:
     """Stage 0 from the training tasks alone; writes out/model, the base every later stage uses."""
     from training.stages import stage_loop
 
-    pretrain_base(inputs.task_set, out, recipe.base, stage_loop(recipe, "base.loop", inputs.device), recipe.seed, recipe.suite,
-                  resume=inputs.resume)
+    pretrain_base(
+        inputs.task_set,
+        out,
+        recipe.base,
+        stage_loop(recipe, "base.loop", inputs.device),
+        recipe.seed,
+        recipe.suite,
+        resume=inputs.resume,
+    )
 
 
 def read_base_card(base_dir: Path) -> dict:

@@ -30,15 +30,20 @@ def _ratio(em: dict[str, float], a: str, b: str) -> str:
 def _targets(results: dict) -> list[str]:
     """The issue's targets per synthetic held-out set: TAGI >= 0.9x the meta teacher's exact
     match; the wrong-instruction control <= 20% of TAGI's."""
-    lines = ["## Targets", "",
-             "| task set | TAGI / meta teacher (>= 0.9) | wrong instruction / TAGI (<= 0.2) | no fusion / meta teacher |",
-             "|---|---|---|---|"]
+    lines = [
+        "## Targets",
+        "",
+        "| task set | TAGI / meta teacher (>= 0.9) | wrong instruction / TAGI (<= 0.2) | no fusion / meta teacher |",
+        "|---|---|---|---|",
+    ]
     for name, result in results.items():
         if not name.startswith("synthetic_unseen"):
             continue
         em = {m: row["exact_match"] for m, row in result["overall"].items()}
-        lines.append(f"| {name} | {_ratio(em, 'tagi', 'meta_teacher')} | {_ratio(em, 'tagi_wrong_instruction', 'tagi')} "
-                     f"| {_ratio(em, 'tagi_no_fusion', 'meta_teacher')} |")
+        lines.append(
+            f"| {name} | {_ratio(em, 'tagi', 'meta_teacher')} | {_ratio(em, 'tagi_wrong_instruction', 'tagi')} "
+            f"| {_ratio(em, 'tagi_no_fusion', 'meta_teacher')} |"
+        )
     return [*lines, ""]
 
 
@@ -80,12 +85,17 @@ def write_card(out: Path, command: str | None = None) -> Path:
         f"{base_model['num_layers']}+{base_model['num_layers']} layers); span corruption on the training tasks' texts "
         f"plus instruction-free skills (`{base.get('saw', {}).get('skills', '?')}`), "
         "never an instruction as a condition. With `world` skills it learned fresh examples of the training tasks' functions, "
-        "each primitive named by an opaque symbol with its parameter (\"<skill_3> 1 <skill_0> : apple, pear\"), parameters "
+        'each primitive named by an opaque symbol with its parameter ("<skill_3> 1 <skill_0> : apple, pear"), parameters '
         "drawn from training values only, held-back inputs excluded; "
         f"{int(100 * preset['base']['unconditioned_share'])}% of them without symbols. "
-        + (f"Exact match of the coded operations on held-back instances at the end: {100 * base['final_eval']['em']:.1f}%."
-           if base.get("final_eval") else ""),
-        "- Instance teachers (stage 1): PEFT LoRA per " + preset["teachers"]["per"] + f" (r={preset['teachers']['rank']}, alpha={preset['teachers']['alpha']}), "
+        + (
+            f"Exact match of the coded operations on held-back instances at the end: {100 * base['final_eval']['em']:.1f}%."
+            if base.get("final_eval")
+            else ""
+        ),
+        "- Instance teachers (stage 1): PEFT LoRA per "
+        + preset["teachers"]["per"]
+        + f" (r={preset['teachers']['rank']}, alpha={preset['teachers']['alpha']}), "
         "input only; shipped in `teachers/` (float16).",
         "- Meta-trained teacher (stage 1): the base fully finetuned on instruction + input of the training tasks "
         "(Tk-Instruct recipe); "
@@ -104,10 +114,14 @@ def write_card(out: Path, command: str | None = None) -> Path:
     meta_scores = json.loads(meta_card.read_text()).get("held_back_em", {}) if meta_card.exists() else {}
     meta_em = meta_scores.get("em")
     if meta_em is not None:
-        lines += ["## Meta-trained teacher on held-back instances of the training tasks (target >= 80%)", "",
-                  f"{100 * meta_em:.1f}% exact match (per primitive: "
-                  + ", ".join(f"{k[3:]} {100 * v:.0f}" for k, v in sorted(meta_scores.items()) if k.startswith("em/"))
-                  + ").", ""]
+        lines += [
+            "## Meta-trained teacher on held-back instances of the training tasks (target >= 80%)",
+            "",
+            f"{100 * meta_em:.1f}% exact match (per primitive: "
+            + ", ".join(f"{k[3:]} {100 * v:.0f}" for k, v in sorted(meta_scores.items()) if k.startswith("em/"))
+            + ").",
+            "",
+        ]
     lines += _targets(results)
     report = load_report(out)
     if report is not None:

@@ -21,6 +21,7 @@ from training.data import SNI_DIR
 
 # ---- init ------------------------------------------------------------------------------------
 
+
 def cmd_init(args: argparse.Namespace) -> None:
     import tempfile
 
@@ -43,8 +44,10 @@ def cmd_init(args: argparse.Namespace) -> None:
             build_tiny_base(init_corpus(args.corpus), Path(tmp), PRESETS[args.preset], seed=args.seed)
             create_checkpoint(Path(tmp), out, config, seed=args.seed, overwrite=args.overwrite)
     counts = load_model(str(out)).parameter_counts()
-    print(f"wrote untrained checkpoint to {out}: trainable generator {counts['generator']:,} parameters, "
-          f"frozen base {counts['base_frozen']:,}")
+    print(
+        f"wrote untrained checkpoint to {out}: trainable generator {counts['generator']:,} parameters, "
+        f"frozen base {counts['base_frozen']:,}"
+    )
 
 
 def init_corpus(paths: list[str] | None) -> list[str]:
@@ -66,6 +69,7 @@ def init_corpus(paths: list[str] | None) -> list[str]:
 
 # ---- data ------------------------------------------------------------------------------------
 
+
 def cmd_data_synth(args: argparse.Namespace) -> None:
     from training.pipeline import write_synthetic
     from training.presets import get_preset
@@ -79,6 +83,7 @@ def cmd_data_synth(args: argparse.Namespace) -> None:
 
 
 # ---- train -----------------------------------------------------------------------------------
+
 
 def _recipe(args: argparse.Namespace):
     """The recipe of --preset or --recipe, with --seed and --threads applied."""
@@ -97,8 +102,11 @@ def _recipe(args: argparse.Namespace):
 def _distill_overrides(args: argparse.Namespace, recipe):
     """--no-ce/--no-kl/--no-ins, the lambdas and --curriculum on the recipe's distill section."""
     distill = recipe.distill
-    changes = {"use_ce": distill.use_ce and not args.no_ce, "use_kl": distill.use_kl and not args.no_kl,
-               "use_ins": distill.use_ins and not args.no_ins}
+    changes = {
+        "use_ce": distill.use_ce and not args.no_ce,
+        "use_kl": distill.use_kl and not args.no_kl,
+        "use_ins": distill.use_ins and not args.no_ins,
+    }
     if args.lambda_kl is not None:
         changes["lambda_kl"] = args.lambda_kl
     if args.lambda_ins is not None:
@@ -135,13 +143,16 @@ def cmd_train(args: argparse.Namespace) -> None:
         raise UserError(f"{out} exists; pass --overwrite to replace it")
     sni = _sni_dir(args)
     work = Path(args.work) if args.work else Path("runs") / f"train-{recipe.name}"
-    info = run_pipeline(recipe, out, work, device=args.device, resume=not args.no_resume, overwrite=True,
-                        evaluate=not args.no_eval, sni_dir=sni)
+    info = run_pipeline(
+        recipe, out, work, device=args.device, resume=not args.no_resume, overwrite=True, evaluate=not args.no_eval, sni_dir=sni
+    )
     from training.card import write_card
 
     write_card(out, "tagi " + " ".join(shlex.quote(a) for a in sys.argv[1:]))
-    print(f"wrote {out} ({info['bytes'] / 1e6:.1f} MB) in {info['train_seconds'] / 60:.1f} min of training; "
-          f"stages: {info['stage_seconds']}")
+    print(
+        f"wrote {out} ({info['bytes'] / 1e6:.1f} MB) in {info['train_seconds'] / 60:.1f} min of training; "
+        f"stages: {info['stage_seconds']}"
+    )
 
 
 def cmd_train_stage(args: argparse.Namespace, recipe) -> None:
@@ -172,15 +183,26 @@ def cmd_train_stage(args: argparse.Namespace, recipe) -> None:
 
 # ---- eval ------------------------------------------------------------------------------------
 
+
 def cmd_eval(args: argparse.Namespace) -> None:
     from training.evaluate import format_table, run_eval, write_json
 
     checkpoint = resolve_checkpoint(args.checkpoint)
     if args.max_new_tokens < 1:
         raise UserError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
-    result = run_eval(checkpoint, args.tasks, args.format, held_back=args.held_back, seed=args.seed,
-                      max_instances=args.max_instances, max_input_tokens=args.max_input_tokens,
-                      max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, device=args.device, split_file=args.split)
+    result = run_eval(
+        checkpoint,
+        args.tasks,
+        args.format,
+        held_back=args.held_back,
+        seed=args.seed,
+        max_instances=args.max_instances,
+        max_input_tokens=args.max_input_tokens,
+        max_new_tokens=args.max_new_tokens,
+        batch_size=args.batch_size,
+        device=args.device,
+        split_file=args.split,
+    )
     print(format_table(result))
     if args.json:
         write_json(Path(args.json), result)
@@ -188,6 +210,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
 
 # ---- curriculum ablation ---------------------------------------------------------------------
+
 
 def cmd_ablate_curriculum(args: argparse.Namespace) -> None:
     from training.ablation import run_ablation
@@ -202,30 +225,53 @@ def cmd_ablate_curriculum(args: argparse.Namespace) -> None:
     report = run_ablation(recipe, work, out, _sni_dir(args), device=args.device, resume=not args.no_resume)
     write_card(out)
     means = report["synthetic_mean_exact_match"]
-    print(f"wrote {out / 'curriculum.json'}: synthetic held-out mean exact match uniform {means['uniform']:.1f}, "
-          f"tapir {means['tapir']:.1f}; winner {report['winner']}")
+    print(
+        f"wrote {out / 'curriculum.json'}: synthetic held-out mean exact match uniform {means['uniform']:.1f}, "
+        f"tapir {means['tapir']:.1f}; winner {report['winner']}"
+    )
 
 
 # ---- registration ----------------------------------------------------------------------------
+
 
 def _recipe_args(p: argparse.ArgumentParser) -> None:
     from training.presets import preset_names
 
     which = p.add_mutually_exclusive_group()
-    which.add_argument("--preset", choices=preset_names(), default="tiny",
-                       help="built-in recipe configs/NAME.yaml (default: tiny, the shipped one; smoke: ~1 minute, for tests)")
-    which.add_argument("--recipe", metavar="FILE", help="recipe YAML file (see configs/); values it does not name keep their defaults")
-    p.add_argument("--seed", type=int, default=None, help="seed of data, initialisation and batch order (default: the recipe's, 0)")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="where to train; bf16 autocast on CUDA (default: auto)")
-    p.add_argument("--threads", type=int, default=None, metavar="N",
-                   help="torch CPU threads of every stage (default: the recipe's; tiny uses all cores, so run it alone, "
-                   "or pass 1 when sharing the machine)")
-    p.add_argument("--no-resume", action="store_true",
-                   help="start an interrupted stage over instead of resuming from its last periodic checkpoint")
+    which.add_argument(
+        "--preset",
+        choices=preset_names(),
+        default="tiny",
+        help="built-in recipe configs/NAME.yaml (default: tiny, the shipped one; smoke: ~1 minute, for tests)",
+    )
+    which.add_argument(
+        "--recipe", metavar="FILE", help="recipe YAML file (see configs/); values it does not name keep their defaults"
+    )
+    p.add_argument(
+        "--seed", type=int, default=None, help="seed of data, initialisation and batch order (default: the recipe's, 0)"
+    )
+    p.add_argument(
+        "--device", choices=("auto", "cpu", "cuda"), default="auto", help="where to train; bf16 autocast on CUDA (default: auto)"
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        metavar="N",
+        help="torch CPU threads of every stage (default: the recipe's; tiny uses all cores, so run it alone, "
+        "or pass 1 when sharing the machine)",
+    )
+    p.add_argument(
+        "--no-resume",
+        action="store_true",
+        help="start an interrupted stage over instead of resuming from its last periodic checkpoint",
+    )
 
 
 def _sni_args(p: argparse.ArgumentParser, what: str) -> None:
-    p.add_argument("--sni", default=str(SNI_DIR), metavar="DIR", help=f"SNI subset directory for {what} (default: the repository's data/sni)")
+    p.add_argument(
+        "--sni", default=str(SNI_DIR), metavar="DIR", help=f"SNI subset directory for {what} (default: the repository's data/sni)"
+    )
     p.add_argument("--no-sni", action="store_true", help="skip the SNI test tasks")
 
 
@@ -233,19 +279,33 @@ def _add_init(sub: argparse._SubParsersAction) -> None:
     from hypernet.config import KNOWN_TARGETS, GeneratorConfig
     from hypernet.tiny import PRESETS
 
-    p = sub.add_parser("init", help="create an untrained checkpoint (tiny base + tokenizer + generator)",
-                       description="Create an untrained checkpoint: a from-scratch tiny T5 and tokenizer (or a local HF T5 "
-                       "directory given with --base) plus a generator whose first adapters are exactly zero.")
+    p = sub.add_parser(
+        "init",
+        help="create an untrained checkpoint (tiny base + tokenizer + generator)",
+        description="Create an untrained checkpoint: a from-scratch tiny T5 and tokenizer (or a local HF T5 "
+        "directory given with --base) plus a generator whose first adapters are exactly zero.",
+    )
     p.add_argument("--out", required=True, metavar="DIR", help="checkpoint directory to create")
-    p.add_argument("--preset", choices=sorted(PRESETS), default="tiny", help="size of the from-scratch base (default: tiny, 7.6M)")
+    p.add_argument(
+        "--preset", choices=sorted(PRESETS), default="tiny", help="size of the from-scratch base (default: tiny, 7.6M)"
+    )
     p.add_argument("--base", metavar="DIR", help="use this local HF T5 directory (t5-lm-adapt, flan-t5) instead of a tiny base")
-    p.add_argument("--corpus", nargs="+", metavar="FILE", help="text files (one text per line) to train the tokenizer on "
-                   "(default: the texts of the built-in synthetic task suite)")
+    p.add_argument(
+        "--corpus",
+        nargs="+",
+        metavar="FILE",
+        help="text files (one text per line) to train the tokenizer on (default: the texts of the built-in synthetic task suite)",
+    )
     defaults = GeneratorConfig()
     p.add_argument("--rank", type=int, default=defaults.rank, help=f"LoRA rank (default {defaults.rank})")
     p.add_argument("--alpha", type=float, default=defaults.alpha, help=f"LoRA alpha (default {defaults.alpha})")
-    p.add_argument("--target-modules", nargs="+", default=list(defaults.target_modules), choices=KNOWN_TARGETS,
-                   help="T5 modules to adapt in every block (default: q v)")
+    p.add_argument(
+        "--target-modules",
+        nargs="+",
+        default=list(defaults.target_modules),
+        choices=KNOWN_TARGETS,
+        help="T5 modules to adapt in every block (default: q v)",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed for weights and generator init (default 0)")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     p.set_defaults(func=cmd_init)
@@ -254,33 +314,52 @@ def _add_init(sub: argparse._SubParsersAction) -> None:
 def _add_train(sub: argparse._SubParsersAction) -> None:
     from training.stages import STAGES
 
-    train = sub.add_parser("train", help="train: every stage (--out) or one stage",
-                           description="Without a stage: run every stage end to end in --work and write the shipped checkpoint to "
-                           "--out (a tagi checkpoint + teachers/ + meta_teacher/ + eval.json). With a stage: run that stage only, "
-                           "reading earlier stages' results from --work.")
+    train = sub.add_parser(
+        "train",
+        help="train: every stage (--out) or one stage",
+        description="Without a stage: run every stage end to end in --work and write the shipped checkpoint to "
+        "--out (a tagi checkpoint + teachers/ + meta_teacher/ + eval.json). With a stage: run that stage only, "
+        "reading earlier stages' results from --work.",
+    )
     _recipe_args(train)
     train.add_argument("--out", metavar="DIR", help="output checkpoint directory (all stages)")
-    train.add_argument("--work", metavar="DIR", help="work directory for stage states, logs, plots (default: runs/train-<recipe name>)")
+    train.add_argument(
+        "--work", metavar="DIR", help="work directory for stage states, logs, plots (default: runs/train-<recipe name>)"
+    )
     train.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     train.add_argument("--no-eval", action="store_true", help="skip the final evaluation (eval.json)")
     _sni_args(train, "the sni_test evaluation")
     stages = train.add_subparsers(dest="stage", required=False, metavar="{" + ",".join(s.name for s in STAGES) + "}")
     for stage in STAGES:
-        p = stages.add_parser(stage.name, help=stage.help, description=f"{stage.help}. Writes WORK/{stage.directory}/{stage.result}.")
+        p = stages.add_parser(
+            stage.name, help=stage.help, description=f"{stage.help}. Writes WORK/{stage.directory}/{stage.result}."
+        )
         _recipe_args(p)
         p.add_argument("--work", required=True, metavar="DIR", help="work directory shared by the stages")
-        p.add_argument("--tasks", nargs="+", metavar="PATH", help="training task files/directories (default: the synthetic suite's train split in --work)")
+        p.add_argument(
+            "--tasks",
+            nargs="+",
+            metavar="PATH",
+            help="training task files/directories (default: the synthetic suite's train split in --work)",
+        )
         p.add_argument("--steps", type=int, help=f"override the recipe's number of optimizer steps ({stage.loop}.steps)")
         if stage.name == "distill":
             p.add_argument("--no-ce", action="store_true", help="switch off L_ce")
-            p.add_argument("--no-kl", action="store_true", help="switch off L_kl (no meta teacher needed, unless --curriculum tapir)")
+            p.add_argument(
+                "--no-kl", action="store_true", help="switch off L_kl (no meta teacher needed, unless --curriculum tapir)"
+            )
             p.add_argument("--no-ins", action="store_true", help="switch off L_ins (no instance teachers needed)")
             p.add_argument("--lambda-kl", type=float, help="weight lambda1 of L_kl")
             p.add_argument("--lambda-ins", type=float, help="weight lambda2 of L_ins")
-            p.add_argument("--curriculum", choices=("uniform", "tapir"),
-                           help="data schedule: uniform (every training instance, epoch by epoch) or tapir (rounds balanced "
-                           "across categories with a growing share of the tasks furthest behind the teacher); default: the recipe's")
-            p.add_argument("--stage-dir", metavar="DIR", help=f"where this run's state and checkpoint go (default: WORK/{stage.directory})")
+            p.add_argument(
+                "--curriculum",
+                choices=("uniform", "tapir"),
+                help="data schedule: uniform (every training instance, epoch by epoch) or tapir (rounds balanced "
+                "across categories with a growing share of the tasks furthest behind the teacher); default: the recipe's",
+            )
+            p.add_argument(
+                "--stage-dir", metavar="DIR", help=f"where this run's state and checkpoint go (default: WORK/{stage.directory})"
+            )
         p.set_defaults(func=cmd_train)
     train.set_defaults(func=cmd_train, stage=None)
 
@@ -289,45 +368,64 @@ def register(sub: argparse._SubParsersAction, bench: argparse._SubParsersAction 
     _add_init(sub)
     data = sub.add_parser("data", help="build training data", description="Build training data.")
     data_sub = data.add_subparsers(dest="data_command", required=True, metavar="{synth}")
-    synth = data_sub.add_parser("synth", help="write the synthetic list-world suite in SNI format",
-                                description="Write the synthetic list-world suite: <out>/<split>/<task>.json and <out>/splits/<split>.txt "
-                                "for the splits train, unseen_composition, unseen_parameter, unseen_paraphrase.")
+    synth = data_sub.add_parser(
+        "synth",
+        help="write the synthetic list-world suite in SNI format",
+        description="Write the synthetic list-world suite: <out>/<split>/<task>.json and <out>/splits/<split>.txt "
+        "for the splits train, unseen_composition, unseen_parameter, unseen_paraphrase.",
+    )
     synth.add_argument("--out", required=True, metavar="DIR", help="directory to write")
     synth.add_argument("--seed", type=int, default=0, help="suite seed: the same seed gives identical tasks (default 0)")
     from training.presets import preset_names
 
-    synth.add_argument("--preset", choices=preset_names(), default="tiny", help="suite size of this recipe (default: tiny = the full suite)")
+    synth.add_argument(
+        "--preset", choices=preset_names(), default="tiny", help="suite size of this recipe (default: tiny = the full suite)"
+    )
     synth.add_argument("--overwrite", action="store_true", help="write into a non-empty directory")
     synth.set_defaults(func=cmd_data_synth)
 
     _add_train(sub)
 
-    ablate = sub.add_parser("ablate-curriculum", help="stage 3 with the uniform vs the tapir curriculum at equal compute",
-                            description="Run stage 3 with both data schedules (uniform, tapir) from the same pretrained "
-                            "hypernetwork and teachers, for the same number of steps and examples; score TAGI on the "
-                            "synthetic held-out sets and the SNI test tasks; write OUT/curriculum.json and a section of "
-                            "OUT/README.md. The arm the recipe already uses is the pipeline's own stage 3.")
+    ablate = sub.add_parser(
+        "ablate-curriculum",
+        help="stage 3 with the uniform vs the tapir curriculum at equal compute",
+        description="Run stage 3 with both data schedules (uniform, tapir) from the same pretrained "
+        "hypernetwork and teachers, for the same number of steps and examples; score TAGI on the "
+        "synthetic held-out sets and the SNI test tasks; write OUT/curriculum.json and a section of "
+        "OUT/README.md. The arm the recipe already uses is the pipeline's own stage 3.",
+    )
     _recipe_args(ablate)
     ablate.add_argument("--work", metavar="DIR", help="the pipeline's work directory (default: runs/train-<recipe name>)")
     ablate.add_argument("--out", required=True, metavar="DIR", help="the checkpoint `tagi train` wrote (gets curriculum.json)")
     _sni_args(ablate, "the sni_test set")
     ablate.set_defaults(func=cmd_ablate_curriculum)
 
-    ev = sub.add_parser("eval", help="score every method side by side on task files",
-                        description="Per task, per category and overall Rouge-L and exact match (SNI convention, percent) for "
-                        "base_concat, meta_teacher, task_lora_oracle, tagi_no_fusion, tagi, tagi_wrong_instruction, plus "
-                        "measured time per instance of TAGI vs instruction concatenation.")
+    ev = sub.add_parser(
+        "eval",
+        help="score every method side by side on task files",
+        description="Per task, per category and overall Rouge-L and exact match (SNI convention, percent) for "
+        "base_concat, meta_teacher, task_lora_oracle, tagi_no_fusion, tagi, tagi_wrong_instruction, plus "
+        "measured time per instance of TAGI vs instruction concatenation.",
+    )
     add_checkpoint_argument(ev)
     ev.add_argument("--tasks", nargs="+", required=True, metavar="PATH", help="SNI task files or directories of them")
     ev.add_argument("--split", metavar="FILE", help="only the tasks named in this split file")
     ev.add_argument("--format", choices=("def", "def+2pos"), default="def", help="instruction format (default: def)")
     ev.add_argument("--json", metavar="FILE", help="also write the result as JSON")
-    ev.add_argument("--held-back", type=int, metavar="N", help="score only each task's N held-back instances (for training tasks)")
+    ev.add_argument(
+        "--held-back", type=int, metavar="N", help="score only each task's N held-back instances (for training tasks)"
+    )
     ev.add_argument("--seed", type=int, default=0, help="seed of the held-back split (default 0, as in training)")
     ev.add_argument("--max-instances", type=int, metavar="N", help="at most N instances per task")
-    ev.add_argument("--max-input-tokens", type=int, metavar="N", help="truncate longer inputs (counted in the JSON; default 1024)")
-    ev.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS,
-                    help=f"output length limit (default {DEFAULT_MAX_NEW_TOKENS}, hypernet.config.DEFAULT_MAX_NEW_TOKENS)")
+    ev.add_argument(
+        "--max-input-tokens", type=int, metavar="N", help="truncate longer inputs (counted in the JSON; default 1024)"
+    )
+    ev.add_argument(
+        "--max-new-tokens",
+        type=int,
+        default=DEFAULT_MAX_NEW_TOKENS,
+        help=f"output length limit (default {DEFAULT_MAX_NEW_TOKENS}, hypernet.config.DEFAULT_MAX_NEW_TOKENS)",
+    )
     ev.add_argument("--batch-size", type=int, default=64, help="instances per forward pass (default 64)")
     ev.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="device (default cpu)")
     ev.set_defaults(func=cmd_eval)

@@ -48,7 +48,9 @@ def primitive_group(category: str) -> str:
     return "composition" if category.startswith("composition") else category
 
 
-def load_task_set(paths: list[str | Path], held_back: int, seed: int, prompt_format: str = "def", max_instances: int | None = None) -> TaskSet:
+def load_task_set(
+    paths: list[str | Path], held_back: int, seed: int, prompt_format: str = "def", max_instances: int | None = None
+) -> TaskSet:
     tasks = load_tasks(paths, max_instances=max_instances)
     if not tasks:
         raise ValueError("no tasks given")
@@ -83,14 +85,23 @@ def shift_right(labels: torch.Tensor, start_id: int = 0, pad_id: int = 0) -> tor
     return shifted
 
 
-def seq2seq_batch(tokenizer: PreTrainedTokenizerBase, inputs: list[str], outputs: list[str], max_input: int, max_output: int) -> dict[str, torch.Tensor]:
+def seq2seq_batch(
+    tokenizer: PreTrainedTokenizerBase, inputs: list[str], outputs: list[str], max_input: int, max_output: int
+) -> dict[str, torch.Tensor]:
     batch = encode(tokenizer, inputs, max_input)
     labels = encode_labels(tokenizer, outputs, max_output)
     return {**batch, "labels": labels, "decoder_input_ids": shift_right(labels)}
 
 
 @torch.no_grad()
-def greedy(model: T5ForConditionalGeneration, tokenizer: PreTrainedTokenizerBase, inputs: list[str], max_input: int, max_new_tokens: int, batch_size: int = 64) -> list[str]:
+def greedy(
+    model: T5ForConditionalGeneration,
+    tokenizer: PreTrainedTokenizerBase,
+    inputs: list[str],
+    max_input: int,
+    max_new_tokens: int,
+    batch_size: int = 64,
+) -> list[str]:
     outputs = []
     device = model.device
     for start in range(0, len(inputs), batch_size):

@@ -57,7 +57,9 @@ class CurriculumConfig:
         if self.rounds < 1 or self.probe_instances < 1:
             raise ValueError("rounds and probe_instances must be >= 1")
         if not 0 <= self.hard_share_start <= self.hard_share_end <= 1:
-            raise ValueError(f"need 0 <= hard_share_start <= hard_share_end <= 1, got {self.hard_share_start}, {self.hard_share_end}")
+            raise ValueError(
+                f"need 0 <= hard_share_start <= hard_share_end <= 1, got {self.hard_share_start}, {self.hard_share_end}"
+            )
         if not 0 < self.hard_fraction <= 1:
             raise ValueError(f"hard_fraction must be in (0, 1], got {self.hard_fraction}")
         if any(v < 0 for v in self.category_mix.values()) or (self.category_mix and sum(self.category_mix.values()) <= 0):
@@ -116,7 +118,12 @@ class RoundPlan:
 
 
 def plan_round(
-    index: int, names: list[str], categories: list[str], teacher_em: list[float], student_em: list[float], config: CurriculumConfig
+    index: int,
+    names: list[str],
+    categories: list[str],
+    teacher_em: list[float],
+    student_em: list[float],
+    config: CurriculumConfig,
 ) -> RoundPlan:
     kept = [i for i in range(len(names)) if teacher_em[i] >= config.min_teacher_em]
     if not kept:
@@ -172,7 +179,9 @@ class RoundSampler:
         return out
 
 
-def sampled_mix(sampler: RoundSampler, categories: list[str], pairs: list[Pair], batches: list[tuple[int, int]]) -> dict[str, float]:
+def sampled_mix(
+    sampler: RoundSampler, categories: list[str], pairs: list[Pair], batches: list[tuple[int, int]]
+) -> dict[str, float]:
     """Category shares of what a round actually drew; `batches` = (count, seed) per step."""
     counts: Counter[str] = Counter()
     for count, seed in batches:
@@ -211,7 +220,6 @@ def em_by_task(predictions: list[str], probes: list[Pair], count: int, score: Ca
     return [sum(hits[t]) / len(hits[t]) if t in hits else 0.0 for t in range(count)]
 
 
-
 class TapirSampler:
     """The training loop's sampler for a TAPIR run (training.loop.Sampler).
 
@@ -222,9 +230,19 @@ class TapirSampler:
     replayed student) any round begun after it.
     """
 
-    def __init__(self, config: CurriculumConfig, steps: int, batch_size: int, seed: int, names: list[str],
-                 categories: list[str], pairs: list[Pair], teacher_em: list[float],
-                 measure_student: Callable[[], list[float]], out_dir: Path) -> None:
+    def __init__(
+        self,
+        config: CurriculumConfig,
+        steps: int,
+        batch_size: int,
+        seed: int,
+        names: list[str],
+        categories: list[str],
+        pairs: list[Pair],
+        teacher_em: list[float],
+        measure_student: Callable[[], list[float]],
+        out_dir: Path,
+    ) -> None:
         self.config, self.batch_size, self.seed = config, batch_size, seed
         self.names, self.categories, self.pairs = names, categories, pairs
         self.teacher_em, self.measure_student, self.out_dir = teacher_em, measure_student, Path(out_dir)

@@ -294,9 +294,7 @@ def instruction_text(task: Task, fmt: PromptFormat) -> str:
     if fmt == "def+2pos":
         for index, example in enumerate(task.positive_examples[:POSITIVE_EXAMPLES_IN_PROMPT], start=1):
             sections.append(
-                POSITIVE_EXAMPLE_TEMPLATE.format(
-                    index=index, input=example.input.strip(), output=example.output.strip()
-                )
+                POSITIVE_EXAMPLE_TEMPLATE.format(index=index, input=example.input.strip(), output=example.output.strip())
             )
     return SECTION_SEPARATOR.join(sections)
 
@@ -320,9 +318,7 @@ def format_concat(instruction: str, input: str) -> str:
 # Held-out instances
 
 
-def split_instances(
-    task: Task, held_out: int | float, seed: int
-) -> tuple[tuple[Instance, ...], tuple[Instance, ...]]:
+def split_instances(task: Task, held_out: int | float, seed: int) -> tuple[tuple[Instance, ...], tuple[Instance, ...]]:
     """Deterministically split a task's instances into (train, held_out).
 
     ``held_out`` is a count (int) or a fraction in (0, 1) (float). The shuffle

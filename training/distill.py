@@ -70,8 +70,9 @@ class Teachers:
     """Task index -> row of `loras`."""
 
 
-def load_teachers(model: TagiModel, task_set: TaskSet, config: DistillConfig, meta_dir: Path | None,
-                  teachers_dir: Path | None) -> Teachers:
+def load_teachers(
+    model: TagiModel, task_set: TaskSet, config: DistillConfig, meta_dir: Path | None, teachers_dir: Path | None
+) -> Teachers:
     """Only the teachers this config needs; a missing one is a usage error naming the option."""
     meta = None
     if config.use_kl or config.curriculum.kind == "tapir":
@@ -106,8 +107,9 @@ class Distillation:
         config, tokenizer = self.config, self.model.tokenizer
         chosen = [self.pairs[i] for i in indices]
         tasks = sorted({p.task for p in chosen})
-        batch = seq2seq_batch(tokenizer, [p.input for p in chosen], [p.output for p in chosen], config.max_input_tokens,
-                              config.max_output_tokens)
+        batch = seq2seq_batch(
+            tokenizer, [p.input for p in chosen], [p.output for p in chosen], config.max_input_tokens, config.max_output_tokens
+        )
         instructions = encode(tokenizer, [self.formatted[t] for t in tasks], self.model.config.max_instruction_tokens)
         batch.update({f"instruction_{k}": v for k, v in instructions.items()})
         batch["rows"] = torch.tensor([tasks.index(p.task) for p in chosen])
@@ -124,8 +126,9 @@ class Distillation:
         lora = self.model.generate_lora(encoding)
         rows = batch["rows"]
         fused = encoding.select(rows) if batch["fusion"] else None
-        logits = self.model(batch["input_ids"], batch["attention_mask"], batch["decoder_input_ids"], lora=lora.select(rows),
-                            instruction=fused)
+        logits = self.model(
+            batch["input_ids"], batch["attention_mask"], batch["decoder_input_ids"], lora=lora.select(rows), instruction=fused
+        )
         return logits, lora
 
     def loss(self, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
@@ -136,8 +139,11 @@ class Distillation:
         metrics = {"ce": float(ce.detach())}
         if config.use_kl:
             with torch.no_grad():
-                teacher_logits = teachers.meta(input_ids=batch["teacher_input_ids"], attention_mask=batch["teacher_attention_mask"],
-                                               decoder_input_ids=batch["decoder_input_ids"]).logits
+                teacher_logits = teachers.meta(
+                    input_ids=batch["teacher_input_ids"],
+                    attention_mask=batch["teacher_attention_mask"],
+                    decoder_input_ids=batch["decoder_input_ids"],
+                ).logits
             kl = distill_kl(logits, teacher_logits, target_mask(batch["labels"]), config.temperature)
             total = total + config.lambda_kl * kl
             metrics["kl"] = float(kl.detach())
@@ -155,8 +161,12 @@ class Distillation:
         outputs = []
         for start in range(0, len(scored), 64):
             chunk = scored[start : start + 64]
-            outputs += self.model.generate([p.input for p in chunk], [adapters[p.task] for p in chunk], fusion=fusion,
-                                           max_new_tokens=self.config.max_output_tokens)
+            outputs += self.model.generate(
+                [p.input for p in chunk],
+                [adapters[p.task] for p in chunk],
+                fusion=fusion,
+                max_new_tokens=self.config.max_output_tokens,
+            )
         return outputs
 
     def evaluate(self, _step: int) -> dict[str, float]:
@@ -182,15 +192,38 @@ class Distillation:
 def tapir_sampler(work: Distillation, probes: list[Pair], loop: LoopConfig, out_dir: Path) -> TapirSampler:
     """The curriculum's sampler: the teacher is scored on the probes once, the student per round."""
     config, task_set = work.config, work.task_set
-    teacher_outputs = greedy(work.teachers.meta, work.model.tokenizer, concat_inputs(task_set, probes), 4 * config.max_input_tokens,
-                             config.max_output_tokens)
+    teacher_outputs = greedy(
+        work.teachers.meta,
+        work.model.tokenizer,
+        concat_inputs(task_set, probes),
+        4 * config.max_input_tokens,
+        config.max_output_tokens,
+    )
     teacher_em = em_by_task(teacher_outputs, probes, len(task_set.tasks), exact_match)
-    return TapirSampler(config.curriculum, loop.steps, loop.batch_size, loop.seed, [t.name for t in task_set.tasks], work.groups,
-                        work.pairs, teacher_em, lambda: work.probe_em(probes), out_dir)
+    return TapirSampler(
+        config.curriculum,
+        loop.steps,
+        loop.batch_size,
+        loop.seed,
+        [t.name for t in task_set.tasks],
+        work.groups,
+        work.pairs,
+        teacher_em,
+        lambda: work.probe_em(probes),
+        out_dir,
+    )
 
 
-def distill(model: TagiModel, task_set: TaskSet, out_dir: Path, config: DistillConfig, loop: LoopConfig,
-            meta_teacher_dir: Path | None, teachers_dir: Path | None, resume: bool = True) -> None:
+def distill(
+    model: TagiModel,
+    task_set: TaskSet,
+    out_dir: Path,
+    config: DistillConfig,
+    loop: LoopConfig,
+    meta_teacher_dir: Path | None,
+    teachers_dir: Path | None,
+    resume: bool = True,
+) -> None:
     """Train model.generator (and fusion) in place; `out_dir` holds the loop state, log, plot and,
     with the tapir curriculum, its plans (curriculum.jsonl)."""
     teachers = load_teachers(model, task_set, config, meta_teacher_dir, teachers_dir)
@@ -198,8 +231,19 @@ def distill(model: TagiModel, task_set: TaskSet, out_dir: Path, config: DistillC
     pairs, probes = split_probes(task_set, config.curriculum.probe_instances, loop.seed) if tapir else (task_set.train, [])
     work = Distillation(model, task_set, pairs, config, teachers)
     sampler = tapir_sampler(work, probes, loop, out_dir) if tapir else None
-    train(model, len(pairs), work.make_batch, work.loss, loop, out_dir, name=LOG_NAME, resume=resume,
-          eval_fn=work.evaluate if work.scored else None, sampler=sampler, settings=config)
+    train(
+        model,
+        len(pairs),
+        work.make_batch,
+        work.loss,
+        loop,
+        out_dir,
+        name=LOG_NAME,
+        resume=resume,
+        eval_fn=work.evaluate if work.scored else None,
+        sampler=sampler,
+        settings=config,
+    )
 
 
 def run(recipe: Preset, inputs: StageInputs, out: Path) -> None:
@@ -207,6 +251,14 @@ def run(recipe: Preset, inputs: StageInputs, out: Path) -> None:
     from training.stages import stage_loop
 
     model = load_checkpoint(inputs.results["hypernet-pretrain"], device=resolve_device(inputs.device))
-    distill(model, inputs.task_set, out, recipe.distill, stage_loop(recipe, "distill.loop", inputs.device),
-            inputs.results.get("meta-teacher"), inputs.results.get("teachers"), resume=inputs.resume)
+    distill(
+        model,
+        inputs.task_set,
+        out,
+        recipe.distill,
+        stage_loop(recipe, "distill.loop", inputs.device),
+        inputs.results.get("meta-teacher"),
+        inputs.results.get("teachers"),
+        resume=inputs.resume,
+    )
     save_checkpoint(model.to("cpu"), out / "checkpoint", overwrite=True)

@@ -71,8 +71,15 @@ def _decode(model: TagiModel, tokens: torch.Tensor) -> list[str]:
 
 
 class Evaluator:
-    def __init__(self, checkpoint: Path, max_input_tokens: int, max_new_tokens: int, batch_size: int, device: str = "cpu",
-                 timing_tasks: int = 8) -> None:
+    def __init__(
+        self,
+        checkpoint: Path,
+        max_input_tokens: int,
+        max_new_tokens: int,
+        batch_size: int,
+        device: str = "cpu",
+        timing_tasks: int = 8,
+    ) -> None:
         self.checkpoint = Path(checkpoint)
         self.model = load_checkpoint(self.checkpoint, device=device)
         self.model.eval()
@@ -113,8 +120,13 @@ class Evaluator:
         return {k: v.to(self.model.device) for k, v in encode(self.model.tokenizer, texts, self.max_input).items()}
 
     @torch.no_grad()
-    def _generate(self, texts: list[str], lora: LoraWeights | None, instruction: InstructionEncoding | None,
-                  t5: T5ForConditionalGeneration | None = None) -> list[str]:
+    def _generate(
+        self,
+        texts: list[str],
+        lora: LoraWeights | None,
+        instruction: InstructionEncoding | None,
+        t5: T5ForConditionalGeneration | None = None,
+    ) -> list[str]:
         batch = self._batch(texts)
         if t5 is not None:
             tokens = t5.generate(**batch, max_new_tokens=self.max_new, do_sample=False, num_beams=1)
@@ -122,8 +134,9 @@ class Evaluator:
             tokens = self.model.generate_tokens(batch, lora, instruction, self.max_new)
         return _decode(self.model, tokens)
 
-    def run_method(self, method: str, inputs: list[str], concat: list[str], adapters: list[Adapter],
-                   oracle: LoraWeights | None) -> list[str]:
+    def run_method(
+        self, method: str, inputs: list[str], concat: list[str], adapters: list[Adapter], oracle: LoraWeights | None
+    ) -> list[str]:
         out: list[str] = []
         for s in range(0, len(inputs), self.batch_size):
             e = min(len(inputs), s + self.batch_size)
@@ -141,8 +154,9 @@ class Evaluator:
         return out
 
     @torch.no_grad()
-    def timing(self, inputs: list[str], concat: list[str], outputs: list[str], instruction: str,
-               repeats: int = 3) -> dict[str, float]:
+    def timing(
+        self, inputs: list[str], concat: list[str], outputs: list[str], instruction: str, repeats: int = 3
+    ) -> dict[str, float]:
         """Seconds per instance of a teacher-forced forward: TAGI (incl. adapter generation)
         vs instruction concatenation, same inputs and gold outputs; median of repeats."""
         model = self.model
@@ -220,8 +234,9 @@ class Evaluator:
         categories = {t.name: primitive_group(t.category) for t in tasks}
         return {
             "overall": _average(per_task, list(per_task)),
-            "by_category": {c: _average(per_task, [t for t in per_task if categories[t] == c])
-                            for c in sorted(set(categories.values()))},
+            "by_category": {
+                c: _average(per_task, [t for t in per_task if categories[t] == c]) for c in sorted(set(categories.values()))
+            },
             "by_task": per_task,
             "time_ratio_tagi_vs_concat": times["tagi"] / times["concat"] if times["concat"] else None,
             "timing_seconds_per_instance": {k: v / max(1, timing_instances) for k, v in times.items()},
@@ -258,10 +273,21 @@ def select_instances(tasks: list[Task], held_back: int | None, seed: int, max_in
     return out
 
 
-def run_eval(checkpoint: Path, task_paths: list[str], fmt: PromptFormat = "def", held_back: int | None = None, seed: int = 0,
-             max_instances: int | None = None, max_input_tokens: int | None = None, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
-             batch_size: int = 64, device: str = "cpu", split_file: str | None = None, methods: tuple[str, ...] = METHODS,
-             timing_tasks: int = 8) -> dict:
+def run_eval(
+    checkpoint: Path,
+    task_paths: list[str],
+    fmt: PromptFormat = "def",
+    held_back: int | None = None,
+    seed: int = 0,
+    max_instances: int | None = None,
+    max_input_tokens: int | None = None,
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+    batch_size: int = 64,
+    device: str = "cpu",
+    split_file: str | None = None,
+    methods: tuple[str, ...] = METHODS,
+    timing_tasks: int = 8,
+) -> dict:
     tasks = load_tasks(task_paths)
     if split_file is not None:
         wanted = set(read_split(split_file))
@@ -290,8 +316,9 @@ def format_table(result: dict, title: str = "") -> str:
         width = max([len(label), *(len(r) for r in rows)]) + 2
         lines.append(f"{label:<{width}}" + "".join(f"{m:>24}" for m in methods))
         for name, row in rows.items():
-            cells = "".join(f"{'-':>24}" if m not in row else f"{row[m]['exact_match']:>11.1f} / {row[m]['rougeL']:>9.1f}"
-                            for m in methods)
+            cells = "".join(
+                f"{'-':>24}" if m not in row else f"{row[m]['exact_match']:>11.1f} / {row[m]['rougeL']:>9.1f}" for m in methods
+            )
             lines.append(f"{name:<{width}}" + cells)
 
     lines.append("exact match / Rouge-L (percent)")
@@ -304,8 +331,10 @@ def format_table(result: dict, title: str = "") -> str:
     ratio = result.get("time_ratio_tagi_vs_concat")
     if ratio is not None:
         per_instance = result["timing_seconds_per_instance"]
-        lines.append(f"\ntime per instance, TAGI vs instruction concatenation: {ratio:.2f}x "
-                     f"({per_instance['tagi'] * 1e3:.2f} ms vs {per_instance['concat'] * 1e3:.2f} ms)")
+        lines.append(
+            f"\ntime per instance, TAGI vs instruction concatenation: {ratio:.2f}x "
+            f"({per_instance['tagi'] * 1e3:.2f} ms vs {per_instance['concat'] * 1e3:.2f} ms)"
+        )
     return "\n".join(lines)
 
 

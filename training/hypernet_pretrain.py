@@ -41,7 +41,9 @@ def corpus(task_set: TaskSet) -> list[str]:
     return [*task_set.instructions, *(f"{p.input} {p.output}" for p in task_set.train)]
 
 
-def pretrain_hypernet(model: TagiModel, task_set: TaskSet, out_dir: Path, config: HypernetPretrainConfig, loop: LoopConfig, resume: bool = True) -> None:
+def pretrain_hypernet(
+    model: TagiModel, task_set: TaskSet, out_dir: Path, config: HypernetPretrainConfig, loop: LoopConfig, resume: bool = True
+) -> None:
     """Train model.generator in place; `out_dir` holds the loop state, log and plot."""
     texts = corpus(task_set)
     tokenizer = model.tokenizer
@@ -62,8 +64,14 @@ def pretrain_hypernet(model: TagiModel, task_set: TaskSet, out_dir: Path, config
             b_rows.append(ids[n : 2 * n] + [eos])
             c_rows.append(ids[2 * n :] + [eos])
         a, b, c = _pad(a_rows, 0), _pad(b_rows, 0), _pad(c_rows, IGNORE)
-        return {"a_ids": a, "a_mask": (a != 0).long(), "input_ids": b, "attention_mask": (b != 0).long(),
-                "labels": c, "decoder_input_ids": shift_right(c)}
+        return {
+            "a_ids": a,
+            "a_mask": (a != 0).long(),
+            "input_ids": b,
+            "attention_mask": (b != 0).long(),
+            "labels": c,
+            "decoder_input_ids": shift_right(c),
+        }
 
     def loss_fn(batch: dict) -> tuple[torch.Tensor, dict]:
         encoding = model.encode_instruction_ids(batch["a_ids"], batch["a_mask"])
@@ -73,13 +81,14 @@ def pretrain_hypernet(model: TagiModel, task_set: TaskSet, out_dir: Path, config
         loss = cross_entropy(logits, batch["labels"])
         return loss, {"ce": float(loss.detach())}
 
-    train(model, len(texts), make_batch, loss_fn, loop, out_dir, name="stage2-hypernet-pretrain", resume=resume,
-          settings=config)
+    train(model, len(texts), make_batch, loss_fn, loop, out_dir, name="stage2-hypernet-pretrain", resume=resume, settings=config)
 
 
 def checkpoint_config(recipe: Preset) -> CheckpointConfig:
     """The trained checkpoint's config.json: the recipe's generator and instruction template."""
-    return CheckpointConfig(generator=recipe.generator, instruction_template=recipe.instruction_template, max_instruction_tokens=1024)
+    return CheckpointConfig(
+        generator=recipe.generator, instruction_template=recipe.instruction_template, max_instruction_tokens=1024
+    )
 
 
 def run(recipe: Preset, inputs: StageInputs, out: Path) -> None:
@@ -90,6 +99,12 @@ def run(recipe: Preset, inputs: StageInputs, out: Path) -> None:
     if not (checkpoint / CONFIG_FILE).exists():
         create_checkpoint(inputs.results["base"], checkpoint, checkpoint_config(recipe), seed=recipe.seed, overwrite=True)
     model = load_checkpoint(checkpoint, device=resolve_device(inputs.device))
-    pretrain_hypernet(model, inputs.task_set, out, recipe.hypernet_pretrain, stage_loop(recipe, "hypernet_pretrain.loop", inputs.device),
-                      resume=inputs.resume)
+    pretrain_hypernet(
+        model,
+        inputs.task_set,
+        out,
+        recipe.hypernet_pretrain,
+        stage_loop(recipe, "hypernet_pretrain.loop", inputs.device),
+        resume=inputs.resume,
+    )
     save_checkpoint(model.to("cpu"), checkpoint, overwrite=True)

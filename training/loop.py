@@ -192,12 +192,14 @@ def make_optimizer(params: list[nn.Parameter], config: LoopConfig) -> torch.opti
     if config.optimizer == "adafactor":
         from transformers.optimization import Adafactor
 
-        return Adafactor(params, lr=config.lr, scale_parameter=True, relative_step=False, warmup_init=False,
-                         weight_decay=config.weight_decay)
+        return Adafactor(
+            params, lr=config.lr, scale_parameter=True, relative_step=False, warmup_init=False, weight_decay=config.weight_decay
+        )
     return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
 
 
 # ---- optimizer state <-> safetensors + JSON ----------------------------------------------------
+
 
 def _flatten_optimizer(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     state = optimizer.state_dict()
@@ -217,6 +219,7 @@ def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict[str, Any])
 
 
 # ---- log and plot ---------------------------------------------------------------------------------
+
 
 def read_log(path: Path) -> list[dict[str, Any]]:
     if not path.exists():
@@ -259,7 +262,7 @@ def plot_log(log_path: Path, out_path: Path, title: str = "") -> None:
         ax.set_title(name, fontsize=9)
         ax.set_xlabel("step", fontsize=8)
         ax.tick_params(labelsize=7)
-    for ax in list(axes.flat)[len(names):]:
+    for ax in list(axes.flat)[len(names) :]:
         ax.axis("off")
     if title:
         fig.suptitle(title, fontsize=10)
@@ -308,7 +311,7 @@ def _resume_record(config: LoopConfig, settings: Any) -> dict[str, Any]:
 
 
 def config_differences(saved: Any, current: Any, where: str = "") -> list[str]:
-    """"field old -> new" for every leaf where two JSON configs differ."""
+    """ "field old -> new" for every leaf where two JSON configs differ."""
     if saved is None and not where:
         return ["it records no config (written by an older tagi)"]
     if isinstance(saved, dict) and isinstance(current, dict):
@@ -319,8 +322,9 @@ def config_differences(saved: Any, current: Any, where: str = "") -> list[str]:
     return [] if saved == current else [f"{where} {saved!r} -> {current!r}"]
 
 
-def _save_state(out_dir: Path, module: nn.Module, optimizer: torch.optim.Optimizer, sampler: Sampler, step: int,
-                record: dict[str, Any]) -> None:
+def _save_state(
+    out_dir: Path, module: nn.Module, optimizer: torch.optim.Optimizer, sampler: Sampler, step: int, record: dict[str, Any]
+) -> None:
     trainable = {n: p.detach().cpu().contiguous() for n, p in module.named_parameters() if p.requires_grad}
     opt_tensors, opt_meta = _flatten_optimizer(optimizer)
     rng = {"torch_cpu": torch.get_rng_state()}
@@ -352,15 +356,19 @@ def load_weights(out_dir: Path, module: nn.Module) -> int:
     return checkpoint_step(out_dir)
 
 
-def _load_state(out_dir: Path, module: nn.Module, optimizer: torch.optim.Optimizer, sampler: Sampler, record: dict[str, Any]) -> int:
+def _load_state(
+    out_dir: Path, module: nn.Module, optimizer: torch.optim.Optimizer, sampler: Sampler, record: dict[str, Any]
+) -> int:
     """Restore everything that decides the next step; refuses a checkpoint of another config,
     whose continuation would match neither the old run nor a fresh one."""
     state_dir = out_dir / STATE_DIR
     meta = json.loads((state_dir / STATE_FILE).read_text())
     changed = config_differences(meta.get("resume"), record)
     if changed:
-        raise UserError(f"cannot resume {out_dir}: its config changed since the checkpoint ({'; '.join(changed)}); "
-                        "pass --no-resume to start over, or use another work directory")
+        raise UserError(
+            f"cannot resume {out_dir}: its config changed since the checkpoint ({'; '.join(changed)}); "
+            "pass --no-resume to start over, or use another work directory"
+        )
     load_weights(out_dir, module)
     tensors = load_file(state_dir / OPTIMIZER_FILE)
     rng = {k.removeprefix("rng."): v for k, v in tensors.items() if k.startswith("rng.")}
@@ -449,7 +457,9 @@ def train(
             done = step + 1
             metrics = {"loss": float(loss.detach()), **{k: float(v) for k, v in metrics.items()}}
             if done % config.log_every == 0 or done == config.steps:
-                log.write(json.dumps({"kind": "train", "step": done, "lr": lr, "time": round(time.time() - began, 2), **metrics}) + "\n")
+                log.write(
+                    json.dumps({"kind": "train", "step": done, "lr": lr, "time": round(time.time() - began, 2), **metrics}) + "\n"
+                )
                 log.flush()
                 bar.set_postfix({k: f"{v:.3f}" for k, v in list(metrics.items())[:4]})
             if eval_fn is not None and ((config.eval_every and done % config.eval_every == 0) or done == config.steps):
@@ -467,5 +477,6 @@ def train(
                 plot_log(log_path, out_dir / PLOT_FILE, title=name)
     bar.close()
     module.eval()
-    return LoopResult(steps_done=config.steps, resumed_from=start, seconds=time.time() - began, last_metrics=metrics,
-                      last_eval=last_eval)
+    return LoopResult(
+        steps_done=config.steps, resumed_from=start, seconds=time.time() - began, last_metrics=metrics, last_eval=last_eval
+    )

@@ -72,8 +72,16 @@ def directory_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
 
 
-def run_pipeline(recipe: Preset, out: Path, work: Path, device: str = "auto", resume: bool = True, overwrite: bool = False,
-                 evaluate: bool = True, sni_dir: Path | None = None) -> dict:
+def run_pipeline(
+    recipe: Preset,
+    out: Path,
+    work: Path,
+    device: str = "auto",
+    resume: bool = True,
+    overwrite: bool = False,
+    evaluate: bool = True,
+    sni_dir: Path | None = None,
+) -> dict:
     began = time.time()
     work.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
@@ -104,12 +112,19 @@ def evaluate_all(out: Path, work: Path, recipe: Preset, sni_dir: Path | None) ->
     results = {}
     for name, split in SYNTH_SETS.items():
         held = recipe.held_back if split == "train" else None
-        results[name] = run_eval(out, [str(work / "data" / split)], "def", held_back=held, seed=recipe.seed,
-                                 max_instances=recipe.eval_instances)
+        results[name] = run_eval(
+            out, [str(work / "data" / split)], "def", held_back=held, seed=recipe.seed, max_instances=recipe.eval_instances
+        )
         print(format_table(results[name], title=f"== {name}"))
     if sni_dir is not None:
-        results["sni_test"] = run_eval(out, [str(Path(sni_dir) / "tasks")], "def+2pos", max_instances=recipe.eval_instances,
-                                       max_input_tokens=2048, split_file=str(Path(sni_dir) / SNI_TEST_SPLIT))
+        results["sni_test"] = run_eval(
+            out,
+            [str(Path(sni_dir) / "tasks")],
+            "def+2pos",
+            max_instances=recipe.eval_instances,
+            max_input_tokens=2048,
+            split_file=str(Path(sni_dir) / SNI_TEST_SPLIT),
+        )
         print(format_table(results["sni_test"], title="== sni_test"))
     write_json(out / EVAL_FILE, results)
     return {k: v["overall"] for k, v in results.items()}

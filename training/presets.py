@@ -51,7 +51,9 @@ def _share(owner: object, *names: str) -> None:
 class BaseConfig:
     """Stage 0: from-scratch tokenizer + T5, span corruption + instruction-free skills."""
 
-    model: TinyPreset = field(default_factory=lambda: TinyPreset(d_model=192, d_ff=768, num_layers=3, num_heads=6, d_kv=32, vocab_size=1000))
+    model: TinyPreset = field(
+        default_factory=lambda: TinyPreset(d_model=192, d_ff=768, num_layers=3, num_heads=6, d_kv=32, vocab_size=1000)
+    )
     """Sizes of the T5. d192, 3+3 layers: 3.3M parameters (13 MB in float32); hypernet.tiny's own
     d256 4+4 default is 30 MB by itself, over the 30 MB budget of the shipped directory.
     vocab_size is an upper bound: SentencePiece keeps what the small corpus supports (~740)."""
@@ -69,8 +71,11 @@ class BaseConfig:
     max_output_tokens: int = 48
     eval_instances: int = 300
     """Held-back instances scored (with their symbols) at each evaluation, when skills=world."""
-    loop: LoopConfig = field(default_factory=lambda: LoopConfig(
-        steps=6000, batch_size=64, lr=1e-2, optimizer="adafactor", weight_decay=0.0, warmup_steps=150, eval_every=1000))
+    loop: LoopConfig = field(
+        default_factory=lambda: LoopConfig(
+            steps=6000, batch_size=64, lr=1e-2, optimizer="adafactor", weight_decay=0.0, warmup_steps=150, eval_every=1000
+        )
+    )
 
     def __post_init__(self) -> None:
         if self.skills not in ("world", "unconditioned", "none"):
@@ -94,10 +99,14 @@ class TeacherConfig:
     """LoRA r of the teachers (their own, not the generator's: L_ins compares in delta-W space)."""
     alpha: float = 16.0
     target_modules: tuple[str, ...] = ("q", "v")
-    teacher_loop: LoopConfig = field(default_factory=lambda: LoopConfig(
-        steps=80, batch_size=32, lr=3e-3, warmup_steps=8, checkpoint_every=1000, log_every=10))
-    meta_loop: LoopConfig = field(default_factory=lambda: LoopConfig(
-        steps=2000, batch_size=64, lr=1e-3, optimizer="adafactor", weight_decay=0.0, warmup_steps=100, eval_every=500))
+    teacher_loop: LoopConfig = field(
+        default_factory=lambda: LoopConfig(steps=80, batch_size=32, lr=3e-3, warmup_steps=8, checkpoint_every=1000, log_every=10)
+    )
+    meta_loop: LoopConfig = field(
+        default_factory=lambda: LoopConfig(
+            steps=2000, batch_size=64, lr=1e-3, optimizer="adafactor", weight_decay=0.0, warmup_steps=100, eval_every=500
+        )
+    )
     max_input_tokens: int = 128
     max_output_tokens: int = 32
     eval_instances: int = 300
@@ -142,7 +151,9 @@ class DistillConfig:
     eval_instances: int = 200
     curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)
     """uniform (every training instance, epoch by epoch) or tapir (training.curriculum)."""
-    loop: LoopConfig = field(default_factory=lambda: LoopConfig(steps=2500, batch_size=32, lr=1e-3, warmup_steps=100, eval_every=500))
+    loop: LoopConfig = field(
+        default_factory=lambda: LoopConfig(steps=2500, batch_size=32, lr=1e-3, warmup_steps=100, eval_every=500)
+    )
 
     def __post_init__(self) -> None:
         if not (self.use_ce or self.use_kl or self.use_ins):
@@ -191,6 +202,7 @@ class Preset:
 
 
 # ---- YAML -> dataclasses ------------------------------------------------------------------------
+
 
 def _convert(kind: Any, value: Any, where: str, default: Any) -> Any:
     """`value` (from YAML) as an instance of the annotated type `kind`; refuses anything else."""
@@ -242,7 +254,9 @@ def from_mapping(cls: type, data: Any, where: str, default: Any = None) -> Any:
         name = f"{where}.{key}" if where else str(key)
         if key not in fields:
             raise UserError(f"{name}: unknown key (known: {', '.join(fields)})")
-        values[key] = _convert(hints[key], value, name, getattr(default, key) if default is not None else _field_default(fields[key]))
+        values[key] = _convert(
+            hints[key], value, name, getattr(default, key) if default is not None else _field_default(fields[key])
+        )
     if default is None:
         missing = [n for n, f in fields.items() if n not in values and _field_default(f) is dataclasses.MISSING]
         if missing:
@@ -282,6 +296,7 @@ def get_preset(name: str) -> Preset:
 
 
 # ---- command-line overrides ---------------------------------------------------------------------
+
 
 def with_steps(loop: LoopConfig, steps: int) -> LoopConfig:
     """A loop shortened (or lengthened) to `steps`, its warmup kept to at most a tenth of it."""

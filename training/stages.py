@@ -58,16 +58,28 @@ def run_teachers(recipe: Preset, inputs: StageInputs, out: Path) -> None:
     """Stage 1, instance teachers: out/teachers/<name>/ PEFT directories and index.json."""
     from training.teachers import train_instance_teachers
 
-    train_instance_teachers(inputs.task_set, inputs.results["base"], out / "teachers", recipe.teachers,
-                            stage_loop(recipe, "teachers.teacher_loop", inputs.device), resume=inputs.resume)
+    train_instance_teachers(
+        inputs.task_set,
+        inputs.results["base"],
+        out / "teachers",
+        recipe.teachers,
+        stage_loop(recipe, "teachers.teacher_loop", inputs.device),
+        resume=inputs.resume,
+    )
 
 
 def run_meta_teacher(recipe: Preset, inputs: StageInputs, out: Path) -> None:
     """Stage 1, the meta-trained teacher: out/model (bfloat16 HF T5), its state in out/state."""
     from training.teachers import train_meta_teacher
 
-    train_meta_teacher(inputs.task_set, inputs.results["base"], out, recipe.teachers,
-                       stage_loop(recipe, "teachers.meta_loop", inputs.device), resume=inputs.resume)
+    train_meta_teacher(
+        inputs.task_set,
+        inputs.results["base"],
+        out,
+        recipe.teachers,
+        stage_loop(recipe, "teachers.meta_loop", inputs.device),
+        resume=inputs.resume,
+    )
 
 
 def _distill_needs(recipe: Preset) -> tuple[str, ...]:
@@ -109,23 +121,64 @@ class Stage:
 
 
 # The two stage-1 stages share TeacherConfig; each depends on its own part of it.
-INSTANCE_TEACHERS = tuple(f"teachers.{name}" for name in ("per", "rank", "alpha", "target_modules", "teacher_loop", "max_input_tokens",
-                                                          "max_output_tokens"))
+INSTANCE_TEACHERS = tuple(
+    f"teachers.{name}"
+    for name in ("per", "rank", "alpha", "target_modules", "teacher_loop", "max_input_tokens", "max_output_tokens")
+)
 META_TEACHER = tuple(f"teachers.{name}" for name in ("meta_loop", "max_input_tokens", "max_output_tokens", "eval_instances"))
 
 STAGES: tuple[Stage, ...] = (
-    Stage("base", "stage0_base", (), ("seed", "held_back", "suite", "base"), "base.loop", "model", "training.base_pretrain.run",
-          "stage 0: tokenizer + tiny T5 from scratch (span corruption + instruction-free skills)"),
-    Stage("teachers", "stage1_teachers", ("base",), ("seed", "held_back", *INSTANCE_TEACHERS), "teachers.teacher_loop", "teachers",
-          "training.stages.run_teachers", "stage 1: one PEFT LoRA per training task (or function, or category)"),
-    Stage("meta-teacher", "stage1_meta_teacher", ("base",), ("seed", "held_back", *META_TEACHER), "teachers.meta_loop", "model",
-          "training.stages.run_meta_teacher", "stage 1: the meta-trained teacher (base finetuned on instruction + input)"),
-    Stage("hypernet-pretrain", "stage2_hypernet", ("base",), ("seed", "held_back", "generator", "instruction_template", "hypernet_pretrain"),
-          "hypernet_pretrain.loop", "checkpoint", "training.hypernet_pretrain.run",
-          "stage 2: hypernetwork pretraining (a -> generator, b -> input, c -> target)"),
-    Stage("distill", "stage3_distill", ("hypernet-pretrain", "meta-teacher", "teachers"), ("seed", "held_back", "distill"), "distill.loop",
-          "checkpoint", "training.distill.run", "stage 3: distillation into the generator, L_ce + lambda1 L_kl + lambda2 L_ins",
-          needs=_distill_needs),
+    Stage(
+        "base",
+        "stage0_base",
+        (),
+        ("seed", "held_back", "suite", "base"),
+        "base.loop",
+        "model",
+        "training.base_pretrain.run",
+        "stage 0: tokenizer + tiny T5 from scratch (span corruption + instruction-free skills)",
+    ),
+    Stage(
+        "teachers",
+        "stage1_teachers",
+        ("base",),
+        ("seed", "held_back", *INSTANCE_TEACHERS),
+        "teachers.teacher_loop",
+        "teachers",
+        "training.stages.run_teachers",
+        "stage 1: one PEFT LoRA per training task (or function, or category)",
+    ),
+    Stage(
+        "meta-teacher",
+        "stage1_meta_teacher",
+        ("base",),
+        ("seed", "held_back", *META_TEACHER),
+        "teachers.meta_loop",
+        "model",
+        "training.stages.run_meta_teacher",
+        "stage 1: the meta-trained teacher (base finetuned on instruction + input)",
+    ),
+    Stage(
+        "hypernet-pretrain",
+        "stage2_hypernet",
+        ("base",),
+        ("seed", "held_back", "generator", "instruction_template", "hypernet_pretrain"),
+        "hypernet_pretrain.loop",
+        "checkpoint",
+        "training.hypernet_pretrain.run",
+        "stage 2: hypernetwork pretraining (a -> generator, b -> input, c -> target)",
+    ),
+    Stage(
+        "distill",
+        "stage3_distill",
+        ("hypernet-pretrain", "meta-teacher", "teachers"),
+        ("seed", "held_back", "distill"),
+        "distill.loop",
+        "checkpoint",
+        "training.distill.run",
+        "stage 3: distillation into the generator, L_ce + lambda1 L_kl + lambda2 L_ins",
+        needs=_distill_needs,
+    ),
 )
 STAGE = {stage.name: stage for stage in STAGES}
 
@@ -147,8 +200,10 @@ def run_stage(stage: Stage, recipe: Preset, inputs: StageInputs, out: Path) -> P
     if (out / DONE).exists():
         changed = config_differences(json.loads((out / DONE).read_text()).get("config"), config)
         if changed:
-            raise UserError(f"{out} holds a finished `{stage.name}` stage of another config ({'; '.join(changed)}); "
-                            "use another --work directory, or delete that stage directory to retrain it")
+            raise UserError(
+                f"{out} holds a finished `{stage.name}` stage of another config ({'; '.join(changed)}); "
+                "use another --work directory, or delete that stage directory to retrain it"
+            )
         return out / stage.result
     missing = [name for name in stage.needed(recipe) if name not in inputs.results]
     if missing:
@@ -158,13 +213,21 @@ def run_stage(stage: Stage, recipe: Preset, inputs: StageInputs, out: Path) -> P
     return out / stage.result
 
 
-def run_all(recipe: Preset, work: Path, task_set: TaskSet, device: str = "auto", resume: bool = True,
-            timings: dict[str, float] | None = None) -> dict[str, Path]:
+def run_all(
+    recipe: Preset,
+    work: Path,
+    task_set: TaskSet,
+    device: str = "auto",
+    resume: bool = True,
+    timings: dict[str, float] | None = None,
+) -> dict[str, Path]:
     """Every stage in table order in `work`; returns each stage's result by name."""
     results: dict[str, Path] = {}
     for stage in STAGES:
         began = time.time()
-        results[stage.name] = run_stage(stage, recipe, StageInputs(task_set, dict(results), device, resume), Path(work) / stage.directory)
+        results[stage.name] = run_stage(
+            stage, recipe, StageInputs(task_set, dict(results), device, resume), Path(work) / stage.directory
+        )
         if timings is not None:
             timings[stage.directory] = round(time.time() - began, 1)
     return results

@@ -61,7 +61,10 @@ class SuiteConfig:
         if not 1 <= self.min_items <= self.max_items:
             raise ValueError(f"need 1 <= min_items <= max_items, got {self.min_items}, {self.max_items}")
         for name in (
-            "train_instances", "test_instances", "paraphrases_per_function", "values_per_primitive",
+            "train_instances",
+            "test_instances",
+            "paraphrases_per_function",
+            "values_per_primitive",
             "unseen_values_per_primitive",
         ):
             if getattr(self, name) < 1:
@@ -109,7 +112,6 @@ def sample_instance(rng: random.Random, steps: Sequence[Step], config: SuiteConf
     """A fresh (input, output) text pair of the function, drawn like a task's instances."""
     items = random_input(rng, steps, config.min_items, config.max_items)
     return format_list(items), format_result(run_steps(steps, items))
-
 
 
 def _is_informative(rng: random.Random, pair: tuple[Step, Step], config: SuiteConfig) -> bool:
@@ -181,9 +183,7 @@ def _explain(steps: Sequence[Step], items: list[str]) -> str:
     return f'The first step turns "{text}" into "{middle}", and the second step turns that into "{final}".'
 
 
-def _make_task(
-    name: str, split: SplitName, steps: tuple[Step, ...], instances: int, seed: int, config: SuiteConfig
-) -> SynthTask:
+def _make_task(name: str, split: SplitName, steps: tuple[Step, ...], instances: int, seed: int, config: SuiteConfig) -> SynthTask:
     rng = random.Random(f"{seed}:{name}")
     taken: set[str] = set()
     pairs = _sample_examples(rng, steps, instances, config, taken)
@@ -193,13 +193,11 @@ def _make_task(
         name=name,
         definition=describe_steps(steps),
         positive_examples=tuple(
-            Example(format_list(items), format_result(result), _explain(steps, items))
-            for items, result in shown
+            Example(format_list(items), format_result(result), _explain(steps, items)) for items, result in shown
         ),
         negative_examples=(),
         instances=tuple(
-            Instance(f"{name}-{i:04d}", format_list(items), (format_result(result),))
-            for i, (items, result) in enumerate(pairs)
+            Instance(f"{name}-{i:04d}", format_list(items), (format_result(result),)) for i, (items, result) in enumerate(pairs)
         ),
         categories=(category_of(steps),),
         function=tuple(s.function for s in steps),
@@ -215,9 +213,7 @@ def _train_step(rng: random.Random, primitive: Primitive) -> Step:
     return Step(primitive.name, primitive.sample_param(rng), rng.choice(primitive.train_templates))
 
 
-def _informative_pair(
-    rng: random.Random, pair: tuple[str, str], config: SuiteConfig, tries: int = 4
-) -> tuple[Step, Step] | None:
+def _informative_pair(rng: random.Random, pair: tuple[str, str], config: SuiteConfig, tries: int = 4) -> tuple[Step, Step] | None:
     """Training-parameter steps for ``pair`` that make an informative task, if found."""
     first, second = (PRIMITIVES_BY_NAME[name] for name in pair)
     for _ in range(tries):
@@ -308,7 +304,11 @@ def build_suite(seed: int, config: SuiteConfig = SuiteConfig()) -> Suite:
         built[split] = tuple(
             _make_task(
                 f"synth_{split}_{i:03d}_" + function_key([s.function for s in steps]),
-                split, steps, instances, seed, config,
+                split,
+                steps,
+                instances,
+                seed,
+                config,
             )
             for i, steps in enumerate(step_lists)
         )

@@ -61,8 +61,9 @@ def teacher_groups(task_set: TaskSet, per: str) -> dict[str, list[int]]:
     return dict(groups)
 
 
-def train_instance_teachers(task_set: TaskSet, base_dir: Path, out_dir: Path, config: TeacherConfig, loop: LoopConfig,
-                            resume: bool = True) -> Path:
+def train_instance_teachers(
+    task_set: TaskSet, base_dir: Path, out_dir: Path, config: TeacherConfig, loop: LoopConfig, resume: bool = True
+) -> Path:
     """Train every missing teacher; a finished teacher directory is kept (resume = per teacher,
     and within the teacher that was interrupted, from its last checkpoint)."""
     out_dir = Path(out_dir)
@@ -82,16 +83,22 @@ def train_instance_teachers(task_set: TaskSet, base_dir: Path, out_dir: Path, co
 
         def make_batch(indices: list[int], _seed: int, pairs: list[Pair] = pairs) -> dict:
             chosen = [pairs[i] for i in indices]
-            return seq2seq_batch(tokenizer, [p.input for p in chosen], [p.output for p in chosen], config.max_input_tokens,
-                                 config.max_output_tokens)
+            return seq2seq_batch(
+                tokenizer,
+                [p.input for p in chosen],
+                [p.output for p in chosen],
+                config.max_input_tokens,
+                config.max_output_tokens,
+            )
 
         def loss_fn(batch: dict, model: PeftModel = model) -> tuple[torch.Tensor, dict]:
             out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"])
             return out.loss, {}
 
         state_dir = out_dir.parent / "teacher_states" / name
-        result = train(model, len(pairs), make_batch, loss_fn, loop, state_dir, name=f"teacher {position + 1}/{len(groups)}",
-                       resume=resume)
+        result = train(
+            model, len(pairs), make_batch, loss_fn, loop, state_dir, name=f"teacher {position + 1}/{len(groups)}", resume=resume
+        )
         save_peft_model(model, target)
         results[name] = {"tasks": [task_set.tasks[i].name for i in task_ids], "final_loss": result.last_metrics.get("loss")}
     index = {
@@ -114,8 +121,10 @@ def load_teacher_weights(teachers_dir: Path, names: list[str], layout: TargetLay
 
 # ---- meta-trained teacher ---------------------------------------------------------------------
 
-def train_meta_teacher(task_set: TaskSet, base_dir: Path, out_dir: Path, config: TeacherConfig, loop: LoopConfig,
-                       resume: bool = True) -> Path:
+
+def train_meta_teacher(
+    task_set: TaskSet, base_dir: Path, out_dir: Path, config: TeacherConfig, loop: LoopConfig, resume: bool = True
+) -> Path:
     """Tk-Instruct: full finetune of the base on (instruction + input) -> output."""
     out_dir = Path(out_dir)
     tokenizer = load_tokenizer(base_dir)
@@ -127,8 +136,13 @@ def train_meta_teacher(task_set: TaskSet, base_dir: Path, out_dir: Path, config:
     probe_inputs = concat_inputs(task_set, probe)
 
     def make_batch(indices: list[int], _seed: int) -> dict:
-        return seq2seq_batch(tokenizer, [sources[i] for i in indices], [task_set.train[i].output for i in indices],
-                             config.max_input_tokens, config.max_output_tokens)
+        return seq2seq_batch(
+            tokenizer,
+            [sources[i] for i in indices],
+            [task_set.train[i].output for i in indices],
+            config.max_input_tokens,
+            config.max_output_tokens,
+        )
 
     def loss_fn(batch: dict) -> tuple[torch.Tensor, dict]:
         out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"])
@@ -138,21 +152,36 @@ def train_meta_teacher(task_set: TaskSet, base_dir: Path, out_dir: Path, config:
         predictions = greedy(model, tokenizer, probe_inputs, config.max_input_tokens, config.max_output_tokens)
         return exact_match_by_group(predictions, probe, groups)
 
-    result = train(model, len(sources), make_batch, loss_fn, loop, out_dir / "state", name="stage1-meta-teacher", resume=resume,
-                   eval_fn=evaluate if probe else None)
+    result = train(
+        model,
+        len(sources),
+        make_batch,
+        loss_fn,
+        loop,
+        out_dir / "state",
+        name="stage1-meta-teacher",
+        resume=resume,
+        eval_fn=evaluate if probe else None,
+    )
     final = out_dir / "model"
     scores = result.last_eval or (evaluate(result.steps_done) if probe else {})
     with atomic_directory(final, overwrite=True) as tmp:  # the teacher is whole or absent
         save_half(model, tmp)
         tokenizer.save_pretrained(tmp)
         shutil.copyfile(Path(base_dir) / SPIECE, tmp / SPIECE)
-        write_json(tmp / META_CARD, {
-            "stage": "meta_teacher",
-            "what": "the stage-0 base fully finetuned on 'instruction + input' of the training tasks (Tk-Instruct recipe), "
-                    "stored in bfloat16",
-            "tasks": len(task_set.tasks), "train_pairs": len(sources), "held_back_em": scores,
-            "loop": asdict(loop), "seconds": round(result.seconds, 1),
-        })
+        write_json(
+            tmp / META_CARD,
+            {
+                "stage": "meta_teacher",
+                "what": "the stage-0 base fully finetuned on 'instruction + input' of the training tasks (Tk-Instruct recipe), "
+                "stored in bfloat16",
+                "tasks": len(task_set.tasks),
+                "train_pairs": len(sources),
+                "held_back_em": scores,
+                "loop": asdict(loop),
+                "seconds": round(result.seconds, 1),
+            },
+        )
     return final
 
 

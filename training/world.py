@@ -172,7 +172,10 @@ HELD_OUT_WORDS = ("tiger", "lemon", "violin", "kettle", "anchor", "pebble")
 
 PRIMITIVES: tuple[Primitive, ...] = (
     Primitive(
-        "reverse", ANY, "list", lambda xs, _: xs[::-1],
+        "reverse",
+        ANY,
+        "list",
+        lambda xs, _: xs[::-1],
         (
             "Reverse the order of the items in the list.",
             "Write the list backwards.",
@@ -182,7 +185,10 @@ PRIMITIVES: tuple[Primitive, ...] = (
         ),
     ),
     Primitive(
-        "sort_asc", NUMBERS, "list", lambda xs, _: sorted(xs, key=int),
+        "sort_asc",
+        NUMBERS,
+        "list",
+        lambda xs, _: sorted(xs, key=int),
         (
             "Sort the numbers from smallest to largest.",
             "Arrange the numbers in ascending order.",
@@ -192,7 +198,10 @@ PRIMITIVES: tuple[Primitive, ...] = (
         ),
     ),
     Primitive(
-        "sort_desc", NUMBERS, "list", lambda xs, _: sorted(xs, key=int, reverse=True),
+        "sort_desc",
+        NUMBERS,
+        "list",
+        lambda xs, _: sorted(xs, key=int, reverse=True),
         (
             "Sort the numbers from largest to smallest.",
             "Arrange the numbers in descending order.",
@@ -202,7 +211,10 @@ PRIMITIVES: tuple[Primitive, ...] = (
         ),
     ),
     Primitive(
-        "first_k", ANY, "list", lambda xs, k: xs[:k],
+        "first_k",
+        ANY,
+        "list",
+        lambda xs, k: xs[:k],
         (
             "Keep only the first {k} {items} of the list.",
             "Take the first {k} {items}.",
@@ -210,10 +222,15 @@ PRIMITIVES: tuple[Primitive, ...] = (
             "Return the opening {k} {items} of the list.",
             "Write down the first {k} {items} of the list and drop the rest.",
         ),
-        param_name="k", train_values=(1, 3), held_out_values=(2,),
+        param_name="k",
+        train_values=(1, 3),
+        held_out_values=(2,),
     ),
     Primitive(
-        "last_k", ANY, "list", lambda xs, k: xs[-k:],
+        "last_k",
+        ANY,
+        "list",
+        lambda xs, k: xs[-k:],
         (
             "Keep only the last {k} {items} of the list.",
             "Take the final {k} {items}.",
@@ -221,10 +238,15 @@ PRIMITIVES: tuple[Primitive, ...] = (
             "Return the closing {k} {items} of the list.",
             "Write down the last {k} {items} of the list and drop the rest.",
         ),
-        param_name="k", train_values=(1, 3), held_out_values=(2,),
+        param_name="k",
+        train_values=(1, 3),
+        held_out_values=(2,),
     ),
     Primitive(
-        "drop_first_k", ANY, "list", lambda xs, k: xs[k:],
+        "drop_first_k",
+        ANY,
+        "list",
+        lambda xs, k: xs[k:],
         (
             "Remove the first {k} {items} from the list.",
             "Drop the first {k} {items} and keep the rest.",
@@ -234,10 +256,15 @@ PRIMITIVES: tuple[Primitive, ...] = (
         ),
         # Held-out k is interpolated (1 and 3 are seen), for every k primitive:
         # k = 4 on lists of at most 4 items would leave nothing to check.
-        param_name="k", train_values=(1, 3), held_out_values=(2,),
+        param_name="k",
+        train_values=(1, 3),
+        held_out_values=(2,),
     ),
     Primitive(
-        "every_second", ANY, "list", lambda xs, _: xs[::2],
+        "every_second",
+        ANY,
+        "list",
+        lambda xs, _: xs[::2],
         (
             "Keep every second item, starting with the first one.",
             "Take the first, third, fifth and so on items of the list.",
@@ -247,7 +274,10 @@ PRIMITIVES: tuple[Primitive, ...] = (
         ),
     ),
     Primitive(
-        "dedupe", ANY, "list", lambda xs, _: list(dict.fromkeys(xs)),
+        "dedupe",
+        ANY,
+        "list",
+        lambda xs, _: list(dict.fromkeys(xs)),
         (
             "Remove duplicate items, keeping the first occurrence of each.",
             "Delete repeated items so that each item appears only once.",
@@ -258,7 +288,10 @@ PRIMITIVES: tuple[Primitive, ...] = (
         enrich=_plant_duplicate,
     ),
     Primitive(
-        "count", ANY, "number", lambda xs, _: str(len(xs)),
+        "count",
+        ANY,
+        "number",
+        lambda xs, _: str(len(xs)),
         (
             "Count the items in the list.",
             "Give the number of items in the list.",
@@ -268,7 +301,10 @@ PRIMITIVES: tuple[Primitive, ...] = (
         ),
     ),
     Primitive(
-        "max", NUMBERS, "number", _max,
+        "max",
+        NUMBERS,
+        "number",
+        _max,
         (
             "Find the largest number in the list.",
             "Output the maximum value.",
@@ -278,7 +314,10 @@ PRIMITIVES: tuple[Primitive, ...] = (
         ),
     ),
     Primitive(
-        "min", NUMBERS, "number", _min,
+        "min",
+        NUMBERS,
+        "number",
+        _min,
         (
             "Find the smallest number in the list.",
             "Output the minimum value.",
@@ -288,7 +327,10 @@ PRIMITIVES: tuple[Primitive, ...] = (
         ),
     ),
     Primitive(
-        "above", NUMBERS, "list", lambda xs, n: [x for x in xs if int(x) > int(n)],
+        "above",
+        NUMBERS,
+        "list",
+        lambda xs, n: [x for x in xs if int(x) > int(n)],
         (
             "Keep only the numbers greater than {n}.",
             "Select the numbers above {n}.",
@@ -296,10 +338,15 @@ PRIMITIVES: tuple[Primitive, ...] = (
             "Output the numbers that are bigger than {n}.",
             "Filter the list down to numbers exceeding {n}.",
         ),
-        param_name="n", train_values=(25, 50, 75), held_out_values=(40, 60),
+        param_name="n",
+        train_values=(25, 50, 75),
+        held_out_values=(40, 60),
     ),
     Primitive(
-        "contains", WORDS, "yesno", lambda xs, word: _yes_no(word in xs),
+        "contains",
+        WORDS,
+        "yesno",
+        lambda xs, word: _yes_no(word in xs),
         (
             "Answer yes if the list contains {x}, otherwise answer no.",
             "Say yes if {x} is in the list and no if it is not.",
@@ -309,10 +356,14 @@ PRIMITIVES: tuple[Primitive, ...] = (
         ),
         param_name="x",
         train_values=tuple(w for w in VOCABULARY if w not in HELD_OUT_WORDS),
-        held_out_values=HELD_OUT_WORDS, enrich=_plant_word,
+        held_out_values=HELD_OUT_WORDS,
+        enrich=_plant_word,
     ),
     Primitive(
-        "is_sorted", NUMBERS, "yesno", _is_ascending,
+        "is_sorted",
+        NUMBERS,
+        "yesno",
+        _is_ascending,
         (
             "Answer yes if the numbers are in ascending order, otherwise answer no.",
             "Say yes if the list is sorted from smallest to largest and no if it is not.",
@@ -324,6 +375,7 @@ PRIMITIVES: tuple[Primitive, ...] = (
     ),
 )
 PRIMITIVES_BY_NAME: dict[str, Primitive] = {p.name: p for p in PRIMITIVES}
+
 
 def composable(first: Primitive, second: Primitive) -> bool:
     """Whether "first, then second" can run: a list handed on to a step that reads it.

@@ -43,7 +43,11 @@ def test_default_path_device_dtype_and_mixed_batch(shipped):
     sort = model.adapter("Sort the numbers from smallest to largest.")
     reverse = model.adapter("Return the list in reverse order.")
     mixed = model.generate(["42, 7, 19", "apple, pear, plum", "3, 1"], [sort, reverse, None])
-    alone = [model.generate(["42, 7, 19"], sort)[0], model.generate(["apple, pear, plum"], reverse)[0], model.generate(["3, 1"], None)[0]]
+    alone = [
+        model.generate(["42, 7, 19"], sort)[0],
+        model.generate(["apple, pear, plum"], reverse)[0],
+        model.generate(["3, 1"], None)[0],
+    ]
     assert mixed == alone
     assert mixed[1] == "plum, pear, apple"
 

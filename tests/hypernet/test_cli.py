@@ -39,7 +39,19 @@ def test_init_adapter_run_end_to_end(tmp_path):
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "a" / "adapter_model.safetensors").exists()
 
-    result = tagi("run", "--checkpoint", str(ckpt), "--instruction", "Reverse the list.", "--input", "apple, river", "--input", "stone", "--max-new-tokens", "4")
+    result = tagi(
+        "run",
+        "--checkpoint",
+        str(ckpt),
+        "--instruction",
+        "Reverse the list.",
+        "--input",
+        "apple, river",
+        "--input",
+        "stone",
+        "--max-new-tokens",
+        "4",
+    )
     assert result.returncode == 0, result.stderr
     assert len(result.stdout.splitlines()) == 2
 
@@ -49,7 +61,10 @@ def test_init_adapter_run_end_to_end(tmp_path):
     [
         (["run", "--checkpoint", "/nonexistent/ckpt", "--instruction", "x", "--input", "y"], "does not exist"),
         (["run", "--checkpoint", "{ckpt}", "--instruction", "  ", "--input", "y"], "instruction is empty"),
-        (["run", "--checkpoint", "{ckpt}", "--instruction", "@/nonexistent/file.txt", "--input", "y"], "cannot read instruction file"),
+        (
+            ["run", "--checkpoint", "{ckpt}", "--instruction", "@/nonexistent/file.txt", "--input", "y"],
+            "cannot read instruction file",
+        ),
         (["run", "--checkpoint", "{ckpt}", "--instruction", "x", "--input", "y", "--max-new-tokens", "0"], "--max-new-tokens"),
         (["run", "--checkpoint", "{ckpt}", "--instruction", "word " * 300, "--input", "y"], "limit"),
         (["adapter", "--checkpoint", "{ckpt}", "--instruction", "x", "--out", "{ckpt}"], "already exists"),

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 from peft import PeftModel
+from support import randomize_generator
 from transformers import AutoModelForSeq2SeqLM, T5Config, T5ForConditionalGeneration
 
-from support import randomize_generator
 from hypernet.config import CheckpointConfig, GeneratorConfig
 from hypernet.io import CheckpointError, create_checkpoint, export_peft, load_checkpoint
 from hypernet.tiny import load_tokenizer
@@ -19,8 +19,17 @@ def flan_dir(checkpoint_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("flan")
     tokenizer = load_tokenizer(checkpoint_dir / "base")
     config = T5Config(
-        vocab_size=len(tokenizer), d_model=64, d_ff=96, d_kv=16, num_layers=2, num_decoder_layers=3, num_heads=4,
-        feed_forward_proj="gated-gelu", tie_word_embeddings=False, dropout_rate=0.0, decoder_start_token_id=0,
+        vocab_size=len(tokenizer),
+        d_model=64,
+        d_ff=96,
+        d_kv=16,
+        num_layers=2,
+        num_decoder_layers=3,
+        num_heads=4,
+        feed_forward_proj="gated-gelu",
+        tie_word_embeddings=False,
+        dropout_rate=0.0,
+        decoder_start_token_id=0,
     )
     torch.manual_seed(3)
     T5ForConditionalGeneration(config).save_pretrained(out)
@@ -38,7 +47,9 @@ def test_flan_layout_checkpoint_matches_peft(flan_dir, tmp_path):
     randomize_generator(model, seed=2)
     adapter = model.adapter("Reverse the list.")
     export_peft(adapter, tmp_path / "export")
-    peft = PeftModel.from_pretrained(AutoModelForSeq2SeqLM.from_pretrained(tmp_path / "ckpt" / "base"), tmp_path / "export").eval()
+    peft = PeftModel.from_pretrained(
+        AutoModelForSeq2SeqLM.from_pretrained(tmp_path / "ckpt" / "base"), tmp_path / "export"
+    ).eval()
     batch = model.tokenize(["apple, river, stone"], 64, "input")
     decoder = torch.tensor([[0, 7, 8, 9]])
     with torch.no_grad():

@@ -112,9 +112,11 @@ def test_factors_are_the_heads_applied_to_each_target_and_instruction():
     names = ("q", "k", "v", "o", "wi", "wi_0", "wi_1", "wo")
     with torch.no_grad():
         for target, group, index in layout.slots():
-            embedding = (generator.position_embedding.weight[stack_ids[target.stack] * max_layer + target.layer]
-                         + generator.module_embedding.weight[names.index(target.name)]
-                         + generator.block_embedding.weight[block_ids[target.block]])
+            embedding = (
+                generator.position_embedding.weight[stack_ids[target.stack] * max_layer + target.layer]
+                + generator.module_embedding.weight[names.index(target.name)]
+                + generator.block_embedding.weight[block_ids[target.block]]
+            )
             for i in range(2):
                 h = generator.trunk(generator.instruction_proj(x[i]) + generator.target_proj(embedding))
                 A = generator.heads_A[group](h).view(4, target.in_features)

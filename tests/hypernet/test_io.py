@@ -52,7 +52,10 @@ def test_loading_refuses_a_different_base(checkpoint_dir, tmp_path):
     [
         (lambda d: (d / "generator.safetensors").unlink(), "generator.safetensors is missing"),
         (lambda d: (d / "config.json").write_text("{not json"), "config.json is invalid"),
-        (lambda d: (d / "config.json").write_text(json.dumps({"format": "tagi-checkpoint", "version": 99})), "unsupported checkpoint version"),
+        (
+            lambda d: (d / "config.json").write_text(json.dumps({"format": "tagi-checkpoint", "version": 99})),
+            "unsupported checkpoint version",
+        ),
         (lambda d: shutil.rmtree(d / "base"), "base is missing"),
     ],
 )
@@ -117,7 +120,9 @@ def test_user_symbols_are_single_pieces(tmp_path):
     # transformers treats them as added tokens (it drops the space before them, SentencePiece
     # keeps it as a piece), so ids differ from raw SentencePiece around them; training only
     # ever uses the transformers tokenizer.
-    assert tokenizer.decode(tokenizer(text)["input_ids"], skip_special_tokens=False).replace(" ", "") == (text + "</s>").replace(" ", "")
+    assert tokenizer.decode(tokenizer(text)["input_ids"], skip_special_tokens=False).replace(" ", "") == (text + "</s>").replace(
+        " ", ""
+    )
 
 
 def test_a_bf16_base_loads_in_float32(checkpoint_dir, tmp_path):

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from hypernet.errors import EmptyInstruction, InputTooLong
 from hypernet.fusion import masked_mean
 from hypernet.io import load_checkpoint
-from hypernet.errors import EmptyInstruction, InputTooLong
 
 INSTRUCTION = "Sort the items of the list alphabetically."
 
@@ -65,7 +65,9 @@ def test_an_optimizer_step_changes_the_generator_and_never_the_base(model):
     model.train()
     batch = model.tokenize(["apple, river, stone", "paper, garden"], 64, "input")
     encoding = model.encode_instructions([INSTRUCTION, "Reverse the list."])
-    logits = model(**batch, decoder_input_ids=torch.tensor([[0, 4, 5], [0, 6, 7]]), lora=model.generate_lora(encoding), instruction=encoding)
+    logits = model(
+        **batch, decoder_input_ids=torch.tensor([[0, 4, 5], [0, 6, 7]]), lora=model.generate_lora(encoding), instruction=encoding
+    )
     loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), torch.tensor([4, 5, 1, 6, 7, 1]))
     loss.backward()
     optimizer.step()
@@ -143,6 +145,9 @@ def test_instruction_template_is_applied_to_user_text_only(model):
         assert model.config.format_instruction("{x} braces stay") == "{x} braces stay"
     finally:
         model.config = plain
-    assert CheckpointConfig.from_dict(replace(plain, instruction_template="Task: {instruction}").to_dict()).instruction_template == "Task: {instruction}"
+    assert (
+        CheckpointConfig.from_dict(replace(plain, instruction_template="Task: {instruction}").to_dict()).instruction_template
+        == "Task: {instruction}"
+    )
     with pytest.raises(ValueError, match="instruction_template"):
         CheckpointConfig(instruction_template="no slot")

@@ -35,8 +35,18 @@ def server_factory():
 def server(tmp_path_factory: pytest.TempPathFactory, serve_checkpoint: Path) -> Iterator[TestServer]:
     """Two workers sharing one queue, batches of up to 8 gathered for 0.1 s: concurrent
     requests land in shared batches, sequential ones run alone."""
-    proc = start_server(tmp_path_factory.mktemp("serve"), serve_checkpoint,
-                        "--workers", "2", "--max-batch-size", "8", "--batch-timeout", "0.1", "--adapter-cache-mb", "64")
+    proc = start_server(
+        tmp_path_factory.mktemp("serve"),
+        serve_checkpoint,
+        "--workers",
+        "2",
+        "--max-batch-size",
+        "8",
+        "--batch-timeout",
+        "0.1",
+        "--adapter-cache-mb",
+        "64",
+    )
     try:
         yield proc.wait_ready()
     finally:

@@ -9,8 +9,9 @@ Samples = dict[tuple[str, frozenset], float]
 
 def parse(text: str) -> Samples:
     """{(series name, frozenset(labels.items())): value} of every sample of an exposition."""
-    return {(s.name, frozenset(s.labels.items())): s.value for family in text_string_to_metric_families(text)
-            for s in family.samples}
+    return {
+        (s.name, frozenset(s.labels.items())): s.value for family in text_string_to_metric_families(text) for s in family.samples
+    }
 
 
 def value(samples: Samples, name: str, **labels: str) -> float:

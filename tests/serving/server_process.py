@@ -15,8 +15,7 @@ from serving.launch import LocalServer
 class TestServer(LocalServer):
     __test__ = False  # not a test class, whatever its name
 
-    def __init__(self, checkpoint: Path, state_dir: Path, log_path: Path, *args: str,
-                 env: dict[str, str] | None = None) -> None:
+    def __init__(self, checkpoint: Path, state_dir: Path, log_path: Path, *args: str, env: dict[str, str] | None = None) -> None:
         super().__init__(checkpoint, state_dir, log_path, *args, env=env)
         self.api_key = (env or {}).get("LIT_SERVER_API_KEY")
 
@@ -37,6 +36,7 @@ class TestServer(LocalServer):
         return self.wait_gone(timeout)
 
 
-def start_server(tmp: Path, checkpoint: Path, *args: str, env: dict[str, str] | None = None,
-                 state_dir: Path | None = None) -> TestServer:
+def start_server(
+    tmp: Path, checkpoint: Path, *args: str, env: dict[str, str] | None = None, state_dir: Path | None = None
+) -> TestServer:
     return TestServer(checkpoint, state_dir or tmp / "state", tmp / f"server-{time.monotonic_ns()}.log", *args, env=env)

@@ -15,9 +15,19 @@ KEY = "s3cret-test-key"
 INSTRUCTION = "Sort the items of the list alphabetically."
 INPUTS = ["apple, river, stone", "seven bright table"]
 PROTECTED = [
-    ("GET", "/info"), ("GET", "/metrics"), ("GET", "/v1/models"), ("GET", "/v1/adapters"), ("GET", "/v1/adapters/x"),
-    ("GET", "/v1/adapters/x/peft"), ("DELETE", "/v1/adapters/x"), ("POST", "/v1/adapters"), ("POST", "/v1/generate"),
-    ("POST", "/v1/chat/completions"), ("GET", "/docs"), ("GET", "/openapi.json"), ("GET", "/"),
+    ("GET", "/info"),
+    ("GET", "/metrics"),
+    ("GET", "/v1/models"),
+    ("GET", "/v1/adapters"),
+    ("GET", "/v1/adapters/x"),
+    ("GET", "/v1/adapters/x/peft"),
+    ("DELETE", "/v1/adapters/x"),
+    ("POST", "/v1/adapters"),
+    ("POST", "/v1/generate"),
+    ("POST", "/v1/chat/completions"),
+    ("GET", "/docs"),
+    ("GET", "/openapi.json"),
+    ("GET", "/"),
 ]
 
 
@@ -28,8 +38,9 @@ def state_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def keyed_server(tmp_path_factory, serve_checkpoint, state_dir, server_factory):
-    proc = server_factory(tmp_path_factory.mktemp("keyed"), serve_checkpoint, env={"LIT_SERVER_API_KEY": KEY},
-                        state_dir=state_dir)
+    proc = server_factory(
+        tmp_path_factory.mktemp("keyed"), serve_checkpoint, env={"LIT_SERVER_API_KEY": KEY}, state_dir=state_dir
+    )
     try:
         yield proc.wait_ready()
     finally:
@@ -54,15 +65,19 @@ def test_every_endpoint_but_health_needs_the_key(keyed_server):
 
 def test_openai_client_sends_the_key_as_bearer(keyed_server):
     api = openai.OpenAI(base_url=f"{keyed_server.url}/v1", api_key=KEY, max_retries=0)
-    reply = api.chat.completions.create(model=BASE_MODEL_ID, max_tokens=5, messages=[
-        {"role": "system", "content": INSTRUCTION}, {"role": "user", "content": INPUTS[0]}])
+    reply = api.chat.completions.create(
+        model=BASE_MODEL_ID,
+        max_tokens=5,
+        messages=[{"role": "system", "content": INSTRUCTION}, {"role": "user", "content": INPUTS[0]}],
+    )
     assert isinstance(reply.choices[0].message.content, str)
     with pytest.raises(openai.AuthenticationError):
         openai.OpenAI(base_url=f"{keyed_server.url}/v1", api_key="wrong", max_retries=0).models.list()
 
 
-def test_sigterm_leaves_no_process_and_adapters_survive_a_restart(keyed_server, tmp_path, serve_checkpoint, state_dir,
-                                                                  server_factory):
+def test_sigterm_leaves_no_process_and_adapters_survive_a_restart(
+    keyed_server, tmp_path, serve_checkpoint, state_dir, server_factory
+):
     with keyed_server.client() as client:
         adapter_id = client.post("/v1/adapters", json={"instruction": INSTRUCTION}).json()["adapter_id"]
         before = client.post("/v1/generate", json={"adapter_id": adapter_id, "inputs": INPUTS, "max_new_tokens": 8}).json()
@@ -71,8 +86,7 @@ def test_sigterm_leaves_no_process_and_adapters_survive_a_restart(keyed_server, 
     assert keyed_server.stop(signal.SIGTERM, to_group=False), "SIGTERM left processes behind"
     assert keyed_server.process.returncode == 0
 
-    restarted = server_factory(tmp_path, serve_checkpoint, "--workers", "1", env={"LIT_SERVER_API_KEY": KEY},
-                             state_dir=state_dir)
+    restarted = server_factory(tmp_path, serve_checkpoint, "--workers", "1", env={"LIT_SERVER_API_KEY": KEY}, state_dir=state_dir)
     try:
         restarted.wait_ready()
         with restarted.client() as client:

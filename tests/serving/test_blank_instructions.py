@@ -22,11 +22,26 @@ BLANKS = ("", "   ")
 REQUESTS = [
     *(("/v1/adapters", {"instruction": blank}) for blank in BLANKS),
     *(("/v1/generate", {"instruction": blank, "inputs": ["1, 2"]}) for blank in BLANKS),
-    *(("/v1/chat/completions", {"model": BASE_MODEL_ID, "messages": [
-        {"role": "system", "content": blank}, {"role": "user", "content": "1, 2"}]}) for blank in BLANKS),
-    *(("/v1/chat/completions", {"model": BASE_MODEL_ID, "messages": [
-        {"role": "system", "content": [{"type": "text", "text": blank}]}, {"role": "user", "content": "1, 2"}]})
-      for blank in BLANKS),
+    *(
+        (
+            "/v1/chat/completions",
+            {"model": BASE_MODEL_ID, "messages": [{"role": "system", "content": blank}, {"role": "user", "content": "1, 2"}]},
+        )
+        for blank in BLANKS
+    ),
+    *(
+        (
+            "/v1/chat/completions",
+            {
+                "model": BASE_MODEL_ID,
+                "messages": [
+                    {"role": "system", "content": [{"type": "text", "text": blank}]},
+                    {"role": "user", "content": "1, 2"},
+                ],
+            },
+        )
+        for blank in BLANKS
+    ),
 ]
 
 
@@ -57,9 +72,12 @@ def test_every_endpoint_refuses_a_blank_instruction(client, path, body):
 def test_the_worker_refuses_one_that_bypassed_the_schemas(tmp_path, blank):
     model = hypernet.load()
     service = AdapterService(model, Registry(tmp_path, model.fingerprint), tmp_path, cache_bytes=2**26)
-    jobs = [AdapterCreateRequest.model_construct(instruction=blank),
-            GenerateRequest.model_construct(instruction=blank, adapter_id=None, inputs=["1, 2"], max_new_tokens=4, fusion=None),
-            GenerateRequest(inputs=["1, 2"], max_new_tokens=4), ExportRequest(adapter_id="0" * 32)]
+    jobs = [
+        AdapterCreateRequest.model_construct(instruction=blank),
+        GenerateRequest.model_construct(instruction=blank, adapter_id=None, inputs=["1, 2"], max_new_tokens=4, fusion=None),
+        GenerateRequest(inputs=["1, 2"], max_new_tokens=4),
+        ExportRequest(adapter_id="0" * 32),
+    ]
     results = service.run(jobs)
     assert [r.status for r in results] == [422, 422, 200, 404]
     assert results[0].body["error"]["message"] == "instruction is empty"

@@ -38,8 +38,18 @@ def test_serve_reports_user_mistakes_in_one_line(tmp_path, capsys):
     assert capsys.readouterr().err.strip() == f"tagi: error: checkpoint directory {tmp_path / 'missing'} does not exist"
 
 
-@pytest.mark.parametrize("field", [{"workers": 0}, {"max_batch_size": 0}, {"batch_timeout": -1}, {"port": 80},
-                                   {"adapter_cache_mb": -1}, {"host": "localhost"}, {"torch_threads": 0}])
+@pytest.mark.parametrize(
+    "field",
+    [
+        {"workers": 0},
+        {"max_batch_size": 0},
+        {"batch_timeout": -1},
+        {"port": 80},
+        {"adapter_cache_mb": -1},
+        {"host": "localhost"},
+        {"torch_threads": 0},
+    ],
+)
 def test_settings_reject_bad_values(tmp_path, field):
     with pytest.raises(UserError):
         ServerSettings(checkpoint=tmp_path, state_dir=tmp_path, **field)

@@ -141,8 +141,9 @@ def test_openai_client(server, client, serve_checkpoint):
     by_id = api.chat.completions.create(model=expected["adapter_id"], messages=[{"role": "user", "content": text}], max_tokens=12)
     assert by_id.choices[0].message.content == expected["outputs"][0]
 
-    stream = api.chat.completions.create(model=expected["adapter_id"], messages=[{"role": "user", "content": text}],
-                                         max_tokens=12, stream=True)
+    stream = api.chat.completions.create(
+        model=expected["adapter_id"], messages=[{"role": "user", "content": text}], max_tokens=12, stream=True
+    )
     assert "".join(chunk.choices[0].delta.content or "" for chunk in stream) == expected["outputs"][0]
 
     base = api.chat.completions.create(model=BASE_MODEL_ID, messages=[{"role": "user", "content": text}], max_tokens=12)
@@ -157,8 +158,9 @@ def test_openai_client(server, client, serve_checkpoint):
     with pytest.raises(openai.NotFoundError):
         api.chat.completions.create(model="no-such-adapter", messages=[{"role": "user", "content": text}])
     with pytest.raises(openai.UnprocessableEntityError, match="already is an instruction"):
-        api.chat.completions.create(model=expected["adapter_id"],
-                                    messages=[{"role": "system", "content": "x"}, {"role": "user", "content": text}])
+        api.chat.completions.create(
+            model=expected["adapter_id"], messages=[{"role": "system", "content": "x"}, {"role": "user", "content": text}]
+        )
 
 
 def test_peft_archive_round_trip(client, serve_checkpoint, tmp_path):
@@ -245,21 +247,44 @@ BAD_REQUESTS = [
     ("GET", "/v1/adapters/nope/peft", None, 404),
     ("DELETE", "/v1/adapters/nope", None, 404),
     ("POST", "/v1/chat/completions", {"model": BASE_MODEL_ID, "messages": []}, 422),
-    *(("POST", "/v1/chat/completions", {"model": BASE_MODEL_ID, "messages": [
-        {"role": "system", "content": blank}, {"role": "user", "content": "a"}]}, 422) for blank in ("", "   ")),
+    *(
+        (
+            "POST",
+            "/v1/chat/completions",
+            {"model": BASE_MODEL_ID, "messages": [{"role": "system", "content": blank}, {"role": "user", "content": "a"}]},
+            422,
+        )
+        for blank in ("", "   ")
+    ),
     ("POST", "/v1/chat/completions", {"model": BASE_MODEL_ID, "messages": [{"role": "system", "content": "a"}]}, 422),
-    ("POST", "/v1/chat/completions", {"model": BASE_MODEL_ID, "messages": [
-        {"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}, {"role": "user", "content": "c"}]}, 422),
+    (
+        "POST",
+        "/v1/chat/completions",
+        {
+            "model": BASE_MODEL_ID,
+            "messages": [
+                {"role": "user", "content": "a"},
+                {"role": "assistant", "content": "b"},
+                {"role": "user", "content": "c"},
+            ],
+        },
+        422,
+    ),
     ("POST", "/v1/chat/completions", {"model": BASE_MODEL_ID, "n": 2, "messages": [{"role": "user", "content": "a"}]}, 422),
-    ("POST", "/v1/chat/completions", {"model": BASE_MODEL_ID, "max_tokens": 0, "messages": [{"role": "user", "content": "a"}]},
-     422),
+    (
+        "POST",
+        "/v1/chat/completions",
+        {"model": BASE_MODEL_ID, "max_tokens": 0, "messages": [{"role": "user", "content": "a"}]},
+        422,
+    ),
     ("POST", "/v1/chat/completions", {"model": "nope", "messages": [{"role": "user", "content": "a"}]}, 404),
     ("GET", "/v1/nowhere", None, 404),
 ]
 
 
-@pytest.mark.parametrize(("method", "path", "body", "status"), BAD_REQUESTS,
-                         ids=[f"{m} {p} {s} #{i}" for i, (m, p, _, s) in enumerate(BAD_REQUESTS)])
+@pytest.mark.parametrize(
+    ("method", "path", "body", "status"), BAD_REQUESTS, ids=[f"{m} {p} {s} #{i}" for i, (m, p, _, s) in enumerate(BAD_REQUESTS)]
+)
 def test_bad_input_is_a_4xx_with_a_json_message(client, method, path, body, status):
     kwargs = {"content": body, "headers": {"Content-Type": "application/json"}} if isinstance(body, bytes) else {}
     if isinstance(body, dict):
@@ -309,8 +334,9 @@ def test_metrics_cover_requests_errors_latency_batches_and_cache(client):
     assert value(samples, "tagi_http_requests_total", endpoint="/v1/generate", method="POST", code="200") > 0
     assert value(samples, "tagi_http_errors_total", endpoint="/v1/generate", method="POST", code="422") >= 1
     assert value(samples, "tagi_http_request_duration_seconds_count", endpoint="/v1/generate") > 0
-    assert value(samples, "tagi_http_request_duration_seconds_bucket", endpoint="/v1/generate", le="+Inf") == \
-        value(samples, "tagi_http_request_duration_seconds_count", endpoint="/v1/generate")
+    assert value(samples, "tagi_http_request_duration_seconds_bucket", endpoint="/v1/generate", le="+Inf") == value(
+        samples, "tagi_http_request_duration_seconds_count", endpoint="/v1/generate"
+    )
     assert value(samples, "tagi_batch_requests_count") > 0 and value(samples, "tagi_batch_rows_sum") > 0
     assert value(samples, "tagi_adapter_cache_hits_total") > 0
     assert value(samples, "tagi_adapter_cache_bytes") > 0 and value(samples, "tagi_adapter_cache_entries") > 0

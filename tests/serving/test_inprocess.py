@@ -22,8 +22,9 @@ def client(serve_checkpoint, tmp_path_factory):
 
     one_adapter = load_checkpoint(serve_checkpoint).adapter(INSTRUCTIONS[0]).nbytes
     tmp = tmp_path_factory.mktemp("inprocess")
-    settings = ServerSettings(checkpoint=serve_checkpoint, state_dir=tmp / "state", max_batch_size=4,
-                              adapter_cache_mb=1.5 * one_adapter / 2**20)
+    settings = ServerSettings(
+        checkpoint=serve_checkpoint, state_dir=tmp / "state", max_batch_size=4, adapter_cache_mb=1.5 * one_adapter / 2**20
+    )
     server = build_server(settings)
     with wrap_litserve_start(server) as started, TestClient(started.app) as test_client:
         yield test_client

@@ -72,7 +72,6 @@ def test_a_forked_process_counts_only_its_own_samples():
     assert value(scrape(), "tagi_adapter_cache_misses_total") - value(before, "tagi_adapter_cache_misses_total") == 3
 
 
-
 def test_a_server_start_clears_earlier_runs_only_from_an_operator_directory(tmp_path):
     stale = tmp_path / "counter_1.db"
     stale.write_bytes(b"")

@@ -13,8 +13,14 @@ from serving.schemas import AdapterInfo
 
 
 def info(adapter_id: str, created_at: float = 1.0, instruction: str = "Reverse the list.") -> AdapterInfo:
-    return AdapterInfo(adapter_id=adapter_id, instruction=instruction, rank=8, target_modules=["q", "v"],
-                       num_parameters=1024, created_at=created_at)
+    return AdapterInfo(
+        adapter_id=adapter_id,
+        instruction=instruction,
+        rank=8,
+        target_modules=["q", "v"],
+        num_parameters=1024,
+        created_at=created_at,
+    )
 
 
 def test_add_get_list_delete(tmp_path):

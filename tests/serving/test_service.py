@@ -58,13 +58,15 @@ def test_a_mixed_batch_is_one_forward_pass_with_the_outputs_of_each_request_alon
 
 def test_a_bad_job_fails_alone(service, model, monkeypatch):
     calls = count_generate_calls(model, monkeypatch)
-    results = service.run([
-        gen(instruction=INSTRUCTIONS[0]),
-        gen(instruction=INSTRUCTIONS[0], inputs=["fine", LONG]),
-        gen(instruction=LONG),
-        gen(adapter_id="0" * 32),
-        AdapterCreateRequest(instruction=INSTRUCTIONS[1]),
-    ])
+    results = service.run(
+        [
+            gen(instruction=INSTRUCTIONS[0]),
+            gen(instruction=INSTRUCTIONS[0], inputs=["fine", LONG]),
+            gen(instruction=LONG),
+            gen(adapter_id="0" * 32),
+            AdapterCreateRequest(instruction=INSTRUCTIONS[1]),
+        ]
+    )
     assert [r.status for r in results] == [200, 413, 413, 404, 200]
     # Inputs are tokenized once, inside the batched call: the too-long one fails that call,
     # then each request runs alone and only its own request gets the error.
@@ -142,8 +144,13 @@ def test_export_writes_a_peft_archive(service):
 def test_the_peft_swap_baseline_gives_the_same_outputs_without_fusion(model, checkpoint_dir, tmp_path):
     from serving.baseline import SwapPerRequestEngine
 
-    swap = AdapterService(model, Registry(tmp_path, model.fingerprint), tmp_path, cache_bytes=2**26,
-                          engine=SwapPerRequestEngine(model, checkpoint_dir))
+    swap = AdapterService(
+        model,
+        Registry(tmp_path, model.fingerprint),
+        tmp_path,
+        cache_bytes=2**26,
+        engine=SwapPerRequestEngine(model, checkpoint_dir),
+    )
     mixed = AdapterService(model, Registry(tmp_path, model.fingerprint), tmp_path, cache_bytes=2**26)
     jobs = [gen(instruction=text, fusion=False) for text in INSTRUCTIONS] + [gen()]
     assert swap.run(jobs) == mixed.run(jobs)

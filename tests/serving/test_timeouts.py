@@ -16,15 +16,19 @@ from serving.settings import ServerSettings
 from tests.serving.promtext import parse, value
 
 TIMEOUT = 0.5
-SLOW = {"instruction": "Reverse the list.", "inputs": [f"apple river {i} stone green house" for i in range(MAX_INPUTS)],
-        "max_new_tokens": MAX_NEW_TOKENS}
+SLOW = {
+    "instruction": "Reverse the list.",
+    "inputs": [f"apple river {i} stone green house" for i in range(MAX_INPUTS)],
+    "max_new_tokens": MAX_NEW_TOKENS,
+}
 """32 rows of up to 256 tokens: 2 to 4 s on one core, several times TIMEOUT."""
 
 
 @pytest.fixture(scope="module")
 def client(serve_checkpoint, tmp_path_factory):
-    settings = ServerSettings(checkpoint=serve_checkpoint, state_dir=tmp_path_factory.mktemp("timeouts") / "state",
-                              max_batch_size=1, timeout=TIMEOUT)
+    settings = ServerSettings(
+        checkpoint=serve_checkpoint, state_dir=tmp_path_factory.mktemp("timeouts") / "state", max_batch_size=1, timeout=TIMEOUT
+    )
     with wrap_litserve_start(build_server(settings)) as started, TestClient(started.app) as test_client:
         deadline = time.monotonic() + 120
         while test_client.get("/health").status_code != 200:  # a job sent before the worker is up would expire
@@ -42,8 +46,11 @@ def test_unanswered_and_queued_requests_get_a_504_and_the_server_recovers(client
     start = time.monotonic()
     slow = client.post("/v1/generate", json=SLOW)
     assert slow.status_code == 504, slow.text
-    assert slow.json()["error"] == {"message": f"no inference worker answered within {TIMEOUT:g} s", "type": "timeout",
-                                    "code": 504}
+    assert slow.json()["error"] == {
+        "message": f"no inference worker answered within {TIMEOUT:g} s",
+        "type": "timeout",
+        "code": 504,
+    }
     assert time.monotonic() - start < TIMEOUT + 2, "answered at the deadline, not when the worker finished"
 
     queued = client.post("/v1/generate", json={"instruction": "Reverse the list.", "inputs": ["a, b"], "max_new_tokens": 4})

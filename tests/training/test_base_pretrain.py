@@ -74,7 +74,12 @@ def test_coded_probe_uses_the_tasks_own_parameters(task_set):
 
 
 def test_tokenizer_keeps_prompt_words_and_items_whole(task_set, tmp_path: Path):
-    build_base(task_set, tmp_path, BaseConfig(model=TinyPreset(d_model=32, d_ff=64, num_layers=1, num_heads=2, d_kv=16, vocab_size=1000)), seed=0)
+    build_base(
+        task_set,
+        tmp_path,
+        BaseConfig(model=TinyPreset(d_model=32, d_ff=64, num_layers=1, num_heads=2, d_kv=16, vocab_size=1000)),
+        seed=0,
+    )
     tokenizer = load_tokenizer(tmp_path)
     prompt = format_concat(task_set.instructions[0], task_set.train[0].input)
     words = re.findall(r"\w+|[^\w\s]", prompt)

@@ -33,8 +33,16 @@ def test_every_training_option_has_help():
         for action in sub._actions:
             if action.option_strings and action.dest != "help":
                 assert action.help, f"tagi {name} {action.option_strings} has no help"
-    assert {"data synth", "train", "train base", "train teachers", "train meta-teacher", "train hypernet-pretrain",
-            "train distill", "eval"} <= seen
+    assert {
+        "data synth",
+        "train",
+        "train base",
+        "train teachers",
+        "train meta-teacher",
+        "train hypernet-pretrain",
+        "train distill",
+        "eval",
+    } <= seen
 
 
 def test_data_synth_writes_the_suite(tmp_path: Path, capsys):
@@ -99,11 +107,14 @@ def test_a_recipe_file_drives_a_stage_and_a_bad_one_is_one_line(tmp_path: Path, 
     assert "mine.yaml: distill.lambda_kl: must be float" in err and len(err.strip().splitlines()) == 1
 
 
-@pytest.mark.parametrize("argv", [
-    ["train", "finetune", "--work", "w"],  # stage 3 has one name: distill
-    ["train", "--preset", "smoke", "--recipe", "r.yaml", "--out", "o"],
-    ["train", "--preset", "huge", "--out", "o"],
-])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["train", "finetune", "--work", "w"],  # stage 3 has one name: distill
+        ["train", "--preset", "smoke", "--recipe", "r.yaml", "--out", "o"],
+        ["train", "--preset", "huge", "--out", "o"],
+    ],
+)
 def test_refused_train_command_lines(argv, capsys):
     with pytest.raises(SystemExit) as info:
         main(argv)

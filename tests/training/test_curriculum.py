@@ -27,8 +27,14 @@ NAMES = [f"task{i}" for i in range(len(CATEGORIES))]
 
 def _task_set() -> TaskSet:
     tasks = [
-        Task(name=n, definition=f"do {c}", positive_examples=(), negative_examples=(),
-             instances=tuple(Instance(f"{n}-{j}", f"{n} input {j}", ("x",)) for j in range(40)), categories=(c,))
+        Task(
+            name=n,
+            definition=f"do {c}",
+            positive_examples=(),
+            negative_examples=(),
+            instances=tuple(Instance(f"{n}-{j}", f"{n} input {j}", ("x",)) for j in range(40)),
+            categories=(c,),
+        )
         for n, c in zip(NAMES, CATEGORIES)
     ]
     train = [Pair(t, f"{NAMES[t]} input {j}", "x") for t in range(len(tasks)) for j in range(30)]
@@ -58,7 +64,9 @@ def test_sampled_mix_matches_the_target(mix: dict):
 def test_uniform_category_mix_is_not_the_task_mix():
     """Compositions are half of the tasks but a quarter of a balanced round."""
     task_set = _task_set()
-    sampler = RoundSampler(_plan(CurriculumConfig(kind="tapir", hard_share_start=0, hard_share_end=0)), NAMES, CATEGORIES, task_set.train)
+    sampler = RoundSampler(
+        _plan(CurriculumConfig(kind="tapir", hard_share_start=0, hard_share_end=0)), NAMES, CATEGORIES, task_set.train
+    )
     assert sampled_mix(sampler, CATEGORIES, task_set.train, [(64, s) for s in range(100)])["composition"] < 0.3
 
 
@@ -109,8 +117,16 @@ def test_plan_round_trips_through_its_record_and_rounds_cover_the_steps():
     assert round_ends(10, 3)[-1] == 10
 
 
-@pytest.mark.parametrize("bad", [dict(kind="greedy"), dict(rounds=0), dict(hard_share_start=0.6, hard_share_end=0.2),
-                                 dict(hard_fraction=0), dict(category_mix={"a": -1.0})])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        dict(kind="greedy"),
+        dict(rounds=0),
+        dict(hard_share_start=0.6, hard_share_end=0.2),
+        dict(hard_fraction=0),
+        dict(category_mix={"a": -1.0}),
+    ],
+)
 def test_bad_configs_are_refused(bad: dict):
     with pytest.raises(ValueError):
         CurriculumConfig(**bad)
@@ -139,7 +155,9 @@ def test_tapir_sampler_plans_each_round_at_its_first_step_and_resumes_from_its_s
         # The logged mix is what the round's steps drew.
         picks = [CATEGORIES[task_set.train[k].task] for step in range(begin, end) for k in drawn[step]]
         assert record["sampled_mix"] == {c: picks.count(c) / len(picks) for c in sorted(set(picks))}
-        assert RoundSampler(plan_from_record(record), NAMES, CATEGORIES, task_set.train).draw(4, step_seed(7, begin)) == drawn[begin]
+        assert (
+            RoundSampler(plan_from_record(record), NAMES, CATEGORIES, task_set.train).draw(4, step_seed(7, begin)) == drawn[begin]
+        )
     # Saved after step 4 (two rounds planned); the process went on to plan round 3, then died.
     (tmp_path / "b").mkdir()
     first = sampler(tmp_path / "b")

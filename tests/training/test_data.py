@@ -77,9 +77,7 @@ def test_every_shipped_sni_task_loads_with_expected_totals(sni_dir: Path) -> Non
     assert len(tasks) == 38
     assert sum(len(t.instances) for t in tasks) == 1954
     assert [t.name for t in tasks] == sorted(t.name for t in tasks)
-    subset = set(read_split(sni_dir / "splits" / "subset_train.txt")) | set(
-        read_split(sni_dir / "splits" / "subset_test.txt")
-    )
+    subset = set(read_split(sni_dir / "splits" / "subset_train.txt")) | set(read_split(sni_dir / "splits" / "subset_test.txt"))
     assert {t.name for t in tasks} == subset
     for task in tasks:
         assert task.definition.strip()

@@ -130,8 +130,13 @@ def test_the_student_runs_each_example_with_its_own_tasks_adapter(parts, fusion:
             text = model.format_instruction(DEFINITIONS[PAIRS[index].task])
             encoding = model.encode_instructions([DEFINITIONS[PAIRS[index].task]])
             adapter = model.generate_lora(encoding)
-            alone = model(batch["input_ids"][row : row + 1], batch["attention_mask"][row : row + 1],
-                          batch["decoder_input_ids"][row : row + 1], lora=adapter, instruction=encoding if fusion else None)
+            alone = model(
+                batch["input_ids"][row : row + 1],
+                batch["attention_mask"][row : row + 1],
+                batch["decoder_input_ids"][row : row + 1],
+                lora=adapter,
+                instruction=encoding if fusion else None,
+            )
             positions = batch["labels"][row] != IGNORE
             assert torch.allclose(logits[row][positions], alone[0][positions], atol=1e-4), (row, text)
         other, _ = work.student({**batch, "fusion": not fusion})
@@ -146,8 +151,11 @@ def test_the_loss_adds_its_terms_with_their_weights(parts):
     total, metrics = work.loss(batch)
     with torch.no_grad():
         logits, lora = work.student(batch)
-        teacher_logits = teachers.meta(input_ids=batch["teacher_input_ids"], attention_mask=batch["teacher_attention_mask"],
-                                       decoder_input_ids=batch["decoder_input_ids"]).logits
+        teacher_logits = teachers.meta(
+            input_ids=batch["teacher_input_ids"],
+            attention_mask=batch["teacher_attention_mask"],
+            decoder_input_ids=batch["decoder_input_ids"],
+        ).logits
     ce = cross_entropy(logits, batch["labels"])
     kl = distill_kl(logits, teacher_logits, target_mask(batch["labels"]), 2.0)
     # L_ins pairs the adapter of task t (batch["tasks"] order) with teacher row ROW_OF_TASK[t]
@@ -164,8 +172,9 @@ def test_the_loss_adds_its_terms_with_their_weights(parts):
     ce_off, metrics_off = Distillation(model, tasks, tasks.train, kl_only, Teachers(teachers.meta, None, [])).loss(batch)
     assert float(ce_off.detach()) == pytest.approx(float(0.3 * kl), rel=1e-5)  # L_ce off: reported, not added
     assert metrics_off.keys() == {"ce", "kl", "fusion"} and metrics_off["ce"] == pytest.approx(float(ce), rel=1e-5)
-    only_ce, metrics_ce = Distillation(model, tasks, tasks.train, DistillConfig(use_kl=False, use_ins=False),
-                                       Teachers(None, None, [])).loss(batch)
+    only_ce, metrics_ce = Distillation(
+        model, tasks, tasks.train, DistillConfig(use_kl=False, use_ins=False), Teachers(None, None, [])
+    ).loss(batch)
     assert float(only_ce.detach()) == pytest.approx(float(ce), rel=1e-5) and metrics_ce.keys() == {"ce", "fusion"}
 
 

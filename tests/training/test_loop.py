@@ -150,8 +150,15 @@ def test_result_carries_the_last_steps_evaluation_and_weights_reload(tmp_path: P
     torch.manual_seed(CONFIG.seed)
     net = Net()
     calls: list[int] = []
-    result = train(net, len(DATA), make_batch, lambda b: (((net(b["x"]) - b["y"]) ** 2).mean(), {}), CONFIG, tmp_path,
-                   eval_fn=lambda step: calls.append(step) or {"score": float(step)})
+    result = train(
+        net,
+        len(DATA),
+        make_batch,
+        lambda b: (((net(b["x"]) - b["y"]) ** 2).mean(), {}),
+        CONFIG,
+        tmp_path,
+        eval_fn=lambda step: calls.append(step) or {"score": float(step)},
+    )
     assert calls[-1] == CONFIG.steps and result.last_eval == {"score": float(CONFIG.steps)}
     fresh = Net()
     assert load_weights(tmp_path, fresh) == CONFIG.steps

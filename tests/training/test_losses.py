@@ -65,6 +65,7 @@ def test_cross_entropy_ignores_padding():
 
 # ---- L_ins ------------------------------------------------------------------------------------
 
+
 def _lora(
     seed: int, batch: int = 2, r: int = 4, d_in: int = 6, d_out: int = 5, scale: float = 2.0, targets: int = 3
 ) -> LoraWeights:

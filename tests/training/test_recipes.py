@@ -24,8 +24,14 @@ def _old_layout(recipe) -> dict:
     """The recipe in the layout of the old Python presets (generator and base sizes inline)."""
     new = json.loads(json.dumps(asdict(recipe)))
     generator = new.pop("generator")
-    assert generator == json.loads(json.dumps(asdict(GeneratorConfig(generator["rank"], generator["alpha"], tuple(generator["target_modules"])))))
-    new |= {"generator_rank": generator["rank"], "generator_alpha": generator["alpha"], "target_modules": generator["target_modules"]}
+    assert generator == json.loads(
+        json.dumps(asdict(GeneratorConfig(generator["rank"], generator["alpha"], tuple(generator["target_modules"]))))
+    )
+    new |= {
+        "generator_rank": generator["rank"],
+        "generator_alpha": generator["alpha"],
+        "target_modules": generator["target_modules"],
+    }
     model = new["base"].pop("model")
     # The old BaseConfig derived d_kv from the width and never set dropout.
     assert model.pop("d_kv") == model["d_model"] // model["num_heads"] and model.pop("dropout_rate") == 0.0
@@ -64,22 +70,25 @@ def _write(tmp_path: Path, text: str) -> Path:
     return path
 
 
-@pytest.mark.parametrize("text, message", [
-    ("name: x\nbase:\n  loop:\n    stepz: 3\n", "base.loop.stepz: unknown key"),
-    ("name: x\nbase:\n  loop:\n    steps: many\n", "base.loop.steps: must be int"),
-    ("name: x\nbase:\n  loop:\n    steps: 2.5\n", "base.loop.steps: must be int"),
-    ("name: x\ndistill:\n  use_kl: 1\n", "distill.use_kl: must be bool"),
-    ("name: x\nteachers:\n  per: everything\n", "teachers.per: must be one of"),
-    ("name: x\nsuite:\n  train_instancs: 3\n", "suite.train_instancs: unknown key"),
-    ("name: x\ndistill:\n  loop:\n    steps: 0\n", "distill.loop: steps must be >= 1"),
-    ("name: x\ndistill:\n  use_ce: false\n  use_kl: false\n  use_ins: false\n", "distill: at least one of use_ce"),
-    ("name: x\ngenerator:\n  target_modules: [q, zz]\n", "generator: unknown target modules"),
-    ("name: x\nbase:\n  model:\n    d_model: 64.5\n", "base.model.d_model: must be int"),
-    ("name: x\ninstruction_template: 'Task:'\n", "instruction_template must contain"),
-    ("seed: 1\n", "missing key name"),
-    ("- name\n", "must be a mapping"),
-    ("name: [unclosed\n", "not valid YAML"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("name: x\nbase:\n  loop:\n    stepz: 3\n", "base.loop.stepz: unknown key"),
+        ("name: x\nbase:\n  loop:\n    steps: many\n", "base.loop.steps: must be int"),
+        ("name: x\nbase:\n  loop:\n    steps: 2.5\n", "base.loop.steps: must be int"),
+        ("name: x\ndistill:\n  use_kl: 1\n", "distill.use_kl: must be bool"),
+        ("name: x\nteachers:\n  per: everything\n", "teachers.per: must be one of"),
+        ("name: x\nsuite:\n  train_instancs: 3\n", "suite.train_instancs: unknown key"),
+        ("name: x\ndistill:\n  loop:\n    steps: 0\n", "distill.loop: steps must be >= 1"),
+        ("name: x\ndistill:\n  use_ce: false\n  use_kl: false\n  use_ins: false\n", "distill: at least one of use_ce"),
+        ("name: x\ngenerator:\n  target_modules: [q, zz]\n", "generator: unknown target modules"),
+        ("name: x\nbase:\n  model:\n    d_model: 64.5\n", "base.model.d_model: must be int"),
+        ("name: x\ninstruction_template: 'Task:'\n", "instruction_template must contain"),
+        ("seed: 1\n", "missing key name"),
+        ("- name\n", "must be a mapping"),
+        ("name: [unclosed\n", "not valid YAML"),
+    ],
+)
 def test_bad_recipes_are_refused_naming_the_field(tmp_path: Path, text: str, message: str):
     path = _write(tmp_path, text)
     with pytest.raises(UserError, match="recipe.yaml") as info:

@@ -21,7 +21,10 @@ from training.suite_files import write_suite
 from training.world import Step
 
 EVAL_SETS = {
-    "synthetic_unseen_composition", "synthetic_unseen_parameter", "synthetic_unseen_paraphrase", "synthetic_train_tasks",
+    "synthetic_unseen_composition",
+    "synthetic_unseen_parameter",
+    "synthetic_unseen_paraphrase",
+    "synthetic_train_tasks",
     "sni_test",
 }
 Function = tuple[tuple[str, object], ...]
@@ -119,14 +122,29 @@ def fresh_eval(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
     for name, (split, every) in SAMPLE.items():
         if split == "sni":
             tasks = sorted(read_split(SNI_DIR / "splits" / "subset_test.txt"))[::every]
-            results[name] = run_eval(DEFAULT_CHECKPOINT, [str(SNI_DIR / "tasks" / f"{t}.json") for t in tasks], "def+2pos",
-                                     max_instances=recipe["eval_instances"], max_input_tokens=2048, max_new_tokens=48,
-                                     methods=methods, timing_tasks=0)
+            results[name] = run_eval(
+                DEFAULT_CHECKPOINT,
+                [str(SNI_DIR / "tasks" / f"{t}.json") for t in tasks],
+                "def+2pos",
+                max_instances=recipe["eval_instances"],
+                max_input_tokens=2048,
+                max_new_tokens=48,
+                methods=methods,
+                timing_tasks=0,
+            )
         else:
             files = sorted((data / split).glob("*.json"))[::every]
-            results[name] = run_eval(DEFAULT_CHECKPOINT, [str(f) for f in files], "def", seed=recipe["seed"],
-                                     held_back=recipe["held_back"] if split == "train" else None,
-                                     max_instances=recipe["eval_instances"], max_new_tokens=48, methods=methods, timing_tasks=0)
+            results[name] = run_eval(
+                DEFAULT_CHECKPOINT,
+                [str(f) for f in files],
+                "def",
+                seed=recipe["seed"],
+                held_back=recipe["held_back"] if split == "train" else None,
+                max_instances=recipe["eval_instances"],
+                max_new_tokens=48,
+                methods=methods,
+                timing_tasks=0,
+            )
     return results
 
 
@@ -140,8 +158,13 @@ def test_committed_eval_json_is_what_the_checkpoint_does(fresh_eval: dict[str, d
 
 
 @pytest.mark.parametrize(
-    "name", [pytest.param(n, marks=pytest.mark.xfail(strict=True, reason="does not beat the control here (see eval.json)"))
-             if n in DOES_NOT_BEAT_CONTROL else n for n in SAMPLE]
+    "name",
+    [
+        pytest.param(n, marks=pytest.mark.xfail(strict=True, reason="does not beat the control here (see eval.json)"))
+        if n in DOES_NOT_BEAT_CONTROL
+        else n
+        for n in SAMPLE
+    ],
 )
 def test_tagi_beats_its_wrong_instruction_control(fresh_eval: dict[str, dict], name: str):
     """The adapter carries the task: another task's instruction scores lower, in both metrics."""
@@ -152,14 +175,19 @@ def test_tagi_beats_its_wrong_instruction_control(fresh_eval: dict[str, dict], n
 
 # ---- an empty instruction ----------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("instruction", ["", "   ", "\n\t"])
 @pytest.mark.parametrize("command", ["run", "adapter"])
 def test_an_empty_instruction_is_refused_on_the_shipped_checkpoint(tmp_path: Path, command: str, instruction: str):
     """Its instruction_template ("Definition: {instruction}") would make "" look non-empty."""
     assert json.loads((DEFAULT_CHECKPOINT / "config.json").read_text())["instruction_template"] != "{instruction}"
     args = ["--input", "1, 2"] if command == "run" else ["--out", str(tmp_path / "adapter")]
-    done = subprocess.run([sys.executable, "-m", "hypernet.cli", command, "--instruction", instruction, *args],
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-m", "hypernet.cli", command, "--instruction", instruction, *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 2, done
     assert done.stdout == ""
     lines = done.stderr.strip().splitlines()

@@ -47,11 +47,14 @@ def test_segments_are_disjoint_contiguous_and_each_in_its_role(tmp_path: Path):
         def hook(module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
             ids = kwargs.get("input_ids", args[0] if args else None)
             calls.append((name, None if ids is None else ids.detach().clone()))
+
         return hook
 
-    handles = [encoder.register_forward_pre_hook(watch("encoder"), with_kwargs=True),
-               decoder.register_forward_pre_hook(watch("decoder"), with_kwargs=True),
-               model.generator.register_forward_pre_hook(watch("generator"), with_kwargs=True)]
+    handles = [
+        encoder.register_forward_pre_hook(watch("encoder"), with_kwargs=True),
+        decoder.register_forward_pre_hook(watch("decoder"), with_kwargs=True),
+        model.generator.register_forward_pre_hook(watch("generator"), with_kwargs=True),
+    ]
     loop = LoopConfig(steps=1, batch_size=4, lr=1e-3, warmup_steps=0, checkpoint_every=10, log_every=1, device="cpu")
     try:
         pretrain_hypernet(model, task_set, tmp_path / "stage2", HypernetPretrainConfig(segment_tokens=SEGMENT), loop)

@@ -30,8 +30,15 @@ from training.suite import SuiteConfig, build_suite
 from training.suite_files import write_suite
 from training.teachers import train_instance_teachers
 
-SUITE = SuiteConfig(train_instances=12, test_instances=2, train_compositions=2, unseen_compositions=1, paraphrases_per_function=1,
-                    values_per_primitive=1, unseen_values_per_primitive=1)
+SUITE = SuiteConfig(
+    train_instances=12,
+    test_instances=2,
+    train_compositions=2,
+    unseen_compositions=1,
+    paraphrases_per_function=1,
+    values_per_primitive=1,
+    unseen_values_per_primitive=1,
+)
 # alpha/r = 3: an inverted scale (r/alpha) would shrink every teacher update ninefold.
 TEACHERS = TeacherConfig(per="task", rank=4, alpha=12.0, target_modules=("q", "v"))
 
@@ -75,8 +82,11 @@ def _peft_updates(base_dir: Path, teacher_dir: Path) -> dict[str, torch.Tensor]:
 
     peft_model = PeftModel.from_pretrained(load_t5(base_dir), teacher_dir)
     prefix = "base_model.model."
-    return {name.removeprefix(prefix): module.get_delta_weight("default").detach().float()
-            for name, module in peft_model.named_modules() if hasattr(module, "get_delta_weight") and hasattr(module, "lora_A")}
+    return {
+        name.removeprefix(prefix): module.get_delta_weight("default").detach().float()
+        for name, module in peft_model.named_modules()
+        if hasattr(module, "get_delta_weight") and hasattr(module, "lora_A")
+    }
 
 
 def _generated_updates(model: TagiModel, instruction: str) -> dict[str, torch.Tensor]:
@@ -139,8 +149,10 @@ def test_kl_teacher_reads_the_instruction_and_the_input(setup: dict):
 
         right = kl_against(encoded["input_ids"], encoded["attention_mask"])
         without_instruction = kl_against(batch["input_ids"], batch["attention_mask"])
-        swapped = [format_concat(format_instruction(task_set.tasks[chosen[(i + 1) % len(chosen)].task], "def"), p.input)
-                   for i, p in enumerate(chosen)]  # each input with another task's instruction
+        swapped = [
+            format_concat(format_instruction(task_set.tasks[chosen[(i + 1) % len(chosen)].task], "def"), p.input)
+            for i, p in enumerate(chosen)
+        ]  # each input with another task's instruction
         rolled = model.tokenizer(swapped, padding=True, return_tensors="pt")
         other_tasks_instruction = kl_against(rolled["input_ids"], rolled["attention_mask"])
     assert metrics["kl"] == pytest.approx(right, rel=1e-4)

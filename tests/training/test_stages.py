@@ -31,7 +31,7 @@ def pipeline_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
     # A micro training set: a few train tasks, kept in their own directory.
     subset = work / "train_subset"
     subset.mkdir()
-    for path in sorted((work / "data" / "train").glob("*.json"))[:: 7][:TRAIN_TASKS]:
+    for path in sorted((work / "data" / "train").glob("*.json"))[::7][:TRAIN_TASKS]:
         shutil.copy(path, subset / path.name)
     preset = get_preset("smoke")
     preset = replace(preset, teachers=replace(preset.teachers, per="task"))
@@ -44,8 +44,9 @@ def pipeline_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
     read: list[str] = []
     original = data_module.load_task
     patch = pytest.MonkeyPatch()
-    patch.setattr(data_module, "load_task",
-                  lambda path, max_instances=None: read.append(str(path)) or original(path, max_instances))
+    patch.setattr(
+        data_module, "load_task", lambda path, max_instances=None: read.append(str(path)) or original(path, max_instances)
+    )
     try:
         task_set = load_task_set([str(subset)], preset.held_back, preset.seed)
         results = run_all(preset, work, task_set, device="cpu")
@@ -93,8 +94,9 @@ def test_teachers_are_peft_directories(pipeline_run: dict):
         for name in sorted(set(index["task_to_teacher"].values())):
             base = load_t5(pipeline_run["work"] / "stage0_base" / "model")
             peft_model = PeftModel.from_pretrained(base, teachers / name).eval()
-            theirs = peft_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                                decoder_input_ids=decoder).logits
+            theirs = peft_model(
+                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], decoder_input_ids=decoder
+            ).logits
             lora = load_teacher_weights(teachers, [name], ours.layout).select(torch.zeros(len(pairs), dtype=torch.long))
             mine = ours(batch["input_ids"], batch["attention_mask"], decoder, lora=lora)
             assert (theirs - plain).abs().max() > 1e-4, name  # the teacher changes the outputs at all
@@ -131,8 +133,9 @@ def test_no_stage_reads_held_out_tasks(tmp_path: Path, monkeypatch: pytest.Monke
 
     read: list[Path] = []
     original = data_module.load_task
-    monkeypatch.setattr(data_module, "load_task",
-                        lambda path, max_instances=None: read.append(Path(path)) or original(path, max_instances))
+    monkeypatch.setattr(
+        data_module, "load_task", lambda path, max_instances=None: read.append(Path(path)) or original(path, max_instances)
+    )
     task_set = P.work_task_set(get_preset("smoke"), tmp_path)
     data = tmp_path / "data"
     splits = {split: set(read_split(data / "splits" / f"{split}.txt")) for split in SPLITS}
@@ -230,9 +233,12 @@ def _trained_state(stage_dir: Path) -> dict[str, dict]:
     from safetensors.torch import load_file
 
     states = {str(p.relative_to(stage_dir)): load_file(p) for p in sorted(stage_dir.rglob(f"{STATE_DIR}/model.safetensors"))}
-    logs = {str(p.relative_to(stage_dir)): [{k: v for k, v in json.loads(line).items() if k != "time"}
-                                            for line in p.read_text().splitlines()]
-            for p in sorted(stage_dir.rglob(LOG_FILE))}
+    logs = {
+        str(p.relative_to(stage_dir)): [
+            {k: v for k, v in json.loads(line).items() if k != "time"} for line in p.read_text().splitlines()
+        ]
+        for p in sorted(stage_dir.rglob(LOG_FILE))
+    }
     return {"states": states, "logs": logs}
 
 

@@ -200,9 +200,7 @@ def test_descriptions_fill_parameters_and_compose() -> None:
     above = PRIMITIVES_BY_NAME["above"]
     assert above.describe(50, 0) == "Keep only the numbers greater than 50."
     steps = (Step("reverse", None, 0), Step("first_k", 2, 0))
-    assert describe_steps(steps) == (
-        "Reverse the order of the items in the list, then keep only the first 2 items of the list."
-    )
+    assert describe_steps(steps) == ("Reverse the order of the items in the list, then keep only the first 2 items of the list.")
     assert run_steps(steps, ["a", "b", "c"]) == ["c", "b"]
 
 
