@@ -4,6 +4,7 @@ and the worker drops the job nobody waits for any more."""
 
 from __future__ import annotations
 
+import threading
 import time
 
 import pytest
@@ -15,13 +16,15 @@ from serving.server import build_server
 from serving.settings import ServerSettings
 from tests.serving.promtext import parse, value
 
-TIMEOUT = 0.5
+TIMEOUT = 0.2
 SLOW = {
     "instruction": "Reverse the list.",
     "inputs": [f"apple river {i} stone green house" for i in range(MAX_INPUTS)],
     "max_new_tokens": MAX_NEW_TOKENS,
 }
-"""32 rows of up to 256 tokens: 2 to 4 s on one core, several times TIMEOUT."""
+"""32 rows of 256 tokens on the micro checkpoint (its random adapters never stop early): 0.5 to 1 s
+on an idle machine, several times TIMEOUT."""
+SMALL = {"instruction": "Reverse the list.", "inputs": ["a, b"], "max_new_tokens": 4}
 
 
 @pytest.fixture(scope="module")
@@ -43,8 +46,19 @@ def batches(client) -> float:
 
 def test_unanswered_and_queued_requests_get_a_504_and_the_server_recovers(client):
     before = batches(client)
+    queued: dict[str, object] = {}
+
+    def post_behind_the_slow_one() -> None:
+        # Sent while the slow job runs, so it waits in the queue for longer than TIMEOUT
+        # however fast the machine finishes the slow job afterwards.
+        time.sleep(TIMEOUT / 4)
+        queued["response"] = client.post("/v1/generate", json=SMALL)
+
+    behind = threading.Thread(target=post_behind_the_slow_one)
     start = time.monotonic()
+    behind.start()
     slow = client.post("/v1/generate", json=SLOW)
+    behind.join(timeout=60)
     assert slow.status_code == 504, slow.text
     assert slow.json()["error"] == {
         "message": f"no inference worker answered within {TIMEOUT:g} s",
@@ -53,8 +67,8 @@ def test_unanswered_and_queued_requests_get_a_504_and_the_server_recovers(client
     }
     assert time.monotonic() - start < TIMEOUT + 2, "answered at the deadline, not when the worker finished"
 
-    queued = client.post("/v1/generate", json={"instruction": "Reverse the list.", "inputs": ["a, b"], "max_new_tokens": 4})
-    assert queued.status_code == 504 and queued.json()["error"]["code"] == 504
+    response = queued["response"]
+    assert response.status_code == 504 and response.json()["error"]["code"] == 504
 
     deadline = time.monotonic() + 60
     while batches(client) - before < 1 and time.monotonic() < deadline:  # the slow job finishes
@@ -63,7 +77,7 @@ def test_unanswered_and_queued_requests_get_a_504_and_the_server_recovers(client
     assert batches(client) - before == 1, "the slow job ran; the expired one never reached the model"
 
     for _ in range(5):  # the server answers again (a retry only if this machine is too busy for TIMEOUT)
-        answered = client.post("/v1/generate", json={"instruction": "Reverse the list.", "inputs": ["a, b"], "max_new_tokens": 4})
+        answered = client.post("/v1/generate", json=SMALL)
         if answered.status_code == 200:
             break
     assert answered.status_code == 200, answered.text
