@@ -180,8 +180,10 @@ class AdapterService:
         start = time.perf_counter()
         try:
             adapters = self.model.adapters(list(missing.values()))
-        except Exception:  # noqa: BLE001 - find out which instruction it was instead of failing all
-            return {key: self._adapter(key, text) for key, text in missing.items()}
+        except Exception as err:  # noqa: BLE001 - find out which instruction it was instead of failing all
+            if len(missing) == 1:
+                return {key: _Resolved(error=err) for key in missing}
+            return {key: self._generate_adapters({key: text})[key] for key, text in missing.items()}
         seconds = (time.perf_counter() - start) / len(missing)  # each adapter's share of the pass
         resolved = {}
         for key, adapter in zip(missing, adapters, strict=True):
@@ -189,20 +191,6 @@ class AdapterService:
             self.cache.put(key, adapter)
             resolved[key] = _Resolved(adapter=adapter, generation_ms=seconds * 1000)
         return resolved
-
-    def _adapter(self, key: str, instruction: str) -> _Resolved:
-        cached = self.cache.get(key)
-        if cached is not None:
-            return _Resolved(adapter=cached, cached=True)
-        start = time.perf_counter()
-        try:
-            adapter = self.model.adapter(instruction)
-        except Exception as err:  # noqa: BLE001 - fail the jobs that need this adapter, not the batch
-            return _Resolved(error=err)
-        seconds = time.perf_counter() - start
-        metrics.ADAPTER_SECONDS.observe(seconds)
-        self.cache.put(key, adapter)
-        return _Resolved(adapter=adapter, generation_ms=seconds * 1000)
 
     def _info(self, adapter: Adapter) -> AdapterInfo:
         generator = self.model.config.generator
