@@ -115,18 +115,13 @@ def add_adapter(sub: argparse._SubParsersAction) -> None:
 
 def cmd_adapters_map(args: argparse.Namespace) -> None:
     from hypernet.adapter_map import build_map, write_map
-    from hypernet.export import BadLine, read_instructions
+    from hypernet.export import accepted_instructions, read_instructions
 
     path = Path(args.instructions)
     entries, bad = read_instructions(path, label_field=args.label_field)
     model = load_model(args.checkpoint)
-    good = []
-    for entry in entries:
-        try:
-            model.instruction_ids(entry.instruction)
-            good.append(entry)
-        except UserError as err:
-            bad.append(BadLine(entry.line, str(err)))
+    good, refused = accepted_instructions(model, entries)
+    bad += refused
     for line in sorted(bad, key=lambda b: b.line):
         print(f"tagi: skipped {path} {line}", file=sys.stderr)
     adapter_map = build_map(model, good, batch_size=args.batch_size)

@@ -33,7 +33,7 @@ from tqdm import tqdm
 from transformers import T5ForConditionalGeneration
 
 from hypernet.errors import UserError
-from hypernet.files import SPIECE, atomic_directory, atomic_write_text, write_json
+from hypernet.files import SPIECE, atomic_directory, atomic_write_text, directory_bytes, write_json
 from hypernet.io import PEFT_WEIGHTS_FILE, TAGI_EXPORT_FILE, export_peft, peft_lora_config, peft_state_dict
 from hypernet.model import Adapter, TagiModel, adapter_id
 
@@ -92,18 +92,27 @@ def read_instructions(path: Path, label_field: str = "label") -> tuple[list[Entr
     return entries, bad
 
 
-def check_entries(model: TagiModel, entries: list[Entry]) -> tuple[list[tuple[Entry, str]], list[BadLine]]:
-    """(entry, directory name) for each entry the model accepts, and the rest as bad lines:
-    empty or over the token limit, an unusable name, or a name used by an earlier line."""
-    good: list[tuple[Entry, str]] = []
+def accepted_instructions(model: TagiModel, entries: list[Entry]) -> tuple[list[Entry], list[BadLine]]:
+    """The entries whose instruction the model takes, and the rest (empty, over the token limit)
+    as bad lines, so a batch reports each one before generating anything."""
+    good: list[Entry] = []
     bad: list[BadLine] = []
-    first_line: dict[str, int] = {}
     for entry in entries:
         try:
             model.instruction_ids(entry.instruction)
+            good.append(entry)
         except UserError as err:
             bad.append(BadLine(entry.line, str(err)))
-            continue
+    return good, bad
+
+
+def check_entries(model: TagiModel, entries: list[Entry]) -> tuple[list[tuple[Entry, str]], list[BadLine]]:
+    """(entry, directory name) for each entry the model accepts, and the rest as bad lines:
+    empty or over the token limit, an unusable name, or a name used by an earlier line."""
+    accepted, bad = accepted_instructions(model, entries)
+    good: list[tuple[Entry, str]] = []
+    first_line: dict[str, int] = {}
+    for entry in accepted:
         name = entry.name if entry.name is not None else adapter_id(model.fingerprint, entry.instruction)
         if not _NAME.match(name) or name == MANIFEST_FILE:
             bad.append(BadLine(entry.line, f"name {name!r} is not a plain directory name (letters, digits, . _ -)"))
@@ -113,10 +122,6 @@ def check_entries(model: TagiModel, entries: list[Entry]) -> tuple[list[tuple[En
             first_line[name] = entry.line
             good.append((entry, name))
     return good, bad
-
-
-def directory_bytes(path: Path) -> int:
-    return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
 
 
 def _weights_parse(path: Path) -> bool:

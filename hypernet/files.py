@@ -90,6 +90,11 @@ def write_json(path: Path, data: dict | list) -> None:
     atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
+def directory_bytes(path: Path) -> int:
+    """Bytes of every file below `path` (what a checkpoint or an export costs on disk)."""
+    return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
+
+
 def base_fingerprint(base_dir: Path) -> str:
     digest = hashlib.sha256()
     files = sorted({p for pattern in _FINGERPRINTED for p in Path(base_dir).glob(pattern)})

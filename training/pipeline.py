@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from hypernet.files import atomic_directory, write_json
+from hypernet.files import atomic_directory, directory_bytes, write_json
 from hypernet.io import copy_peft_dir, is_peft_dir, load_checkpoint, save_checkpoint
 from training.base_pretrain import read_base_card
 from training.common import TEACHER_INDEX, TaskSet, load_task_set
@@ -66,10 +66,6 @@ def package(checkpoint: Path, teachers: Path, meta: Path, out: Path, info: dict,
             if (Path(meta) / name).exists():
                 shutil.copy(Path(meta) / name, tmp / name)
     write_json(out / PIPELINE_FILE, info)
-
-
-def directory_bytes(path: Path) -> int:
-    return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
 
 
 def run_pipeline(

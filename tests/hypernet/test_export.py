@@ -19,7 +19,8 @@ from support import WORDS
 from transformers import AutoTokenizer, T5ForConditionalGeneration
 
 from hypernet.cli import main
-from hypernet.export import MANIFEST_FILE, directory_bytes
+from hypernet.export import MANIFEST_FILE
+from hypernet.files import directory_bytes
 from hypernet.io import PEFT_WEIGHTS_FILE, peft_state_dict
 from hypernet.model import ADAPTER_CHUNK
 
