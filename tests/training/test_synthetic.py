@@ -3,8 +3,11 @@
 
 from __future__ import annotations
 
+import random
+import re
 from collections import Counter
 from pathlib import Path
+from string import Formatter
 
 import pytest
 
@@ -12,10 +15,12 @@ from training.data import FunctionStep, Task, format_instruction, load_task, loa
 from training.suite import SPLITS, Suite, SuiteConfig, SynthTask, build_suite, corpus_texts
 from training.suite_files import write_suite
 from training.world import (
+    COMPOSITION_FRAMES,
     EMPTY_LIST,
     PRIMITIVES,
     PRIMITIVES_BY_NAME,
     VOCABULARY,
+    Primitive,
     Step,
     composable,
     describe_steps,
@@ -24,6 +29,7 @@ from training.world import (
     parse_list,
     run_steps,
     steps_of,
+    training_wordings,
 )
 
 SEED = 0
@@ -59,21 +65,214 @@ def test_vocabulary_is_large_simple_and_unambiguous() -> None:
     assert not {"a", "an", "the", "yes", "no", EMPTY_LIST} & set(VOCABULARY)
 
 
+# The canonical (first) and held-out (last) wordings as they were before the
+# template lists grew: the canonical wording is every task's definition and the
+# last is the unseen-paraphrase split, so neither may drift.
+CANONICAL_AND_HELD_OUT = {
+    "reverse": ("Reverse the order of the items in the list.", "Flip the list so that the last item comes first."),
+    "sort_asc": ("Sort the numbers from smallest to largest.", "List the numbers from lowest to highest."),
+    "sort_desc": ("Sort the numbers from largest to smallest.", "List the numbers from highest to lowest."),
+    "first_k": (
+        "Keep only the first {k} {items} of the list.",
+        "Write down the first {k} {items} of the list and drop the rest.",
+    ),
+    "last_k": ("Keep only the last {k} {items} of the list.", "Write down the last {k} {items} of the list and drop the rest."),
+    "drop_first_k": ("Remove the first {k} {items} from the list.", "Output everything after the first {k} {items}."),
+    "every_second": (
+        "Keep every second item, starting with the first one.",
+        "Keep the first item and then every other item after it.",
+    ),
+    "dedupe": (
+        "Remove duplicate items, keeping the first occurrence of each.",
+        "Write the list without repeats, in the original order.",
+    ),
+    "count": ("Count the items in the list.", "Write how many entries there are in the list."),
+    "max": ("Find the largest number in the list.", "Write the greatest of the numbers."),
+    "min": ("Find the smallest number in the list.", "Pick out the tiniest of the numbers."),
+    "above": ("Keep only the numbers greater than {n}.", "Filter the list down to numbers exceeding {n}."),
+    "contains": (
+        "Answer yes if the list contains {x}, otherwise answer no.",
+        "Reply yes when {x} occurs in the list, else reply no.",
+    ),
+    "is_sorted": (
+        "Answer yes if the numbers are in ascending order, otherwise answer no.",
+        "Reply yes when each number is at least the one before it, else reply no.",
+    ),
+}
+
+# The placeholders each kind of parameter takes, each exactly once in every template and clause.
+PLACEHOLDERS = {None: {}, "k": {"k": 1, "items": 1}, "n": {"n": 1}, "x": {"x": 1}}
+
+
+def _placeholders(text: str) -> dict[str, int]:
+    return dict(Counter(field for _, field, _, _ in Formatter().parse(text) if field is not None))
+
+
+def _values(p: Primitive) -> list[object]:
+    return [None] if p.param_name is None else [*p.train_values[:3], *p.held_out_values]
+
+
 def test_primitive_inventory() -> None:
     assert len(PRIMITIVES) >= 12
     assert len(PRIMITIVES_BY_NAME) == len(PRIMITIVES)
+    assert set(CANONICAL_AND_HELD_OUT) == set(PRIMITIVES_BY_NAME)
     for p in PRIMITIVES:
-        assert len(p.templates) >= 5 and len(set(p.templates)) == len(p.templates), p.name
+        assert len(p.templates) >= 20 and len(set(p.templates)) == len(p.templates), p.name
         assert p.held_out_template not in p.train_templates
-        for template in p.templates:
+        assert (p.templates[0], p.templates[p.held_out_template]) == CANONICAL_AND_HELD_OUT[p.name]
+        for template in (p.templates[0], p.templates[-1]):
             assert template[0].isupper() and template.endswith("."), template
-            if p.param_name:
-                assert "{" + p.param_name + "}" in template, template
+        for template in p.templates:
+            # Questions and lowercase or terse forms are wordings people type; still one sentence.
+            assert template == template.strip() and template[0].isalpha() and template[-1] in ".?", template
+            assert "  " not in template, template
+            assert _placeholders(template) == PLACEHOLDERS[p.param_name], template
         if p.param_name:
             assert p.train_values and p.held_out_values
             assert not set(p.train_values) & set(p.held_out_values), p.name
         else:
             assert not p.train_values and not p.held_out_values
+
+
+def test_clauses_are_lowercase_imperative_phrases() -> None:
+    for p in PRIMITIVES:
+        assert len(p.clauses) >= 6 and len(set(p.clauses)) == len(p.clauses), p.name
+        held_out = p.templates[p.held_out_template].rstrip(".").lower()
+        for clause in p.clauses:
+            assert clause == clause.strip() and clause[0].islower() and clause[-1] not in ".?!;,", clause
+            assert _placeholders(clause) == PLACEHOLDERS[p.param_name], clause
+            assert clause != held_out, clause
+
+
+def test_no_wording_is_shared_between_primitives() -> None:
+    for attribute in ("templates", "clauses"):
+        owners: dict[str, str] = {}
+        for p in PRIMITIVES:
+            for text in getattr(p, attribute):
+                assert owners.setdefault(text.lower(), p.name) == p.name, (text, owners[text.lower()], p.name)
+
+
+def test_every_wording_formats_completely() -> None:
+    for p in PRIMITIVES:
+        for value in _values(p):
+            for text in (*p.templates, *p.clauses):
+                filled = p.fill(text, value)
+                assert "{" not in filled and "}" not in filled, (p.name, text)
+                if value is not None:
+                    assert str(value) in filled, (p.name, text)
+        for index in range(len(p.templates)):
+            assert "{" not in p.describe(_values(p)[0], index), (p.name, index)
+
+
+def _masked(name: str, words: tuple[str, ...]) -> set[str]:
+    pattern = re.compile(r"\b(" + "|".join(words) + r")\b", re.IGNORECASE)
+    p = PRIMITIVES_BY_NAME[name]
+    return {pattern.sub("<W>", text) for text in (*p.templates, *p.clauses)}
+
+
+@pytest.mark.parametrize(
+    ("one", "other", "deciding"),
+    [
+        ("max", "min", ("largest", "biggest", "highest", "maximum", "max", "smallest", "lowest", "least", "minimum", "min")),
+        (
+            "sort_asc",
+            "sort_desc",
+            ("smallest", "largest", "biggest", "ascending", "descending", "increasing", "decreasing")
+            + ("low", "high", "up", "down", "increase", "decrease", "smaller", "bigger"),
+        ),
+        ("first_k", "last_k", ("first", "last", "final", "start", "end", "beginning", "front", "back", "opening", "closing")),
+    ],
+)
+def test_antonyms_share_frames_so_the_deciding_word_decides(one: str, other: str, deciding: tuple[str, ...]) -> None:
+    shared = _masked(one, deciding) & _masked(other, deciding)
+    assert len(shared) >= 15, sorted(shared)
+
+
+def test_compositions_of_any_templates_read_as_one_sentence() -> None:
+    first, second = PRIMITIVES_BY_NAME["reverse"], PRIMITIVES_BY_NAME["max"]
+    for i in first.train_templates:
+        for j in second.train_templates:
+            text = describe_steps((Step("reverse", None, i), Step("max", None, j)))
+            assert ", then " in text and text[-1] in ".?", text
+            assert "?," not in text and ".," not in text and text.count("?") <= 1, text
+    i_want_index = second.templates.index("I want the biggest number in the list.")
+    i_want = describe_steps((Step("reverse", None, 0), Step("max", None, i_want_index)))
+    assert i_want == "Reverse the order of the items in the list, then I want the biggest number in the list."
+
+
+# --------------------------------------------------------------------------
+# Training wordings
+
+
+def test_single_step_training_wordings_are_every_training_template() -> None:
+    for p in PRIMITIVES:
+        value = _values(p)[0]
+        step = Step(p.name, value, 0)
+        wordings = training_wordings((step,), random.Random(SEED), limit=1000)
+        assert wordings[0] == describe_steps((step,)) == p.describe(value, 0)
+        assert len(set(wordings)) == len(wordings)
+        assert set(wordings) == {p.describe(value, i) for i in p.train_templates}, p.name
+        assert p.describe(value, p.held_out_template) not in wordings
+
+
+def test_training_wordings_respect_the_limit_and_the_seed() -> None:
+    step = (Step("first_k", 3, 2),)
+    three = training_wordings(step, random.Random(SEED), limit=3)
+    assert len(three) == 3 and three[0] == "Output the 3 items at the start of the list."
+    assert training_wordings(step, random.Random(SEED), limit=3) == three
+    assert training_wordings(step, random.Random(SEED), limit=100) != training_wordings(step, random.Random(SEED + 1), limit=100)
+    assert training_wordings(step, random.Random(SEED), limit=1) == three[:1]
+    with pytest.raises(ValueError, match="limit"):
+        training_wordings(step, random.Random(SEED), limit=0)
+
+
+def test_training_wordings_refuse_the_held_out_template_and_long_chains() -> None:
+    held = PRIMITIVES_BY_NAME["count"].held_out_template
+    with pytest.raises(ValueError, match="held-out"):
+        training_wordings((Step("count", None, held),), random.Random(SEED), limit=5)
+    with pytest.raises(ValueError, match="held-out"):
+        training_wordings((Step("reverse", None, 0), Step("count", None, held)), random.Random(SEED), limit=5)
+    with pytest.raises(ValueError, match="one or two steps"):
+        training_wordings([Step("reverse", None, 0)] * 3, random.Random(SEED), limit=5)
+
+
+def _fillings(steps: tuple[Step, Step]) -> dict[str, str]:
+    """Every frame x clause x clause text of a two-step function, mapped to its frame."""
+    one, two = (PRIMITIVES_BY_NAME[s.primitive] for s in steps)
+    fillings = {}
+    for frame in COMPOSITION_FRAMES:
+        for a in one.clauses:
+            for b in two.clauses:
+                text = frame.format(first=one.fill(a, steps[0].param), second=two.fill(b, steps[1].param))
+                fillings[text[0].upper() + text[1:]] = frame
+    return fillings
+
+
+def test_composition_wordings_fill_frames_with_clauses() -> None:
+    assert len(COMPOSITION_FRAMES) >= 8 and len(set(COMPOSITION_FRAMES)) == len(COMPOSITION_FRAMES)
+    for frame in COMPOSITION_FRAMES:
+        assert _placeholders(frame) == {"first": 1, "second": 1}, frame
+    steps = (Step("reverse", None, 0), Step("first_k", 2, 0))
+    wordings = training_wordings(steps, random.Random(SEED), limit=60)
+    assert wordings[0] == "Reverse the order of the items in the list, then keep only the first 2 items of the list."
+    assert len(wordings) == 60 and len(set(wordings)) == 60
+    fillings = _fillings(steps)
+    assert set(wordings[1:]) <= set(fillings)
+    assert len({fillings[w] for w in wordings[1:]}) >= 6  # many frames, not one
+    assert all(w[0].isupper() and "{" not in w for w in wordings)
+    assert wordings == training_wordings(steps, random.Random(SEED), limit=60)
+    assert wordings != training_wordings(steps, random.Random(SEED + 1), limit=60)
+
+
+def test_composition_wordings_never_contain_a_held_out_template() -> None:
+    for one in PRIMITIVES:
+        for two in PRIMITIVES:
+            if not composable(one, two):
+                continue
+            steps = (Step(one.name, _values(one)[0], 0), Step(two.name, _values(two)[0], 0))
+            held_out = [p.describe(s.param, p.held_out_template).rstrip(".").lower() for p, s in zip((one, two), steps)]
+            for wording in training_wordings(steps, random.Random(SEED), limit=10_000)[1:]:
+                assert not any(h in wording.lower() for h in held_out), wording
 
 
 HAND_CASES = [
