@@ -16,7 +16,9 @@ from hypernet.errors import UserError
 KNOWN_TARGETS = ("q", "k", "v", "o", "wi", "wi_0", "wi_1", "wo")
 
 CHECKPOINT_FORMAT = "tagi-checkpoint"
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2
+"""2 added the instruction encoder and the generator's attention; a version-1 config reads as the
+base encoder and a pooled-only generator (attention_heads 0), which is what it was."""
 
 DEFAULT_MAX_NEW_TOKENS = 64
 """Output length limit in tokens when a caller does not give one (CLI, API, server, evaluation)."""
@@ -37,6 +39,11 @@ class GeneratorConfig:
     unlike the 8-wide bottleneck of the authors' code that confines every A to 8 dimensions."""
     embed_dim: int = 64
     """Width of the learned (layer, module, block) embeddings that tell the MLP what to emit."""
+    attention_heads: int = 4
+    """Heads of the per-target attention over the instruction's token states (as in HINT): each
+    target module's embedding queries the tokens, so the words that tell two tasks apart
+    ("smallest" / "largest") reach the adapter even where their mean vectors nearly coincide.
+    0: the pooled vector only (the paper's generator; kept for the ablation)."""
 
     def __post_init__(self) -> None:
         if self.rank < 1:
@@ -54,6 +61,8 @@ class GeneratorConfig:
             raise UserError(f"hidden_dim must be >= 1, got {self.hidden_dim}")
         if self.embed_dim < 1:
             raise UserError(f"embed_dim must be >= 1, got {self.embed_dim}")
+        if self.attention_heads < 0:
+            raise UserError(f"attention_heads must be >= 0, got {self.attention_heads}")
 
     @property
     def scale(self) -> float:
@@ -71,11 +80,42 @@ class GeneratorConfig:
         return cls(**values)
 
 
+ENCODER_KINDS = ("base", "sentence")
+
+
+@dataclass(frozen=True)
+class InstructionEncoderConfig:
+    """Which frozen encoder reads instructions (hypernet.encoders): the base's own, or a sentence
+    encoder found by `name` and checked against `fingerprint` (never stored in the checkpoint)."""
+
+    kind: str = "base"
+    name: str = ""
+    """For `sentence`: a packaged encoder's name (hypernet.encoders.PACKAGED_ENCODERS) or a label."""
+    fingerprint: str = ""
+    """sha256 over the encoder's weight and tokenizer files; loading refuses another encoder."""
+
+    def __post_init__(self) -> None:
+        if self.kind not in ENCODER_KINDS:
+            raise UserError(f"instruction encoder kind must be one of {list(ENCODER_KINDS)}, got {self.kind!r}")
+        if self.kind == "sentence" and not self.name:
+            raise UserError("a sentence instruction encoder needs a name")
+        if self.kind == "base" and (self.name or self.fingerprint):
+            raise UserError("the base instruction encoder takes no name or fingerprint")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> InstructionEncoderConfig:
+        unknown = sorted(set(data) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise UserError(f"unknown instruction encoder config keys: {unknown}")
+        return cls(**data)
+
+
 @dataclass(frozen=True)
 class CheckpointConfig:
     """What `config.json` of a checkpoint records besides the weights."""
 
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
+    instruction_encoder: InstructionEncoderConfig = field(default_factory=InstructionEncoderConfig)
     base_fingerprint: str = ""
     """sha256 over the base model's weight and tokenizer files; loading refuses a mismatch."""
     input_template: str = "{input}"
@@ -112,11 +152,14 @@ class CheckpointConfig:
         fmt, version = data.pop("format", None), data.pop("version", None)
         if fmt != CHECKPOINT_FORMAT:
             raise UserError(f"not a tagi checkpoint config (format={fmt!r})")
-        if version != CHECKPOINT_VERSION:
-            raise UserError(f"unsupported checkpoint version {version!r}; this tagi reads {CHECKPOINT_VERSION}")
+        if version not in (1, CHECKPOINT_VERSION):
+            raise UserError(f"unsupported checkpoint version {version!r}; this tagi reads 1 and {CHECKPOINT_VERSION}")
+        if version == 1:
+            data["generator"] = {"attention_heads": 0, **data.get("generator", {})}
         known = {f for f in cls.__dataclass_fields__}
         unknown = sorted(set(data) - known)
         if unknown:
             raise UserError(f"unknown checkpoint config keys: {unknown}")
         generator = GeneratorConfig.from_dict(data.pop("generator", {}))
-        return cls(generator=generator, **data)
+        encoder = InstructionEncoderConfig.from_dict(data.pop("instruction_encoder", {}))
+        return cls(generator=generator, instruction_encoder=encoder, **data)

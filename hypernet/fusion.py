@@ -16,11 +16,12 @@ import torch
 
 @dataclass(frozen=True)
 class InstructionEncoding:
-    """The base encoder's view of a batch of instructions."""
+    """An instruction encoder's view of a batch of instructions (or, projected to the base width,
+    what fusion attends to)."""
 
-    states: torch.Tensor  # (n, s, d) token states, kept for fusion
+    states: torch.Tensor  # (n, s, d) token states: the generator's attention and fusion read them
     mask: torch.Tensor  # (n, s) 1 for tokens, 0 for padding
-    pooled: torch.Tensor  # (n, d) masked mean over tokens, the generator's input
+    pooled: torch.Tensor  # (n, d) masked mean over tokens, the generator's pooled input
 
     def select(self, rows: torch.Tensor | list[int]) -> InstructionEncoding:
         index = torch.as_tensor(rows, dtype=torch.long, device=self.states.device)
@@ -51,7 +52,7 @@ def concat_instructions(rows: list[InstructionEncoding | None]) -> InstructionEn
     d = like.states.shape[-1]
     states = like.states.new_zeros(len(rows), length, d)
     mask = like.mask.new_zeros(len(rows), length)
-    pooled = like.pooled.new_zeros(len(rows), d)
+    pooled = like.pooled.new_zeros(len(rows), like.pooled.shape[-1])
     for i, r in enumerate(rows):
         if r is None:
             continue

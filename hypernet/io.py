@@ -24,6 +24,7 @@ from safetensors.torch import load_file, save_file
 from transformers import T5ForConditionalGeneration
 
 from hypernet.config import CheckpointConfig
+from hypernet.encoders import load_instruction_encoder
 from hypernet.errors import CheckpointError
 from hypernet.files import (
     BASE_DIR,
@@ -37,9 +38,8 @@ from hypernet.files import (
     read_checkpoint_config,
     write_json,
 )
-from hypernet.generator import AdapterGenerator
 from hypernet.model import Adapter, TagiModel
-from hypernet.targets import LoraWeights, TargetLayout, find_targets
+from hypernet.targets import LoraWeights, TargetLayout
 from hypernet.tiny import load_tokenizer
 
 PEFT_CONFIG_FILE = "adapter_config.json"
@@ -63,28 +63,47 @@ def save_checkpoint(model: TagiModel, out_dir: Path, overwrite: bool = False) ->
     model.fingerprint = checkpoint_fingerprint(Path(out_dir))
 
 
-def create_checkpoint(base_dir: Path, out_dir: Path, config: CheckpointConfig, seed: int = 0, overwrite: bool = False) -> None:
-    """An untrained checkpoint (zero-update generator) around any local HF T5 directory."""
+def create_checkpoint(
+    base_dir: Path,
+    out_dir: Path,
+    config: CheckpointConfig,
+    seed: int = 0,
+    overwrite: bool = False,
+    encoder_dir: str | Path | None = None,
+) -> None:
+    """An untrained checkpoint (zero-update generator) around any local HF T5 directory; a sentence
+    instruction encoder is found as at load time (`encoder_dir`, or see hypernet.encoders)."""
     try:
         base = T5ForConditionalGeneration.from_pretrained(base_dir, use_safetensors=True)
         tokenizer = load_tokenizer(Path(base_dir))
     except (OSError, ValueError) as err:
         raise CheckpointError(f"cannot load a T5 model with tokenizer from {base_dir}: {err}") from err
+    encoder = load_instruction_encoder(config.instruction_encoder, base, tokenizer, encoder_dir)
     torch.manual_seed(seed)
-    save_checkpoint(TagiModel(base, tokenizer, config), out_dir, overwrite=overwrite)
+    save_checkpoint(TagiModel(base, tokenizer, config, instruction_encoder=encoder), out_dir, overwrite=overwrite)
 
 
-def load(path: str | Path | None = None, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> TagiModel:
-    """The public entry point: `hypernet.load("checkpoints/tiny")`; None loads the shipped checkpoint."""
+def load(
+    path: str | Path | None = None,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    encoder_dir: str | Path | None = None,
+) -> TagiModel:
+    """The public entry point: `hypernet.load("checkpoints/tiny")`; None loads the shipped checkpoint.
+    `encoder_dir`: where the checkpoint's sentence encoder is, if not installed (hypernet.encoders)."""
     if path is None:
         if not (DEFAULT_CHECKPOINT / CONFIG_FILE).exists():
             raise CheckpointError(f"no checkpoint given and no shipped checkpoint at {DEFAULT_CHECKPOINT}")
         path = DEFAULT_CHECKPOINT
-    return load_checkpoint(Path(path), device=device, dtype=dtype)
+    return load_checkpoint(Path(path), device=device, dtype=dtype, encoder_dir=encoder_dir)
 
 
 def load_checkpoint(
-    path: Path, device: str | torch.device = "cpu", verify: bool = True, dtype: torch.dtype = torch.float32
+    path: Path,
+    device: str | torch.device = "cpu",
+    verify: bool = True,
+    dtype: torch.dtype = torch.float32,
+    encoder_dir: str | Path | None = None,
 ) -> TagiModel:
     """Load and check a checkpoint; every problem is a CheckpointError with one clear line.
 
@@ -103,11 +122,11 @@ def load_checkpoint(
         state = load_file(path / GENERATOR_FILE)
     except (OSError, ValueError) as err:
         raise CheckpointError(f"cannot load {path}: {err}") from err
-    generator = AdapterGenerator(find_targets(base, config.generator.target_modules), base.config.d_model, config.generator)
-    missing, unexpected = generator.load_state_dict(state, strict=False)
+    encoder = load_instruction_encoder(config.instruction_encoder, base, tokenizer, encoder_dir)
+    model = TagiModel(base, tokenizer, config, fingerprint=checkpoint_fingerprint(path), instruction_encoder=encoder)
+    missing, unexpected = model.generator.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise CheckpointError(f"{path / GENERATOR_FILE} does not fit the config: missing {missing}, unexpected {unexpected}")
-    model = TagiModel(base, tokenizer, config, generator, fingerprint=checkpoint_fingerprint(path))
     return model.to(device=device, dtype=dtype)
 
 

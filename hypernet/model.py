@@ -1,9 +1,11 @@
 """TagiModel: a frozen T5, its instruction encoder, the adapter generator, and fusion.
 
-An instruction is encoded once by the base model's own encoder (no adapter attached), pooled,
-and turned into a LoRA adapter by the generator. Inputs then run through the base with that
-adapter attached per example, without the instruction in the input; with fusion on, the
-decoder also attends to the instruction's token states. Only the generator is trainable.
+An instruction is encoded once by the frozen instruction encoder (hypernet.encoders: the base
+model's own encoder with no adapter attached, or a sentence encoder) and turned into a LoRA
+adapter by the generator, which reads its token states and their mean. Inputs then run through
+the base with that adapter attached per example, without the instruction in the input; with
+fusion on, the decoder also attends to the instruction's token states (in the base's width).
+Only the generator is trainable.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from transformers.modeling_outputs import BaseModelOutput
 
 from hypernet.batching import AdapterBatcher, stack_adapters
 from hypernet.config import DEFAULT_MAX_NEW_TOKENS, CheckpointConfig
+from hypernet.encoders import InstructionEncoder, base_encoder
 from hypernet.errors import EmptyInstruction, InputTooLong
 from hypernet.fusion import InstructionEncoding, concat_instructions, fuse, masked_mean
 from hypernet.generator import AdapterGenerator
@@ -34,7 +37,7 @@ class Adapter:
     adapter_id: str
     instruction: str
     weights: LoraWeights  # batch of one
-    instruction_encoding: InstructionEncoding  # batch of one, unpadded; used by fusion
+    instruction_encoding: InstructionEncoding  # batch of one, unpadded, in the base width: what fusion attends to
     model: TagiModel = field(repr=False, compare=False)
     """The model that generated it: its layout and config say how to export it."""
 
@@ -70,6 +73,7 @@ class TagiModel(nn.Module):
         config: CheckpointConfig,
         generator: AdapterGenerator | None = None,
         fingerprint: str = "",
+        instruction_encoder: InstructionEncoder | None = None,
     ) -> None:
         super().__init__()
         base.requires_grad_(False)
@@ -77,8 +81,16 @@ class TagiModel(nn.Module):
         self.base = base
         self.tokenizer = tokenizer
         self.config = config
+        self.instruction_encoder = instruction_encoder or base_encoder(base, tokenizer)
+        """Frozen; reads instructions in its own tokenizer (`instruction_tokenizer`)."""
         self.layout = find_targets(base, config.generator.target_modules)
-        self.generator = generator or AdapterGenerator(self.layout, base.config.d_model, config.generator)
+        self.generator = generator or AdapterGenerator(
+            self.layout,
+            base.config.d_model,
+            config.generator,
+            self.instruction_encoder.width,
+            project_fusion=config.instruction_encoder.kind != "base",
+        )
         self.slots = inject_lora(base, self.layout)
         self.fingerprint = fingerprint
         """Checkpoint fingerprint (base + generator + config); adapter ids derive from it."""
@@ -93,11 +105,17 @@ class TagiModel(nn.Module):
     def device(self) -> torch.device:
         return self.base.device
 
+    @property
+    def instruction_tokenizer(self) -> PreTrainedTokenizerBase:
+        return self.instruction_encoder.tokenizer
+
     # ---- text -> tensors -------------------------------------------------------------------
 
-    def tokenize(self, texts: list[str], max_tokens: int, what: str) -> dict[str, torch.Tensor]:
+    def tokenize(
+        self, texts: list[str], max_tokens: int, what: str, tokenizer: PreTrainedTokenizerBase | None = None
+    ) -> dict[str, torch.Tensor]:
         """Pad a batch; refuse (InputTooLong) rather than silently truncate a text."""
-        batch = self.tokenizer(texts, padding=True, return_tensors="pt")
+        batch = (tokenizer or self.tokenizer)(texts, padding=True, return_tensors="pt")
         lengths = batch["attention_mask"].sum(dim=1)
         if int(lengths.max()) > max_tokens:
             i = int(lengths.argmax())
@@ -119,25 +137,29 @@ class TagiModel(nn.Module):
 
     @torch.no_grad()
     def encode_instruction_ids(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> InstructionEncoding:
-        """Token ids of formatted instructions -> their encoding; every path to an adapter
-        (users, training stages, the benchmark) goes through here. The encoder is the frozen
-        base, so there is no graph to keep."""
-        states = self.base.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        """Token ids (of `instruction_tokenizer`) of formatted instructions -> their encoding; every
+        path to an adapter (users, training stages, the benchmark) goes through here. The encoder
+        is frozen, so there is no graph to keep."""
+        states = self.instruction_encoder(input_ids, attention_mask).to(self.base.dtype)
         return InstructionEncoding(states, attention_mask, masked_mean(states, attention_mask))
 
     def encode_instructions(self, instructions: list[str]) -> InstructionEncoding:
         """Bare instructions -> encoding (the template is applied here)."""
         texts = [self.format_instruction(text) for text in instructions]
-        batch = self.tokenize(texts, self.config.max_instruction_tokens, "instruction")
+        batch = self.tokenize(texts, self.config.max_instruction_tokens, "instruction", self.instruction_tokenizer)
         return self.encode_instruction_ids(batch["input_ids"], batch["attention_mask"])
 
     def generate_lora(self, encoding: InstructionEncoding) -> LoraWeights:
-        return self.generator(encoding.pooled)
+        return self.generator(encoding)
+
+    def fusion_states(self, encoding: InstructionEncoding) -> InstructionEncoding:
+        """The encoding in the base width, as the decoder attends to it with fusion."""
+        return self.generator.fusion_states(encoding)
 
     def instruction_ids(self, instruction: str) -> list[int]:
         """Token ids of one bare instruction in its trained form; refuses an empty one or one over
         the limit, so a batch can report each bad instruction before generating anything."""
-        ids = self.tokenizer(self.format_instruction(instruction))["input_ids"]
+        ids = self.instruction_tokenizer(self.format_instruction(instruction))["input_ids"]
         if len(ids) > self.config.max_instruction_tokens:
             raise InputTooLong(f"instruction is {len(ids)} tokens; the limit is {self.config.max_instruction_tokens}")
         return ids
@@ -162,10 +184,10 @@ class TagiModel(nn.Module):
                 filled = chunk + [chunk[0]] * (ADAPTER_CHUNK - len(chunk))
                 input_ids = torch.tensor([ids[i] for i in filled], device=self.device)
                 encoding = self.encode_instruction_ids(input_ids, torch.ones_like(input_ids))
-                weights = self.generate_lora(encoding)
+                weights, fusion = self.generate_lora(encoding), self.fusion_states(encoding)
                 for j, i in enumerate(chunk):
                     text = instructions[i]
-                    result[i] = Adapter(adapter_id(self.fingerprint, text), text, weights.select([j]), encoding.select([j]), self)
+                    result[i] = Adapter(adapter_id(self.fingerprint, text), text, weights.select([j]), fusion.select([j]), self)
         return [result[i] for i in range(len(instructions))]
 
     # ---- running the adapted model --------------------------------------------------------
@@ -255,9 +277,14 @@ class TagiModel(nn.Module):
             )
 
     def parameter_counts(self) -> dict[str, int]:
-        """Trainable generator and frozen base. Fusion adds no parameters: it reuses the frozen
-        cross-attention."""
+        """Trainable generator (with fusion's projection when the encoder is external; fusion
+        otherwise reuses the frozen cross-attention), frozen base, and a separate frozen
+        instruction encoder (0 when it is the base's own)."""
+        base = {id(p) for p in self.base.parameters()}
+        projection = self.generator.fusion_projection
         return {
             "generator": sum(p.numel() for p in self.generator.parameters()),
+            "fusion_projection": sum(p.numel() for p in projection.parameters()) if projection is not None else 0,
             "base_frozen": sum(p.numel() for p in self.base.parameters()),
+            "instruction_encoder_frozen": sum(p.numel() for p in self.instruction_encoder.parameters() if id(p) not in base),
         }

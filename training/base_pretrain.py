@@ -35,11 +35,11 @@ from transformers import T5ForConditionalGeneration
 from hypernet.files import SPIECE, atomic_directory, write_json
 from hypernet.tiny import build_tiny_base, load_tokenizer
 from training.common import TaskSet, exact_match_by_group, greedy, seq2seq_batch, spread
-from training.data import format_concat
+from training.data import format_concat, label_definition
 from training.loop import LoopConfig, LoopResult, resolve_device, seed_everything, train
 from training.presets import BaseConfig
 from training.suite import SuiteConfig, sample_instance
-from training.world import PRIMITIVES, PRIMITIVES_BY_NAME, Step, steps_of
+from training.world import ITEM_SEPARATOR, PRIMITIVES, PRIMITIVES_BY_NAME, VOCABULARY, Step, steps_of
 
 if TYPE_CHECKING:
     from training.presets import Preset
@@ -77,9 +77,11 @@ def tokenizer_corpus(task_set: TaskSet) -> list[str]:
     # inside whole prompts, SentencePiece's unigram trainer kept splitting frequent words
     # ("Re tur n") however often the prompts were repeated; standalone copies make each one
     # piece, so a tiny model reads an instruction in ~15 tokens instead of ~40.
-    prompts = [format_concat(i, "x") for i in task_set.instructions]
+    # Every wording the meta teacher may read; made-up items (training.world.novel_word) stay
+    # out of the standalone copies, so they are read in sub-word pieces like any unseen word.
+    prompts = [format_concat(label_definition(w), "x") for task in task_set.tasks for w in task.wordings]
     words = sorted({w for text in prompts for w in re.findall(r"\w+|[^\w\s]", text)})
-    items = sorted({w for p in task_set.train for w in p.input.replace(",", " ").split()})
+    items = sorted({w for p in task_set.train for w in p.input.split(ITEM_SEPARATOR) if w in VOCABULARY or w.isdigit()})
     corpus += prompts * 20 + (words + items) * 50
     return corpus
 

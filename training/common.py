@@ -12,6 +12,7 @@ only the `train/` split.
 from __future__ import annotations
 
 import json
+import random
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +20,9 @@ from pathlib import Path
 import torch
 from transformers import PreTrainedTokenizerBase, T5ForConditionalGeneration
 
-from training.data import Task, exact_match, format_concat, format_instruction, load_tasks, split_instances
+from hypernet.fusion import InstructionEncoding, concat_instructions
+from hypernet.model import TagiModel
+from training.data import Task, exact_match, format_concat, format_instruction, label_definition, load_tasks, split_instances
 from training.losses import IGNORE
 
 
@@ -61,6 +64,25 @@ def load_task_set(
         train += [Pair(index, i.input, i.outputs[0]) for i in fit]
         held += [Pair(index, i.input, i.outputs[0]) for i in back]
     return TaskSet(tasks, [format_instruction(t, prompt_format) for t in tasks], train, held)
+
+
+class InstructionCache:
+    """Bare instruction -> its encoding by the frozen instruction encoder, computed once.
+
+    Training shows the generator the same few hundred wordings thousands of times; the encoder
+    is frozen, so re-running it (a 22M-parameter sentence encoder costs more than a tiny base's
+    whole step) would only burn time. Each text is encoded alone, unpadded, so a batch's
+    encoding does not depend on what else is in it."""
+
+    def __init__(self, model: TagiModel) -> None:
+        self.model = model
+        self.cache: dict[str, InstructionEncoding] = {}
+
+    def __call__(self, instructions: list[str]) -> InstructionEncoding:
+        for text in instructions:
+            if text not in self.cache:
+                self.cache[text] = self.model.encode_instructions([text])
+        return concat_instructions([self.cache[text] for text in instructions])
 
 
 def encode(tokenizer: PreTrainedTokenizerBase, texts: list[str], max_tokens: int) -> dict[str, torch.Tensor]:
@@ -122,8 +144,18 @@ def exact_match_by_group(predictions: list[str], pairs: list[Pair], groups: list
     return scores
 
 
-def concat_inputs(task_set: TaskSet, pairs: list[Pair]) -> list[str]:
-    return [format_concat(task_set.instructions[p.task], p.input) for p in pairs]
+def concat_inputs(task_set: TaskSet, pairs: list[Pair], rng: random.Random | None = None) -> list[str]:
+    """Instruction + input prompts. With `rng`, a task that has paraphrases shows one of its
+    wordings at random (the meta teacher trains on the wordings the generator sees)."""
+    texts = []
+    for p in pairs:
+        task = task_set.tasks[p.task]
+        if rng is not None and task.paraphrases:
+            instruction = label_definition(rng.choice(task.wordings))
+        else:
+            instruction = task_set.instructions[p.task]
+        texts.append(format_concat(instruction, p.input))
+    return texts
 
 
 def spread(pairs: list[Pair], count: int) -> list[Pair]:

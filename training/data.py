@@ -51,6 +51,10 @@ class Instance:
 
 
 FUNCTION_FIELD = "tagi_function"
+PARAPHRASES_FIELD = "tagi_paraphrases"
+"""Other wordings of a task's definition that training may show the generator in its place
+(synthetic tasks: many frames around the words that decide the task). Evaluation uses the
+definition itself."""
 STEP_JOIN = "_then_"
 """Joins the steps of a composition in function keys (and so in teacher and task names)."""
 
@@ -74,6 +78,13 @@ class Task:
     categories: tuple[str, ...]
     function: tuple[FunctionStep, ...] | None = None
     """What the task computes, when its file declares it (synthetic tasks); None for SNI tasks."""
+    paraphrases: tuple[str, ...] = ()
+    """Training-only alternative wordings of `definition` (PARAPHRASES_FIELD); empty for SNI tasks."""
+
+    @property
+    def wordings(self) -> tuple[str, ...]:
+        """The definition, then its paraphrases: what training samples an instruction from."""
+        return (self.definition, *self.paraphrases)
 
     @property
     def category(self) -> str:
@@ -217,6 +228,7 @@ def load_task(path: str | Path, max_instances: int | None = None) -> Task:
         instances=_instances(data, where, max_instances),
         categories=_strings(_field(data, "Categories", where), f"{where} 'Categories'", non_empty=True),
         function=_function(data, where),
+        paraphrases=_strings(data.get(PARAPHRASES_FIELD, []), f"{where} {PARAPHRASES_FIELD!r}", non_empty=False),
     )
 
 
@@ -233,6 +245,8 @@ def task_to_dict(task: Task) -> dict[str, object]:
         "Negative Examples": [example(e) for e in task.negative_examples],
         "Instances": [{"id": i.id, "input": i.input, "output": list(i.outputs)} for i in task.instances],
     }
+    if task.paraphrases:
+        document[PARAPHRASES_FIELD] = list(task.paraphrases)
     if task.function is not None:
         document[FUNCTION_FIELD] = {"steps": [{"primitive": name, "param": param} for name, param in task.function]}
     return document

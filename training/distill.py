@@ -34,6 +34,7 @@ from hypernet.io import load_checkpoint, load_peft_loras, save_checkpoint
 from hypernet.model import TagiModel
 from hypernet.targets import LoraWeights
 from training.common import (
+    InstructionCache,
     Pair,
     TaskSet,
     concat_inputs,
@@ -96,25 +97,28 @@ class Distillation:
 
     def __init__(self, model: TagiModel, task_set: TaskSet, pairs: list[Pair], config: DistillConfig, teachers: Teachers) -> None:
         self.model, self.task_set, self.pairs, self.config, self.teachers = model, task_set, pairs, config, teachers
-        # The generator reads each task's definition in the checkpoint's one instruction template.
+        # The generator reads each task's definition (evaluation) or one of its wordings
+        # (training), in the checkpoint's one instruction template.
         self.instructions = [instruction_text(task, "def") for task in task_set.tasks]
-        self.formatted = [model.format_instruction(text) for text in self.instructions]
+        self.wordings = [task.wordings for task in task_set.tasks]
+        self.encodings = InstructionCache(model)
         self.groups = task_set.categories()
         self.scored = spread(task_set.held_back, config.eval_instances)
 
     def make_batch(self, indices: list[int], batch_seed: int) -> dict:
-        """Tensors only (no model call): inputs, targets, each distinct task's instruction once."""
+        """Tensors only (no model call): inputs, targets, one wording of each distinct task
+        (drawn from the batch seed, so a resumed run sees the same ones)."""
         config, tokenizer = self.config, self.model.tokenizer
+        rng = random.Random(batch_seed)
         chosen = [self.pairs[i] for i in indices]
         tasks = sorted({p.task for p in chosen})
         batch = seq2seq_batch(
             tokenizer, [p.input for p in chosen], [p.output for p in chosen], config.max_input_tokens, config.max_output_tokens
         )
-        instructions = encode(tokenizer, [self.formatted[t] for t in tasks], self.model.config.max_instruction_tokens)
-        batch.update({f"instruction_{k}": v for k, v in instructions.items()})
+        batch["instructions"] = [rng.choice(self.wordings[t]) for t in tasks]
         batch["rows"] = torch.tensor([tasks.index(p.task) for p in chosen])
         batch["tasks"] = torch.tensor(tasks)
-        batch["fusion"] = random.Random(batch_seed).random() >= config.no_fusion_prob
+        batch["fusion"] = rng.random() >= config.no_fusion_prob
         if config.use_kl:
             concat = encode(tokenizer, concat_inputs(self.task_set, chosen), 4 * config.max_input_tokens)
             batch.update({f"teacher_{k}": v for k, v in concat.items()})
@@ -122,10 +126,10 @@ class Distillation:
 
     def student(self, batch: dict) -> tuple[torch.Tensor, LoraWeights]:
         """Student logits, and the generated LoRA of each distinct task of the batch."""
-        encoding = self.model.encode_instruction_ids(batch["instruction_input_ids"], batch["instruction_attention_mask"])
+        encoding = self.encodings(batch["instructions"])
         lora = self.model.generate_lora(encoding)
         rows = batch["rows"]
-        fused = encoding.select(rows) if batch["fusion"] else None
+        fused = self.model.fusion_states(encoding).select(rows) if batch["fusion"] else None
         logits = self.model(
             batch["input_ids"], batch["attention_mask"], batch["decoder_input_ids"], lora=lora.select(rows), instruction=fused
         )

@@ -7,6 +7,8 @@ Methods (JSON names):
   tasks that have one: absent elsewhere, never zero);
 - tagi_no_fusion: the generated adapter alone (what a PEFT export reproduces);
 - tagi: generated adapter + instruction fusion;
+- tagi_fusion_only: fusion with the adapter switched off, so the share of the task the adapter
+  itself carries is visible (a PEFT export carries only the adapter);
 - tagi_wrong_instruction: the control: each input run (with fusion) with the adapter and
   instruction of ANOTHER task of the set, so a score near `tagi` would mean the adapter
   carries no task.
@@ -51,7 +53,15 @@ from training.data import (
 )
 from training.teachers import load_teacher_weights
 
-METHODS = ("base_concat", "meta_teacher", "task_lora_oracle", "tagi_no_fusion", "tagi", "tagi_wrong_instruction")
+METHODS = (
+    "base_concat",
+    "meta_teacher",
+    "task_lora_oracle",
+    "tagi_no_fusion",
+    "tagi_fusion_only",
+    "tagi",
+    "tagi_wrong_instruction",
+)
 META_TEACHER_DIR = "meta_teacher"
 TEACHERS_DIR = "teachers"
 
@@ -96,7 +106,7 @@ class Evaluator:
     def _fit_instruction(self, text: str) -> str:
         """Cut an instruction so that, once the checkpoint's template is applied, it fits the
         checkpoint's limit (counted), rather than refuse the task."""
-        tokenizer, limit = self.model.tokenizer, self.model.config.max_instruction_tokens
+        tokenizer, limit = self.model.instruction_tokenizer, self.model.config.max_instruction_tokens
 
         def overflow(candidate: str) -> int:
             return len(tokenizer(self.model.format_instruction(candidate))["input_ids"]) - limit
@@ -148,7 +158,7 @@ class Evaluator:
                 out += self._generate(inputs[s:e], oracle.select(torch.zeros(e - s, dtype=torch.long)), None)
             else:
                 rows = adapters[s:e]
-                lora = stack_adapters([a.weights for a in rows])
+                lora = stack_adapters([a.weights for a in rows]) if method != "tagi_fusion_only" else None
                 fused = concat_instructions([a.instruction_encoding for a in rows]) if method != "tagi_no_fusion" else None
                 out += self._generate(self.model.format_inputs(inputs[s:e]), lora, fused)
         return out

@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from hypernet.config import CheckpointConfig
+from hypernet.config import CheckpointConfig, InstructionEncoderConfig
+from hypernet.encoders import sentence_encoder_config
 from hypernet.files import CONFIG_FILE
 from hypernet.io import create_checkpoint, load_checkpoint, save_checkpoint
 from hypernet.model import TagiModel
@@ -63,10 +64,13 @@ def pretrain_hypernet(
             a_rows.append(ids[:n] + [eos])
             b_rows.append(ids[n : 2 * n] + [eos])
             c_rows.append(ids[2 * n :] + [eos])
-        a, b, c = _pad(a_rows, 0), _pad(b_rows, 0), _pad(c_rows, IGNORE)
+        b, c = _pad(b_rows, 0), _pad(c_rows, IGNORE)
+        # segment a goes to the instruction encoder, which may have its own tokenizer
+        a_texts = tokenizer.batch_decode(a_rows, skip_special_tokens=True)
+        a = model.instruction_tokenizer(a_texts, padding=True, truncation=True, max_length=4 * n, return_tensors="pt")
         return {
-            "a_ids": a,
-            "a_mask": (a != 0).long(),
+            "a_ids": a["input_ids"],
+            "a_mask": a["attention_mask"],
             "input_ids": b,
             "attention_mask": (b != 0).long(),
             "labels": c,
@@ -76,7 +80,7 @@ def pretrain_hypernet(
     def loss_fn(batch: dict) -> tuple[torch.Tensor, dict]:
         encoding = model.encode_instruction_ids(batch["a_ids"], batch["a_mask"])
         lora = model.generate_lora(encoding)
-        fused = encoding if model.config.fusion else None
+        fused = model.fusion_states(encoding) if model.config.fusion else None
         logits = model(batch["input_ids"], batch["attention_mask"], batch["decoder_input_ids"], lora=lora, instruction=fused)
         loss = cross_entropy(logits, batch["labels"])
         return loss, {"ce": float(loss.detach())}
@@ -85,9 +89,16 @@ def pretrain_hypernet(
 
 
 def checkpoint_config(recipe: Preset) -> CheckpointConfig:
-    """The trained checkpoint's config.json: the recipe's generator and instruction template."""
+    """The trained checkpoint's config.json: the recipe's generator, instruction encoder (with the
+    fingerprint of the one found here) and instruction template."""
+    name = recipe.instruction_encoder
+    encoder = InstructionEncoderConfig() if name == "base" else sentence_encoder_config(name)
     return CheckpointConfig(
-        generator=recipe.generator, instruction_template=recipe.instruction_template, max_instruction_tokens=1024
+        generator=recipe.generator,
+        instruction_encoder=encoder,
+        instruction_template=recipe.instruction_template,
+        # a BERT-style encoder reads at most 512 positions
+        max_instruction_tokens=1024 if encoder.kind == "base" else 512,
     )
 
 

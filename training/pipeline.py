@@ -29,6 +29,8 @@ SYNTH_SETS = {
     "synthetic_unseen_composition": "unseen_composition",
     "synthetic_unseen_parameter": "unseen_parameter",
     "synthetic_unseen_paraphrase": "unseen_paraphrase",
+    "synthetic_natural_wording": "natural_wording",
+    "synthetic_unseen_words": "unseen_words",
     "synthetic_train_tasks": "train",
 }
 

@@ -181,6 +181,10 @@ class Preset:
     instruction_template: str = "Definition: {instruction}"
     """The trained checkpoint's instruction_template: stages feed the generator SNI "def"
     prompts, so a user's bare instruction is given the same form."""
+    instruction_encoder: str = "all-minilm-l6-v2"
+    """What reads instructions (hypernet.encoders): "base" (the base's own encoder, the paper's
+    choice) or a sentence encoder's name. The default, all-MiniLM-L6-v2, brings English that a
+    from-scratch tiny base cannot learn from list-world text; it ships with tagi's dependencies."""
     base: BaseConfig = field(default_factory=BaseConfig)
     teachers: TeacherConfig = field(default_factory=TeacherConfig)
     hypernet_pretrain: HypernetPretrainConfig = field(default_factory=HypernetPretrainConfig)

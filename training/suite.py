@@ -2,10 +2,15 @@
 
 Held-out splits differ from training in exactly one controlled way: a new
 combination of trained primitives (``unseen_composition``), a new parameter
-value (``unseen_parameter``) or a new wording (``unseen_paraphrase``). Every
-split is planned (as step tuples) before any instance is drawn, so the
-held-out ones cannot leak into training. Tasks are SNI tasks declaring their
-function; ``training.suite_files`` writes them.
+value (``unseen_parameter``), a new wording (``unseen_paraphrase``: a held-out
+template; ``natural_wording``: everyday wordings written apart from the
+templates, data/list_world/natural_wordings.jsonl) or items never seen in
+training (``unseen_words``: training functions, canonical wording, inputs
+drawn from real words outside the training vocabulary). Every split is
+planned (as step tuples) before any instance is drawn, so the held-out ones
+cannot leak into training. Tasks are SNI tasks declaring their function;
+training tasks also carry many wordings of it (``Task.paraphrases``);
+``training.suite_files`` writes them.
 
 Lists are short (2-4 items by default) because a tiny model has to learn this
 world on a CPU; a probe with 4-8 items failed, and a sizing run learned 2-4
@@ -14,10 +19,12 @@ clearly faster than 2-5.
 
 from __future__ import annotations
 
+import json
 import random
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 from training.data import Example, Instance, Param, Task, function_key
@@ -25,6 +32,8 @@ from training.world import (
     NO,
     PRIMITIVES,
     PRIMITIVES_BY_NAME,
+    UNSEEN_ITEM_WORDS,
+    VOCABULARY,
     YES,
     Primitive,
     Result,
@@ -36,10 +45,21 @@ from training.world import (
     format_result,
     random_input,
     run_steps,
+    training_wordings,
 )
 
-SplitName = Literal["train", "unseen_composition", "unseen_parameter", "unseen_paraphrase"]
-SPLITS: tuple[SplitName, ...] = ("train", "unseen_composition", "unseen_parameter", "unseen_paraphrase")
+SplitName = Literal["train", "unseen_composition", "unseen_parameter", "unseen_paraphrase", "natural_wording", "unseen_words"]
+SPLITS: tuple[SplitName, ...] = (
+    "train",
+    "unseen_composition",
+    "unseen_parameter",
+    "unseen_paraphrase",
+    "natural_wording",
+    "unseen_words",
+)
+NATURAL_WORDINGS = Path(__file__).resolve().parents[1] / "data" / "list_world" / "natural_wordings.jsonl"
+"""Everyday wordings of training functions, one JSON object per line ({"instruction", "function"}),
+written without reading the training templates; no stage trains on them."""
 
 
 @dataclass(frozen=True)
@@ -49,8 +69,13 @@ class SuiteConfig:
     train_instances: int = 200
     test_instances: int = 50
     positive_examples: int = 2
-    # Training tasks per (primitive, parameter), each with a different wording.
-    paraphrases_per_function: int = 2
+    # Training tasks per (primitive, parameter), each with a different canonical wording.
+    paraphrases_per_function: int = 1
+    # Wordings each training task carries (its definition first); training draws among them.
+    wordings_per_task: int = 24
+    # Share of word items in training inputs that are made-up words (training.world.novel_word),
+    # so that copying any word is learned, not the vocabulary.
+    novel_word_share: float = 0.15
     # Parameter values per parameterised primitive among single-step training tasks.
     values_per_primitive: int = 3
     train_compositions: int = 40
@@ -69,6 +94,10 @@ class SuiteConfig:
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.wordings_per_task < 1:
+            raise ValueError(f"wordings_per_task must be >= 1, got {self.wordings_per_task}")
+        if not 0.0 <= self.novel_word_share < 1.0:
+            raise ValueError(f"novel_word_share must be in [0, 1), got {self.novel_word_share}")
         for name in ("positive_examples", "train_compositions", "unseen_compositions"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
@@ -91,6 +120,8 @@ class Suite:
     unseen_composition: tuple[SynthTask, ...]
     unseen_parameter: tuple[SynthTask, ...]
     unseen_paraphrase: tuple[SynthTask, ...]
+    natural_wording: tuple[SynthTask, ...]
+    unseen_words: tuple[SynthTask, ...]
 
     def splits(self) -> dict[SplitName, tuple[SynthTask, ...]]:
         return {name: getattr(self, name) for name in SPLITS}
@@ -108,9 +139,28 @@ _MAX_MAJORITY_SHARE = 0.6
 _MIN_STEP_EFFECT = 0.25
 
 
+@dataclass(frozen=True)
+class ItemSource:
+    """Where a split's word items come from: the training vocabulary (with a share of made-up
+    words in training), or real words no stage trained on (``unseen_words``)."""
+
+    words: Sequence[str] = VOCABULARY
+    novel_share: float = 0.0
+    words_only: bool = False
+
+
+def item_source(split: SplitName, config: SuiteConfig) -> ItemSource:
+    if split == "train":
+        return ItemSource(novel_share=config.novel_word_share)
+    if split == "unseen_words":
+        return ItemSource(words=UNSEEN_ITEM_WORDS, words_only=True)
+    return ItemSource()
+
+
 def sample_instance(rng: random.Random, steps: Sequence[Step], config: SuiteConfig) -> tuple[str, str]:
-    """A fresh (input, output) text pair of the function, drawn like a task's instances."""
-    items = random_input(rng, steps, config.min_items, config.max_items)
+    """A fresh (input, output) text pair of the function, drawn like a training task's instances."""
+    source = item_source("train", config)
+    items = random_input(rng, steps, config.min_items, config.max_items, source.words, source.novel_share, source.words_only)
     return format_list(items), format_result(run_steps(steps, items))
 
 
@@ -133,7 +183,12 @@ def _is_informative(rng: random.Random, pair: tuple[Step, Step], config: SuiteCo
 
 
 def _sample_examples(
-    rng: random.Random, steps: Sequence[Step], count: int, config: SuiteConfig, taken: set[str]
+    rng: random.Random,
+    steps: Sequence[Step],
+    count: int,
+    config: SuiteConfig,
+    taken: set[str],
+    source: ItemSource = ItemSource(),
 ) -> list[tuple[list[str], Result]]:
     """Distinct inputs (not in ``taken``) with their results.
 
@@ -146,7 +201,9 @@ def _sample_examples(
         target = (YES, NO)[index % 2] if balance else None
         chosen = None
         for _ in range(_MAX_SAMPLE_TRIES):
-            items = random_input(rng, steps, config.min_items, config.max_items)
+            items = random_input(
+                rng, steps, config.min_items, config.max_items, source.words, source.novel_share, source.words_only
+            )
             if format_list(items) in taken:
                 continue
             result = run_steps(steps, items)
@@ -183,15 +240,31 @@ def _explain(steps: Sequence[Step], items: list[str]) -> str:
     return f'The first step turns "{text}" into "{middle}", and the second step turns that into "{final}".'
 
 
-def _make_task(name: str, split: SplitName, steps: tuple[Step, ...], instances: int, seed: int, config: SuiteConfig) -> SynthTask:
+def _make_task(
+    name: str,
+    split: SplitName,
+    steps: tuple[Step, ...],
+    instances: int,
+    seed: int,
+    config: SuiteConfig,
+    wording: str | None = None,
+) -> SynthTask:
+    """A task of the function `steps`; its definition is `wording` or the canonical one, and a
+    training task also carries up to `config.wordings_per_task` wordings of its function."""
     rng = random.Random(f"{seed}:{name}")
     taken: set[str] = set()
-    pairs = _sample_examples(rng, steps, instances, config, taken)
-    candidates = _sample_examples(rng, steps, _SHOWN_CANDIDATES * config.positive_examples, config, taken)
+    source = item_source(split, config)
+    pairs = _sample_examples(rng, steps, instances, config, taken, source)
+    candidates = _sample_examples(rng, steps, _SHOWN_CANDIDATES * config.positive_examples, config, taken, source)
     shown = _varied(candidates, config.positive_examples)
+    definition = wording or describe_steps(steps)
+    paraphrases: tuple[str, ...] = ()
+    if split == "train":
+        wordings = training_wordings(steps, random.Random(f"{seed}:{name}:wordings"), config.wordings_per_task)
+        paraphrases = tuple(w for w in wordings if w != definition)
     task = Task(
         name=name,
-        definition=describe_steps(steps),
+        definition=definition,
         positive_examples=tuple(
             Example(format_list(items), format_result(result), _explain(steps, items)) for items, result in shown
         ),
@@ -201,6 +274,7 @@ def _make_task(name: str, split: SplitName, steps: tuple[Step, ...], instances: 
         ),
         categories=(category_of(steps),),
         function=tuple(s.function for s in steps),
+        paraphrases=paraphrases,
     )
     return SynthTask(task=task, split=split, steps=steps)
 
@@ -209,15 +283,17 @@ def _make_task(name: str, split: SplitName, steps: tuple[Step, ...], instances: 
 _Plan = dict[SplitName, list[tuple[Step, ...]]]
 
 
-def _train_step(rng: random.Random, primitive: Primitive) -> Step:
-    return Step(primitive.name, primitive.sample_param(rng), rng.choice(primitive.train_templates))
+def _composition_step(rng: random.Random, primitive: Primitive) -> Step:
+    """A step of a composition, in its primitive's canonical wording (template 0): its task's
+    definition chains two plain imperatives; the framed variants are its paraphrases."""
+    return Step(primitive.name, primitive.sample_param(rng), 0)
 
 
 def _informative_pair(rng: random.Random, pair: tuple[str, str], config: SuiteConfig, tries: int = 4) -> tuple[Step, Step] | None:
     """Training-parameter steps for ``pair`` that make an informative task, if found."""
     first, second = (PRIMITIVES_BY_NAME[name] for name in pair)
     for _ in range(tries):
-        steps = (_train_step(rng, first), _train_step(rng, second))
+        steps = (_composition_step(rng, first), _composition_step(rng, second))
         if _is_informative(rng, steps, config):
             return steps
     return None
@@ -292,12 +368,47 @@ def _roles_survive(pairs: Sequence[tuple[str, str]], held: Sequence[tuple[str, s
     return all(a in firsts and b in seconds for a, b in held)
 
 
-def build_suite(seed: int, config: SuiteConfig = SuiteConfig()) -> Suite:
-    """Deterministic suite: the same seed and config give identical tasks."""
+def read_natural_wordings(path: Path = NATURAL_WORDINGS) -> list[tuple[tuple[Step, ...], str]]:
+    """(steps, wording) per line of the everyday-wordings file; a malformed line is an error that
+    names it (the file is data anyone may extend)."""
+    result = []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        where = f"{path}:{number}"
+        try:
+            record = json.loads(line)
+            wording, function = record["instruction"], record["function"]
+            steps = tuple(Step(name, param, 0) for name, param in function)
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+            raise ValueError(f"{where}: not an {{instruction, function}} record: {err}") from err
+        for step in steps:
+            primitive = PRIMITIVES_BY_NAME.get(step.primitive)
+            if primitive is None or (step.param is None) != (primitive.param_name is None):
+                raise ValueError(f"{where}: {step.primitive!r} with parameter {step.param!r} is not a list-world step")
+        if not isinstance(wording, str) or not wording.strip() or not 1 <= len(steps) <= 2:
+            raise ValueError(f"{where}: needs a non-empty instruction and one or two steps")
+        result.append((steps, wording))
+    return result
+
+
+def _plan_unseen_words(plan: _Plan) -> None:
+    """Training single-step functions that read words, again with real words never trained on."""
+    for (step,) in (steps for steps in plan["train"] if len(steps) == 1):
+        if "word" in PRIMITIVES_BY_NAME[step.primitive].domain:
+            plan["unseen_words"].append((Step(step.primitive, step.param, 0),))
+
+
+def build_suite(seed: int, config: SuiteConfig = SuiteConfig(), natural_wordings: Path = NATURAL_WORDINGS) -> Suite:
+    """Deterministic suite: the same seed, config and wordings file give identical tasks."""
     rng = random.Random(seed)
     plan: _Plan = {split: [] for split in SPLITS}
     _plan_singles(rng, config, plan)
     _plan_compositions(rng, config, plan)
+    _plan_unseen_words(plan)
+    natural = read_natural_wordings(natural_wordings)
+    plan["natural_wording"] = [steps for steps, _ in natural]
+    wording_of = {("natural_wording", i): text for i, (_, text) in enumerate(natural)}
     built: dict[SplitName, tuple[SynthTask, ...]] = {}
     for split, step_lists in plan.items():
         instances = config.train_instances if split == "train" else config.test_instances
@@ -309,6 +420,7 @@ def build_suite(seed: int, config: SuiteConfig = SuiteConfig()) -> Suite:
                 instances,
                 seed,
                 config,
+                wording_of.get((split, i)),
             )
             for i, steps in enumerate(step_lists)
         )
@@ -326,7 +438,7 @@ def corpus_texts(suite: Suite, include_held_out: bool = False) -> list[str]:
     for split in splits:
         for synth in suite.splits()[split]:
             task = synth.task
-            texts[task.definition] = None
+            texts.update(dict.fromkeys(task.wordings))
             for example in task.positive_examples:
                 texts[example.input] = None
                 texts[example.output] = None

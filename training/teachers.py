@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import random
 import re
 import shutil
 from collections import defaultdict
@@ -130,15 +131,15 @@ def train_meta_teacher(
     tokenizer = load_tokenizer(base_dir)
     seed_everything(loop.seed)
     model = load_t5(base_dir, resolve_device(loop.device))
-    sources = concat_inputs(task_set, task_set.train)
     groups = task_set.categories()
     probe = spread(task_set.held_back, config.eval_instances)
     probe_inputs = concat_inputs(task_set, probe)
 
-    def make_batch(indices: list[int], _seed: int) -> dict:
+    def make_batch(indices: list[int], batch_seed: int) -> dict:
+        pairs = [task_set.train[i] for i in indices]
         return seq2seq_batch(
             tokenizer,
-            [sources[i] for i in indices],
+            concat_inputs(task_set, pairs, random.Random(batch_seed)),
             [task_set.train[i].output for i in indices],
             config.max_input_tokens,
             config.max_output_tokens,
@@ -154,7 +155,7 @@ def train_meta_teacher(
 
     result = train(
         model,
-        len(sources),
+        len(task_set.train),
         make_batch,
         loss_fn,
         loop,
@@ -176,7 +177,7 @@ def train_meta_teacher(
                 "what": "the stage-0 base fully finetuned on 'instruction + input' of the training tasks (Tk-Instruct recipe), "
                 "stored in bfloat16",
                 "tasks": len(task_set.tasks),
-                "train_pairs": len(sources),
+                "train_pairs": len(task_set.train),
                 "held_back_em": scores,
                 "loop": asdict(loop),
                 "seconds": round(result.seconds, 1),

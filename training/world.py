@@ -176,6 +176,36 @@ def _maybe_sort(items: list[str], _: Param, rng: random.Random) -> list[str]:
 
 HELD_OUT_WORDS = ("tiger", "lemon", "violin", "kettle", "anchor", "pebble")
 
+# Real lowercase words that no training input contains: the ``unseen_words`` split runs training
+# functions on them, to show whether the model copies any word or only its vocabulary's.
+UNSEEN_ITEM_WORDS: tuple[str, ...] = tuple(
+    """
+    fig laptop walrus penguin cabbage trumpet sofa puzzle lobster pirate jigsaw hammock
+    kayak muffin pretzel scooter teacup waffle yodel zucchini badger cobweb dentist fossil
+    gecko hedgehog iceberg jasmine koala lagoon mammoth nutmeg orchid pancake quartz radish
+    sardine tadpole unicorn vulture wombat xylophone yeti blizzard cinnamon doorbell
+    """.split()
+)
+
+_SYLLABLE_ONSETS = "b d f g k l m n p r s t v z".split()
+_SYLLABLE_VOWELS = "a e i o u".split()
+_RESERVED_WORDS = frozenset({YES, NO, EMPTY_LIST, "a", "an", "the"})
+
+
+def novel_word(rng: random.Random) -> str:
+    """A made-up lowercase word ("tobek", "zumila"): training inputs mix some in, so the model
+    learns to copy whatever word it is given, in pieces, rather than only the words it knows.
+    Never a vocabulary word, an unseen test word or a reserved output word."""
+    while True:
+        syllables = [rng.choice(_SYLLABLE_ONSETS) + rng.choice(_SYLLABLE_VOWELS) for _ in range(rng.randint(2, 3))]
+        word = "".join(syllables) + (rng.choice(_SYLLABLE_ONSETS) if rng.random() < 0.5 else "")
+        if word not in _VOCABULARY_SET and word not in _UNSEEN_SET and word not in _RESERVED_WORDS:
+            return word
+
+
+_VOCABULARY_SET = frozenset(VOCABULARY)
+_UNSEEN_SET = frozenset(UNSEEN_ITEM_WORDS)
+
 # Wordings. Template 0 is the canonical one; the last is held out (the
 # unseen-paraphrase split) and never trained on. The rest are written as people
 # type: imperatives, questions, "please", terse and lowercase forms. Antonym
@@ -926,14 +956,32 @@ def domain_of(steps: Sequence[Step]) -> frozenset[Kind]:
     return domain
 
 
-def random_input(rng: random.Random, steps: Sequence[Step], min_items: int, max_items: int) -> list[str]:
-    """A random list the function can read, nudged by each step so that it has something to do."""
+def random_input(
+    rng: random.Random,
+    steps: Sequence[Step],
+    min_items: int,
+    max_items: int,
+    words: Sequence[str] = VOCABULARY,
+    novel_share: float = 0.0,
+    words_only: bool = False,
+) -> list[str]:
+    """A random list the function can read, nudged by each step so that it has something to do.
+    Word items come from `words`, a `novel_share` of them made up (novel_word); `words_only`
+    leaves numbers out where the function reads words."""
     domain = domain_of(steps)
-    mode = rng.choice(("word", "number", "mixed")) if domain == ANY else next(iter(domain))
+    if words_only and "word" in domain:
+        mode = "word"
+    else:
+        mode = rng.choice(("word", "number", "mixed")) if domain == ANY else next(iter(domain))
     items = []
     for _ in range(rng.randint(min_items, max_items)):
         use_word = mode == "word" or (mode == "mixed" and rng.random() < 0.5)
-        items.append(rng.choice(VOCABULARY) if use_word else str(rng.randint(0, MAX_NUMBER)))
+        if not use_word:
+            items.append(str(rng.randint(0, MAX_NUMBER)))
+        elif novel_share and rng.random() < novel_share:
+            items.append(novel_word(rng))
+        else:
+            items.append(rng.choice(words))
     for step in steps:
         primitive = PRIMITIVES_BY_NAME[step.primitive]
         if primitive.enrich is not None:

@@ -11,6 +11,7 @@ import math
 import torch
 
 from hypernet.config import GeneratorConfig
+from hypernet.fusion import InstructionEncoding, masked_mean
 from hypernet.generator import AdapterGenerator
 from hypernet.targets import TargetLayout, TargetModule
 
@@ -33,14 +34,22 @@ def t5_layout(num_layers: int = 2) -> TargetLayout:
     return TargetLayout(tuple(targets))
 
 
-def make_generator(seed: int = 0, **config) -> AdapterGenerator:
+def make_generator(seed: int = 0, width: int | None = None, project_fusion: bool = False, **config) -> AdapterGenerator:
+    """Pooled-only (attention_heads 0) unless a test asks for attention: most properties below
+    are about the pooled path and the heads; the attention path has its own tests."""
     torch.manual_seed(seed)
-    config = {"rank": 4, "alpha": 8.0, "target_modules": ("q", "v", "wi", "wo"), **config}
-    return AdapterGenerator(t5_layout(), D_MODEL, GeneratorConfig(**config))
+    config = {"rank": 4, "alpha": 8.0, "target_modules": ("q", "v", "wi", "wo"), "attention_heads": 0, **config}
+    return AdapterGenerator(t5_layout(), D_MODEL, GeneratorConfig(**config), width, project_fusion)
 
 
-def pooled(n: int, seed: int = 1) -> torch.Tensor:
-    return torch.randn(n, D_MODEL, generator=torch.Generator().manual_seed(seed))
+def encoding_of(states: torch.Tensor, mask: torch.Tensor | None = None) -> InstructionEncoding:
+    mask = torch.ones(states.shape[:2], dtype=torch.long) if mask is None else mask
+    return InstructionEncoding(states, mask, masked_mean(states, mask))
+
+
+def pooled(n: int, seed: int = 1, tokens: int = 5, width: int = D_MODEL) -> InstructionEncoding:
+    """n encoded instructions of `tokens` random token states each."""
+    return encoding_of(torch.randn(n, tokens, width, generator=torch.Generator().manual_seed(seed)))
 
 
 def train_b_heads(generator: AdapterGenerator) -> None:
@@ -118,7 +127,7 @@ def test_factors_are_the_heads_applied_to_each_target_and_instruction():
                 + generator.block_embedding.weight[block_ids[target.block]]
             )
             for i in range(2):
-                h = generator.trunk(generator.instruction_proj(x[i]) + generator.target_proj(embedding))
+                h = generator.trunk(generator.instruction_proj(x.pooled[i]) + generator.target_proj(embedding))
                 A = generator.heads_A[group](h).view(4, target.in_features)
                 B = generator.heads_B[group](h).view(target.out_features, 4)
                 assert torch.allclose(lora.lora_A[group][index, i], A, atol=1e-5), (target.path, i)
@@ -175,7 +184,69 @@ def test_each_adapter_depends_only_on_its_own_instruction():
     x = pooled(3)
     batch = generator(x)
     for i in range(3):
-        alone = generator(x[i : i + 1])
+        alone = generator(x.select([i]))
         for group in batch.lora_A:
             assert torch.allclose(batch.lora_A[group][:, i], alone.lora_A[group][:, 0], atol=1e-6)
             assert torch.allclose(batch.lora_B[group][:, i], alone.lora_B[group][:, 0], atol=1e-6)
+
+
+# ---- attention over the instruction's token states ----------------------------------------------
+
+
+def test_attention_reads_the_words_that_the_mean_averages_away():
+    """Two instructions with the same mean state but different tokens ("smallest" vs "largest" in
+    the same frame pool to nearly the same vector): a pooled-only generator cannot tell them
+    apart; the attention path must."""
+    states = torch.randn(1, 6, D_MODEL, generator=torch.Generator().manual_seed(3))
+    shift = torch.randn(D_MODEL, generator=torch.Generator().manual_seed(4))
+    other = states.clone()
+    other[0, 1] += shift
+    other[0, 2] -= shift  # same mean, different tokens
+    first, second = encoding_of(states), encoding_of(other)
+    assert torch.allclose(first.pooled, second.pooled, atol=1e-6)
+    for heads, differs in ((0, False), (4, True)):
+        generator = make_generator(attention_heads=heads)
+        train_b_heads(generator)
+        a, b = generator(first), generator(second)
+        gap = max((a.lora_B[g] - b.lora_B[g]).abs().max().item() for g in a.lora_B)
+        assert (gap > 1e-4) is differs, (heads, gap)
+
+
+def test_attention_ignores_padding_and_keeps_instructions_apart():
+    generator = make_generator(attention_heads=4)
+    train_b_heads(generator)
+    short = pooled(1, seed=5, tokens=3)
+    padded_states = torch.cat([short.states, torch.randn(1, 4, D_MODEL)], dim=1)
+    padded = encoding_of(padded_states, torch.tensor([[1, 1, 1, 0, 0, 0, 0]]))
+    other = pooled(1, seed=6, tokens=7)
+    both = InstructionEncoding(
+        torch.cat([padded.states, other.states]), torch.cat([padded.mask, other.mask]), torch.cat([padded.pooled, other.pooled])
+    )
+    alone, batch = generator(short), generator(both)
+    for group in alone.lora_A:
+        assert torch.allclose(batch.lora_A[group][:, 0], alone.lora_A[group][:, 0], atol=1e-5)
+        assert torch.allclose(batch.lora_B[group][:, 0], alone.lora_B[group][:, 0], atol=1e-5)
+        assert not torch.allclose(batch.lora_B[group][:, 1], alone.lora_B[group][:, 0], atol=1e-3)
+
+
+def test_gradients_reach_the_attention_and_fusion_projection_of_an_external_encoder():
+    generator = make_generator(attention_heads=4, width=24, project_fusion=True)
+    train_b_heads(generator)
+    encoding = pooled(2, width=24)
+    lora = generator(encoding)
+    fused = generator.fusion_states(encoding)
+    assert fused.states.shape == (2, 5, D_MODEL) and torch.equal(fused.mask, encoding.mask)
+    loss = sum((b @ a).square().sum() for a, b in zip(lora.lora_A.values(), lora.lora_B.values(), strict=True))
+    (loss + fused.states.square().sum()).backward()
+    missing = [name for name, p in generator.named_parameters() if p.grad is None or p.grad.abs().sum() == 0]
+    assert missing == []
+    assert {"query.weight", "key_value.weight", "attention_out.weight", "fusion_projection.1.weight"} <= set(
+        dict(generator.named_parameters())
+    )
+
+
+def test_the_base_encoder_needs_no_fusion_projection():
+    generator = make_generator(attention_heads=4)
+    encoding = pooled(2)
+    assert generator.fusion_projection is None
+    assert generator.fusion_states(encoding) is encoding

@@ -20,7 +20,7 @@ from hypernet.tiny import load_tokenizer
 def test_checkpoint_layout_is_loadable_by_plain_transformers(checkpoint_dir):
     assert (checkpoint_dir / "base" / "spiece.model").exists()
     config = json.loads((checkpoint_dir / "config.json").read_text())
-    assert config["format"] == "tagi-checkpoint" and config["version"] == 1
+    assert config["format"] == "tagi-checkpoint" and config["version"] == 2
     assert len(config["base_fingerprint"]) == 64
     base = AutoModelForSeq2SeqLM.from_pretrained(checkpoint_dir / "base")
     assert base.config.d_model == 64
