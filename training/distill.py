@@ -116,9 +116,9 @@ class Distillation:
             tokenizer, [p.input for p in chosen], [p.output for p in chosen], config.max_input_tokens, config.max_output_tokens
         )
         batch["instructions"] = [rng.choice(self.wordings[t]) for t in tasks]
+        batch["fusion"] = rng.random() >= config.no_fusion_prob
         batch["rows"] = torch.tensor([tasks.index(p.task) for p in chosen])
         batch["tasks"] = torch.tensor(tasks)
-        batch["fusion"] = rng.random() >= config.no_fusion_prob
         if config.use_kl:
             concat = encode(tokenizer, concat_inputs(self.task_set, chosen), 4 * config.max_input_tokens)
             batch.update({f"teacher_{k}": v for k, v in concat.items()})

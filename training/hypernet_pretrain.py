@@ -51,6 +51,16 @@ def pretrain_hypernet(
     eos = tokenizer.eos_token_id
     n = config.segment_tokens
 
+    def segment_a(rows: list[list[int]]) -> dict[str, torch.Tensor]:
+        """Segment a for the instruction encoder: its ids as they are when it reads the base's
+        tokens, else its text in the encoder's own tokenizer (a sentence encoder)."""
+        if model.instruction_tokenizer is tokenizer:
+            a = _pad(rows, 0)
+            return {"a_ids": a, "a_mask": (a != 0).long()}
+        texts = tokenizer.batch_decode(rows, skip_special_tokens=True)
+        a = model.instruction_tokenizer(texts, padding=True, truncation=True, max_length=4 * n, return_tensors="pt")
+        return {"a_ids": a["input_ids"], "a_mask": a["attention_mask"]}
+
     def make_batch(indices: list[int], batch_seed: int) -> dict:
         rng = random.Random(batch_seed)
         a_rows, b_rows, c_rows = [], [], []
@@ -65,12 +75,8 @@ def pretrain_hypernet(
             b_rows.append(ids[n : 2 * n] + [eos])
             c_rows.append(ids[2 * n :] + [eos])
         b, c = _pad(b_rows, 0), _pad(c_rows, IGNORE)
-        # segment a goes to the instruction encoder, which may have its own tokenizer
-        a_texts = tokenizer.batch_decode(a_rows, skip_special_tokens=True)
-        a = model.instruction_tokenizer(a_texts, padding=True, truncation=True, max_length=4 * n, return_tensors="pt")
         return {
-            "a_ids": a["input_ids"],
-            "a_mask": a["attention_mask"],
+            **segment_a(a_rows),
             "input_ids": b,
             "attention_mask": (b != 0).long(),
             "labels": c,

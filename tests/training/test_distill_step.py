@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from hypernet.errors import InputTooLong
 from hypernet.io import load_checkpoint
 from hypernet.model import TagiModel
 from hypernet.targets import LoraWeights
@@ -78,9 +79,8 @@ def test_a_batch_holds_inputs_without_instructions_and_each_tasks_instruction_on
     chosen = [PAIRS[i] for i in indices]
     assert batch["tasks"].tolist() == [0, 2]  # distinct, sorted
     assert batch["rows"].tolist() == [1, 0, 0, 1]  # example -> its task's position in `tasks`
-    instructions = tokens(model, [model.format_instruction(DEFINITIONS[t]) for t in (0, 2)])
-    assert torch.equal(batch["instruction_input_ids"], instructions["input_ids"])
-    assert torch.equal(batch["instruction_attention_mask"], instructions["attention_mask"])
+    # each distinct task's wording, bare: the student encodes it (template applied) once per text
+    assert batch["instructions"] == [DEFINITIONS[0], DEFINITIONS[2]]
     inputs = tokens(model, [p.input for p in chosen])  # the student's input has no instruction
     assert torch.equal(batch["input_ids"], inputs["input_ids"])
     assert torch.equal(batch["attention_mask"], inputs["attention_mask"])
@@ -96,14 +96,29 @@ def test_a_batch_holds_inputs_without_instructions_and_each_tasks_instruction_on
     assert "teacher_input_ids" not in work_for(parts, use_kl=False).make_batch(indices, 0)
 
 
-def test_a_batch_is_truncated_to_the_configured_lengths(parts):
+def test_a_batch_is_truncated_to_the_configured_lengths_and_a_too_long_instruction_is_refused(parts):
     model = parts[0]
-    model.config = replace(model.config, max_instruction_tokens=3)  # the checkpoint's limit, not the stage's
     work = work_for(parts, max_input_tokens=2, max_output_tokens=3)
     batch = work.make_batch([1, 3], batch_seed=0)
     assert batch["input_ids"].shape[1] == 2 and batch["labels"].shape[1] == 3
-    assert batch["instruction_input_ids"].shape[1] == 3
     assert batch["teacher_input_ids"].shape[1] == 4 * 2  # the teacher's input also holds the instruction
+    # Instructions are never cut: one over the checkpoint's limit is an error, not a silently shorter task.
+    model.config = replace(model.config, max_instruction_tokens=3)
+    with pytest.raises(InputTooLong):
+        work_for(parts).student(batch)
+
+
+def test_each_batch_draws_one_of_each_tasks_wordings_from_its_seed(parts):
+    model, tasks, teachers = parts
+    wordings = ("Flip the list.", "Write the list backwards.", "reverse it please")
+    tasks.tasks[0] = replace(tasks.tasks[0], paraphrases=wordings)
+    work = Distillation(model, tasks, tasks.train, DistillConfig(), teachers)
+    drawn = [work.make_batch([0, 1], seed)["instructions"] for seed in range(40)]
+    assert drawn == [work.make_batch([0, 1], seed)["instructions"] for seed in range(40)]  # a resume sees the same
+    assert {d[0] for d in drawn} == {DEFINITIONS[0], *wordings}  # every wording, the definition included
+    assert {d[1] for d in drawn} == {DEFINITIONS[1]}  # a task without paraphrases keeps its definition
+    # evaluation still reads the definition
+    assert work.instructions[0] == DEFINITIONS[0]
 
 
 def test_the_no_fusion_share_follows_the_batch_seed(parts):
@@ -113,7 +128,14 @@ def test_the_no_fusion_share_follows_the_batch_seed(parts):
     seeds = range(40)
     assert all(always.make_batch([0], s)["fusion"] for s in seeds)
     assert not any(never.make_batch([0], s)["fusion"] for s in seeds)
-    assert [share.make_batch([0], s)["fusion"] for s in seeds] == [random.Random(s).random() >= 0.3 for s in seeds]
+    # the batch's rng first draws each task's wording (one here), then whether fusion is on
+    expected = []
+    for s in seeds:
+        rng = random.Random(s)
+        rng.choice([DEFINITIONS[0]])
+        expected.append(rng.random() >= 0.3)
+    assert [share.make_batch([0], s)["fusion"] for s in seeds] == expected
+    assert 0.5 < sum(expected) / len(expected) < 0.9
 
 
 @pytest.mark.parametrize("fusion", [True, False])

@@ -12,13 +12,14 @@ from string import Formatter
 import pytest
 
 from training.data import FunctionStep, Task, format_instruction, load_task, load_tasks, read_split
-from training.suite import SPLITS, Suite, SuiteConfig, SynthTask, build_suite, corpus_texts
+from training.suite import SPLITS, Suite, SuiteConfig, SynthTask, build_suite, corpus_texts, read_natural_wordings
 from training.suite_files import write_suite
 from training.world import (
     COMPOSITION_FRAMES,
     EMPTY_LIST,
     PRIMITIVES,
     PRIMITIVES_BY_NAME,
+    UNSEEN_ITEM_WORDS,
     VOCABULARY,
     Primitive,
     Step,
@@ -458,8 +459,12 @@ def test_every_reference_output_is_the_function_of_its_input(suite: Suite) -> No
 
 
 def test_definitions_and_categories_follow_steps(suite: Suite) -> None:
+    natural = {(tuple(s.function for s in steps), text) for steps, text in read_natural_wordings()}
     for t in _all(suite):
-        assert t.task.definition == describe_steps(t.steps)
+        if t.split == "natural_wording":  # the everyday wording from the file, not a template
+            assert (t.task.function, t.task.definition) in natural and t.task.paraphrases == ()
+        else:
+            assert t.task.definition == describe_steps(t.steps)
         names = [s.primitive for s in t.steps]
         expected = names[0] if len(names) == 1 else f"composition:{names[0]}+{names[1]}"
         assert t.task.categories == (expected,)
@@ -469,12 +474,39 @@ def test_inputs_suit_every_step(suite: Suite) -> None:
     for t in _all(suite):
         needs_numbers = any(PRIMITIVES_BY_NAME[s.primitive].domain == {"number"} for s in t.steps)
         needs_words = any(PRIMITIVES_BY_NAME[s.primitive].domain == {"word"} for s in t.steps)
+        # training inputs mix in made-up words; the unseen-words split uses real words never trained on
+        known = {"train": _is_made_up, "unseen_words": lambda i: i in UNSEEN_ITEM_WORDS}.get(t.split, lambda i: False)
         for instance in t.task.instances:
             items = parse_list(instance.input)
             if needs_numbers:
                 assert all(i.isdigit() and 0 <= int(i) <= 99 for i in items), t.task.name
             if needs_words:
-                assert all(i in VOCABULARY for i in items), t.task.name
+                assert all(i in VOCABULARY or known(i) for i in items), t.task.name
+
+
+def _is_made_up(item: str) -> bool:
+    return item.isalpha() and item.islower() and item not in VOCABULARY and item not in UNSEEN_ITEM_WORDS
+
+
+def test_word_items_are_partly_made_up_in_training_and_unseen_in_the_unseen_words_split(suite: Suite) -> None:
+    def word_items(tasks: tuple[SynthTask, ...]) -> list[str]:
+        return [i for t in tasks for inst in t.task.instances for i in parse_list(inst.input) if not i.isdigit()]
+
+    train = word_items(suite.train)
+    share = sum(map(_is_made_up, train)) / len(train)
+    assert 0.08 < share < 0.25, share  # SuiteConfig.novel_word_share is 0.15
+    for split in ("unseen_composition", "unseen_parameter", "unseen_paraphrase", "natural_wording"):
+        assert all(i in VOCABULARY for i in word_items(suite.splits()[split])), split
+    unseen = word_items(suite.unseen_words)
+    planted = {str(s.param) for t in suite.unseen_words for s in t.steps if s.primitive == "contains"}
+    assert unseen and all(i in UNSEEN_ITEM_WORDS or i in planted for i in unseen)
+    assert len(set(unseen) & set(UNSEEN_ITEM_WORDS)) >= 30  # the words vary, not one repeated
+    assert {t.task.function for t in suite.unseen_words} <= {t.task.function for t in suite.train}
+    # every training function that reads words has a task there
+    reads_words = {
+        t.task.function for t in suite.train if len(t.steps) == 1 and "word" in PRIMITIVES_BY_NAME[t.steps[0].primitive].domain
+    }
+    assert {t.task.function for t in suite.unseen_words} == reads_words
 
 
 def test_answers_are_varied_and_yes_no_balanced(suite: Suite) -> None:
@@ -482,7 +514,10 @@ def test_answers_are_varied_and_yes_no_balanced(suite: Suite) -> None:
         counts = Counter(i.outputs[0] for i in t.task.instances)
         assert len(counts) >= 2, t.task.name
         majority = counts.most_common(1)[0][1]
-        assert majority <= 0.7 * len(t.task.instances), (t.task.name, counts.most_common(2))
+        # The everyday-wordings file names its functions (e.g. "remove the first three items" of a
+        # 2-4 item list is mostly "none"); every planned split is chosen to vary.
+        if t.split != "natural_wording":
+            assert majority <= 0.7 * len(t.task.instances), (t.task.name, counts.most_common(2))
         if PRIMITIVES_BY_NAME[t.steps[-1].primitive].output == "yesno":
             assert set(counts) == {"yes", "no"}
             assert abs(counts["yes"] - counts["no"]) <= 0.1 * len(t.task.instances), t.task.name
@@ -580,7 +615,10 @@ def test_task_files_declare_their_function_and_stages_read_it_back(suite: Suite,
     for t in suite.train:
         by_key.setdefault(t.task.function_key, set()).add(t.task.function)
     assert all(len(functions) == 1 for functions in by_key.values())  # one key, one function
-    assert len(by_key) < len(suite.train)  # paraphrases of a function share it
+    # one task per function by default; its wordings travel in the file with it
+    for t in suite.train:
+        loaded = load_task(tmp_path / "train" / f"{t.task.name}.json")
+        assert loaded.paraphrases == t.task.paraphrases and len(loaded.wordings) >= 10, t.task.name
 
 
 @pytest.mark.parametrize(
@@ -626,3 +664,30 @@ def test_corpus_texts_cover_training_and_keep_held_out_wording_out(suite: Suite)
 def test_suite_config_rejects_nonsense(changes: dict[str, int]) -> None:
     with pytest.raises(ValueError):
         SuiteConfig(**changes)
+
+
+def _normalised(text: str) -> str:
+    return re.sub(r"[^a-z0-9 ]", "", text.lower()).strip()
+
+
+def test_the_everyday_wordings_are_held_out_and_cover_every_primitive(suite: Suite) -> None:
+    natural = read_natural_wordings()
+    assert len(natural) >= 100
+    assert {steps[0].primitive for steps, _ in natural if len(steps) == 1} == set(PRIMITIVES_BY_NAME)
+    trained = {_normalised(w) for t in suite.train for w in t.task.wordings}
+    trained |= {_normalised(p.describe(v, i)) for p in PRIMITIVES for i in p.train_templates for v in (p.train_values or (None,))}
+    leaked = [text for _, text in natural if _normalised(text) in trained]
+    assert leaked == []
+    assert len(suite.natural_wording) == len(natural)
+
+
+def test_a_malformed_everyday_wordings_line_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "wordings.jsonl"
+    path.write_text(
+        '{"instruction": "flip it", "function": [["reverse", null]]}\n{"instruction": "x", "function": [["frob", null]]}\n'
+    )
+    with pytest.raises(ValueError, match=r"wordings.jsonl:2: 'frob'"):
+        read_natural_wordings(path)
+    path.write_text('{"instruction": "flip it"}\n')
+    with pytest.raises(ValueError, match=r"wordings.jsonl:1: not an"):
+        read_natural_wordings(path)
