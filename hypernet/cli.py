@@ -225,9 +225,22 @@ def cmd_bench_export(args: argparse.Namespace) -> None:
     )
 
 
+def cmd_bench_encoders(args: argparse.Namespace) -> None:
+    from hypernet.bench_encoders import run_encoder_benchmark
+    from hypernet.cli_common import resolve_checkpoint
+
+    if args.rounds < 1:
+        raise UserError("--rounds must be >= 1")
+    try:
+        json_path = Path(args.json) if args.json else None
+        run_encoder_benchmark(resolve_checkpoint(args.checkpoint), rounds=args.rounds, json_path=json_path)
+    except ValueError as err:
+        raise UserError(str(err)) from None
+
+
 def add_bench(sub: argparse._SubParsersAction) -> argparse._SubParsersAction:
     p = sub.add_parser("bench", help="benchmarks that print figures")
-    bench = p.add_subparsers(dest="bench", required=True, metavar="{core,export,serve}")
+    bench = p.add_subparsers(dest="bench", required=True, metavar="{core,export,encoders,serve}")
     core = bench.add_parser(
         "core",
         help="mixed-adapter forward vs base vs PEFT, adapter generation, swap time",
@@ -252,6 +265,17 @@ def add_bench(sub: argparse._SubParsersAction) -> argparse._SubParsersAction:
     export.add_argument("--threads", type=int, default=0, help="torch threads in every process (default: torch's choice)")
     export.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     export.set_defaults(func=cmd_bench_export)
+    encoders = bench.add_parser(
+        "encoders",
+        help="adapter generation time per instruction: the base's encoder vs the checkpoint's sentence encoder",
+        description="Time TagiModel.adapter and TagiModel.adapters on a dozen everyday instructions with the "
+        "checkpoint's sentence encoder and with the base's own encoder (same base and generator shape), side by "
+        "side; medians over rounds and their ratio.",
+    )
+    add_checkpoint_argument(encoders)
+    encoders.add_argument("--rounds", type=int, default=5, help="timing rounds; medians are reported (default 5)")
+    encoders.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
+    encoders.set_defaults(func=cmd_bench_encoders)
     return bench
 
 

@@ -36,10 +36,10 @@ def add_checkpoint_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def load_model(path: str | None, device: str = "cpu") -> TagiModel:
+def load_model(path: str | None, device: str = "cpu", encoder_dir: str | None = None) -> TagiModel:
     from hypernet.io import load_checkpoint
 
-    return load_checkpoint(resolve_checkpoint(path), device=device)
+    return load_checkpoint(resolve_checkpoint(path), device=device, encoder_dir=encoder_dir)
 
 
 def read_text_argument(value: str, what: str) -> str:

@@ -1,10 +1,16 @@
-"""`tagi train ablate-curriculum`: stage 3 with the uniform and the tapir data schedule at
-equal compute (same steps, same batch, so the same number of training examples), each scored
-on the synthetic held-out sets and the SNI test tasks; written to `curriculum.json` in the
-shipped checkpoint and summarised in its model card.
+"""Ablations at equal compute, each written as a JSON next to the shipped checkpoint and
+summarised in its model card.
 
-Both arms start from the same pretrained hypernetwork (stage 2) and distil from the same
-teachers; the arm the preset already uses is the pipeline's own stage 3 (reused when done).
+`tagi ablate-curriculum`: stage 3 with the uniform and the tapir data schedule (same steps, same
+batch, so the same number of training examples), each scored on the synthetic held-out sets
+and the SNI test tasks (`curriculum.json`). Both arms start from the same pretrained
+hypernetwork (stage 2) and distil from the same teachers; the arm the preset already uses is
+the pipeline's own stage 3 (reused when done).
+
+`tagi ablate-encoder`: what reads the instruction, stages 2 and 3 rerun per arm from the same
+base and teachers at one shared, reduced budget (`encoder.json`): the sentence encoder with the
+generator's attention over its token states (the recipe), the same with the pooled vector only,
+and the base's own encoder with attention.
 """
 
 from __future__ import annotations
@@ -14,11 +20,12 @@ from dataclasses import replace
 from pathlib import Path
 
 from hypernet.errors import UserError
+from hypernet.io import load_checkpoint
 from training.common import load_task_set
 from training.curriculum import read_plans
 from training.evaluate import run_eval, write_json
 from training.pipeline import SNI_TEST_SPLIT, SYNTH_SETS, train_tasks
-from training.presets import Preset, replace_path
+from training.presets import Preset, replace_path, with_steps
 from training.stages import STAGE, StageInputs, result_path, run_stage
 
 ABLATION_FILE = "curriculum.json"
@@ -46,12 +53,37 @@ def summarise(result: dict) -> dict:
     }
 
 
-def run_ablation(recipe: Preset, work: Path, out: Path, sni_dir: Path | None, device: str = "auto", resume: bool = True) -> dict:
-    task_set = load_task_set(train_tasks(work), recipe.held_back, recipe.seed)
-    results = {name: result_path(STAGE[name], work) for name in DISTILL.inputs}
+def stage_results(recipe: Preset, work: Path, names: tuple[str, ...]) -> dict[str, Path]:
+    """The finished pipeline stages an ablation starts from; a missing one names the command to run."""
+    results = {name: result_path(STAGE[name], work) for name in names}
     for path in results.values():
         if not path.exists():
             raise UserError(f"{path} is missing: run `tagi train --preset {recipe.name} --work {work}` first")
+    return results
+
+
+def score_synthetic(checkpoint: Path, work: Path, recipe: Preset, max_instances: int | None = None) -> dict[str, dict]:
+    """TAGI with and without fusion on every synthetic set (held-back instances of the training tasks too)."""
+    scores = {}
+    for name, split in SYNTH_SETS.items():
+        held = recipe.held_back if split == "train" else None
+        result = run_eval(
+            checkpoint,
+            [str(work / "data" / split)],
+            "def",
+            held_back=held,
+            seed=recipe.seed,
+            max_instances=max_instances or recipe.eval_instances,
+            methods=METHODS,
+            timing_tasks=0,
+        )
+        scores[name] = summarise(result)
+    return scores
+
+
+def run_ablation(recipe: Preset, work: Path, out: Path, sni_dir: Path | None, device: str = "auto", resume: bool = True) -> dict:
+    task_set = load_task_set(train_tasks(work), recipe.held_back, recipe.seed)
+    results = stage_results(recipe, work, DISTILL.inputs)
     sets = {name: [str(work / "data" / split)] for name, split in SYNTH_SETS.items() if split != "train"}
     report: dict = {"steps": recipe.distill.loop.steps, "batch_size": recipe.distill.loop.batch_size, "arms": {}, "sets": {}}
     for kind in ARMS:
@@ -121,6 +153,74 @@ def card_section(report: dict) -> list[str]:
     return lines
 
 
-def load_report(out: Path) -> dict | None:
-    path = Path(out) / ABLATION_FILE
+def load_report(out: Path, name: str = ABLATION_FILE) -> dict | None:
+    path = Path(out) / name
     return json.loads(path.read_text()) if path.exists() else None
+
+
+ENCODER_FILE = "encoder.json"
+ENCODER_ARMS: dict[str, dict[str, object]] = {
+    "sentence+attention": {},
+    "sentence+pooled": {"generator.attention_heads": 0},
+    "base+attention": {"instruction_encoder": "base"},
+}
+"""Arm -> recipe fields it changes (dotted paths); the first arm is the recipe itself."""
+
+
+def run_encoder_ablation(
+    recipe: Preset, work: Path, out: Path, steps: int, device: str = "auto", resume: bool = True, max_instances: int = 10
+) -> dict:
+    """Stages 2 and 3 per arm (stage 3 cut to `steps` for every arm), scored on the synthetic sets."""
+    if steps < 1:
+        raise UserError("--steps must be >= 1")
+    task_set = load_task_set(train_tasks(work), recipe.held_back, recipe.seed)
+    teachers = stage_results(recipe, work, ("base", "meta-teacher", "teachers"))
+    pretrain = STAGE["hypernet-pretrain"]
+    report: dict = {
+        "distill_steps": steps,
+        "hypernet_pretrain_steps": recipe.hypernet_pretrain.loop.steps,
+        "batch_size": recipe.distill.loop.batch_size,
+        "eval_instances_per_task": max_instances,
+        "arms": {},
+        "sets": {},
+    }
+    for arm, changes in ENCODER_ARMS.items():
+        variant = replace_path(recipe, "distill.loop", with_steps(recipe.distill.loop, steps))
+        for path, value in changes.items():
+            variant = replace_path(variant, path, value)
+        directory = work / "ablate_encoder" / arm.replace("+", "_")
+        inputs = StageInputs(task_set, dict(teachers), device, resume)
+        inputs.results["hypernet-pretrain"] = run_stage(pretrain, variant, inputs, directory / pretrain.directory)
+        checkpoint = run_stage(DISTILL, variant, inputs, directory / DISTILL.directory)
+        report["arms"][arm] = {
+            "changes": changes,
+            "stage_dir": str(directory),
+            "examples_seen": steps * variant.distill.loop.batch_size,
+            "parameters": load_checkpoint(checkpoint).parameter_counts(),
+        }
+        for name, summary in score_synthetic(checkpoint, work, variant, max_instances).items():
+            report["sets"].setdefault(name, {})[arm] = summary
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / ENCODER_FILE, report)
+    return report
+
+
+def encoder_card_section(report: dict) -> list[str]:
+    """Model-card lines for encoder.json."""
+    arms = list(report["arms"])
+    lines = [
+        "## Instruction encoder ablation (stages 2 and 3 per arm, equal compute)",
+        "",
+        f"Every arm: stage 2 for {report['hypernet_pretrain_steps']} steps, then stage 3 for {report['distill_steps']} steps "
+        f"of {report['batch_size']} examples (a reduced budget, the same for all), from the same base and teachers. "
+        "TAGI with fusion / without fusion, exact match (percent), "
+        f"{report['eval_instances_per_task']} instances per task.",
+        "",
+        "| task set | " + " | ".join(arms) + " |",
+        "|---|" + "---|" * len(arms),
+    ]
+    for name, row in report["sets"].items():
+        cells = [f"{row[a]['mean']['exact_match']:.1f} / {row[a]['mean_no_fusion']['exact_match']:.1f}" for a in arms]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += ["", "Per-category tables and parameter counts: `encoder.json`.", ""]
+    return lines

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from hypernet.files import atomic_write_text
-from training.ablation import card_section, load_report
+from training.ablation import ENCODER_FILE, card_section, encoder_card_section, load_report
 from training.evaluate import METHODS, format_table, write_json
 
 
@@ -126,6 +126,9 @@ def write_card(out: Path, command: str | None = None) -> Path:
     report = load_report(out)
     if report is not None:
         lines += card_section(report)
+    encoder_report = load_report(out, ENCODER_FILE)
+    if encoder_report is not None:
+        lines += encoder_card_section(encoder_report)
     for name, result in results.items():
         lines += [f"### {name}", "", "```", format_table(result), "```", ""]
     atomic_write_text(out / "README.md", "\n".join(lines))

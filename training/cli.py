@@ -25,7 +25,8 @@ from training.data import SNI_DIR
 def cmd_init(args: argparse.Namespace) -> None:
     import tempfile
 
-    from hypernet.config import CheckpointConfig, GeneratorConfig
+    from hypernet.config import CheckpointConfig, GeneratorConfig, InstructionEncoderConfig
+    from hypernet.encoders import sentence_encoder_config
     from hypernet.io import create_checkpoint
     from hypernet.tiny import PRESETS, build_tiny_base
 
@@ -33,20 +34,29 @@ def cmd_init(args: argparse.Namespace) -> None:
     if out.exists() and not args.overwrite:
         raise UserError(f"{out} already exists; pass --overwrite to replace it")
     try:
-        generator = GeneratorConfig(rank=args.rank, alpha=args.alpha, target_modules=tuple(args.target_modules))
+        generator = GeneratorConfig(
+            rank=args.rank, alpha=args.alpha, target_modules=tuple(args.target_modules), attention_heads=args.attention_heads
+        )
     except ValueError as error:
         raise UserError(str(error)) from None
-    config = CheckpointConfig(generator=generator)
+    if args.instruction_encoder == "base":
+        if args.instruction_encoder_dir:
+            raise UserError("--instruction-encoder-dir needs a sentence encoder (--instruction-encoder NAME)")
+        encoder = InstructionEncoderConfig()
+    else:
+        encoder = sentence_encoder_config(args.instruction_encoder, args.instruction_encoder_dir)
+    config = CheckpointConfig(generator=generator, instruction_encoder=encoder)
+    directory = args.instruction_encoder_dir
     if args.base:
-        create_checkpoint(Path(args.base), out, config, seed=args.seed, overwrite=args.overwrite)
+        create_checkpoint(Path(args.base), out, config, seed=args.seed, overwrite=args.overwrite, encoder_dir=directory)
     else:
         with tempfile.TemporaryDirectory() as tmp:
             build_tiny_base(init_corpus(args.corpus), Path(tmp), PRESETS[args.preset], seed=args.seed)
-            create_checkpoint(Path(tmp), out, config, seed=args.seed, overwrite=args.overwrite)
-    counts = load_model(str(out)).parameter_counts()
+            create_checkpoint(Path(tmp), out, config, seed=args.seed, overwrite=args.overwrite, encoder_dir=directory)
+    counts = load_model(str(out), encoder_dir=directory).parameter_counts()
     print(
         f"wrote untrained checkpoint to {out}: trainable generator {counts['generator']:,} parameters, "
-        f"frozen base {counts['base_frozen']:,}"
+        f"frozen base {counts['base_frozen']:,}, instruction encoder: {args.instruction_encoder}"
     )
 
 
@@ -231,6 +241,29 @@ def cmd_ablate_curriculum(args: argparse.Namespace) -> None:
     )
 
 
+def cmd_ablate_encoder(args: argparse.Namespace) -> None:
+    from training.ablation import run_encoder_ablation
+    from training.card import write_card
+    from training.pipeline import PIPELINE_FILE
+
+    recipe = _recipe(args)
+    out = Path(args.out)
+    if not (out / PIPELINE_FILE).exists():
+        raise UserError(f"{out} is not a `tagi train` output (no {PIPELINE_FILE}); pass the checkpoint the pipeline wrote")
+    if args.eval_instances < 1:
+        raise UserError("--eval-instances must be >= 1")
+    work = Path(args.work) if args.work else Path("runs") / f"train-{recipe.name}"
+    report = run_encoder_ablation(
+        recipe, work, out, args.steps, device=args.device, resume=not args.no_resume, max_instances=args.eval_instances
+    )
+    write_card(out)
+    natural = report["sets"]["synthetic_natural_wording"]
+    print(
+        f"wrote {out / 'encoder.json'}: natural-wording exact match "
+        + ", ".join(f"{arm} {row['mean']['exact_match']:.1f}" for arm, row in natural.items())
+    )
+
+
 # ---- registration ----------------------------------------------------------------------------
 
 
@@ -305,6 +338,26 @@ def _add_init(sub: argparse._SubParsersAction) -> None:
         default=list(defaults.target_modules),
         choices=KNOWN_TARGETS,
         help="T5 modules to adapt in every block (default: q v)",
+    )
+    p.add_argument(
+        "--attention-heads",
+        type=int,
+        default=defaults.attention_heads,
+        help=f"heads of the generator's attention over the instruction's tokens; 0 = pooled vector only "
+        f"(default {defaults.attention_heads})",
+    )
+    p.add_argument(
+        "--instruction-encoder",
+        default="base",
+        metavar="NAME",
+        help="what reads instructions: 'base' (the base's own encoder, the paper's choice; default) or a frozen "
+        "sentence encoder: 'all-minilm-l6-v2' (installed with tagi) or any name with --instruction-encoder-dir",
+    )
+    p.add_argument(
+        "--instruction-encoder-dir",
+        metavar="DIR",
+        help="a local BERT-style sentence-transformers directory to use as the sentence encoder (not copied into "
+        "the checkpoint: at load time it is found through $TAGI_INSTRUCTION_ENCODER_DIR)",
     )
     p.add_argument("--seed", type=int, default=0, help="seed for weights and generator init (default 0)")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
@@ -399,6 +452,21 @@ def register(sub: argparse._SubParsersAction, bench: argparse._SubParsersAction 
     ablate.add_argument("--out", required=True, metavar="DIR", help="the checkpoint `tagi train` wrote (gets curriculum.json)")
     _sni_args(ablate, "the sni_test set")
     ablate.set_defaults(func=cmd_ablate_curriculum)
+
+    encoder = sub.add_parser(
+        "ablate-encoder",
+        help="stages 2 and 3 per instruction-encoder arm at equal, reduced compute",
+        description="Rerun stages 2 and 3 from the pipeline's base and teachers for each arm of "
+        "training.ablation.ENCODER_ARMS (sentence encoder + attention = the recipe; sentence encoder, pooled "
+        "only; the base's encoder + attention), stage 3 cut to --steps for every arm; score TAGI with and "
+        "without fusion on the synthetic sets; write OUT/encoder.json and a section of OUT/README.md.",
+    )
+    _recipe_args(encoder)
+    encoder.add_argument("--work", metavar="DIR", help="the pipeline's work directory (default: runs/train-<recipe name>)")
+    encoder.add_argument("--out", required=True, metavar="DIR", help="the checkpoint `tagi train` wrote (gets encoder.json)")
+    encoder.add_argument("--steps", type=int, default=600, help="stage-3 steps of every arm (default 600)")
+    encoder.add_argument("--eval-instances", type=int, default=10, help="instances per task scored for every set (default 10)")
+    encoder.set_defaults(func=cmd_ablate_encoder)
 
     ev = sub.add_parser(
         "eval",

@@ -162,7 +162,7 @@ STAGES: tuple[Stage, ...] = (
         "hypernet-pretrain",
         "stage2_hypernet",
         ("base",),
-        ("seed", "held_back", "generator", "instruction_template", "hypernet_pretrain"),
+        ("seed", "held_back", "generator", "instruction_encoder", "instruction_template", "hypernet_pretrain"),
         "hypernet_pretrain.loop",
         "checkpoint",
         "training.hypernet_pretrain.run",
