@@ -91,12 +91,43 @@ def task_similarity(cosine: torch.Tensor, labels: list[str | None]) -> TaskSimil
     )
 
 
+def similarity_by_split(cosine: torch.Tensor, entries: list[Entry]) -> dict[str, TaskSimilarity]:
+    """task_similarity over the pairs of each (split, split) combination, keyed "a+b" (sorted): e.g.
+    whether a held-out wording lands next to its task's training wordings ("held_out+train")."""
+    splits = sorted({e.split for e in entries if e.split is not None})
+    result = {}
+    for i, a in enumerate(splits):
+        for b in splits[i:]:
+            pairs = [
+                (x, y)
+                for x in range(len(entries))
+                for y in range(x + 1, len(entries))
+                if {entries[x].split, entries[y].split} == {a, b}
+            ]
+            same = [
+                float(cosine[x, y]) for x, y in pairs if entries[x].label is not None and entries[x].label == entries[y].label
+            ]
+            different = [
+                float(cosine[x, y])
+                for x, y in pairs
+                if None not in (entries[x].label, entries[y].label) and entries[x].label != entries[y].label
+            ]
+            result[f"{a}+{b}"] = TaskSimilarity(
+                statistics.fmean(same) if same else None,
+                statistics.fmean(different) if different else None,
+                len(same),
+                len(different),
+            )
+    return result
+
+
 @dataclass(frozen=True)
 class AdapterMap:
     entries: list[Entry]
     coords: torch.Tensor  # (n, 2)
     explained: list[float]
     similarity: TaskSimilarity
+    by_split: dict[str, TaskSimilarity]
 
     def to_json(self) -> dict:
         s = self.similarity
@@ -107,8 +138,17 @@ class AdapterMap:
             "mean_cosine_different_task": s.different_task,
             "same_task_pairs": s.same_pairs,
             "different_task_pairs": s.different_pairs,
+            "by_split": {
+                pair: {
+                    "same_task": v.same_task,
+                    "different_task": v.different_task,
+                    "same": v.same_pairs,
+                    "different": v.different_pairs,
+                }
+                for pair, v in self.by_split.items()
+            },
             "points": [
-                {"line": e.line, "instruction": e.instruction, "label": e.label, "x": float(x), "y": float(y)}
+                {"line": e.line, "instruction": e.instruction, "label": e.label, "split": e.split, "x": float(x), "y": float(y)}
                 for e, (x, y) in zip(self.entries, self.coords.tolist())
             ],
         }
@@ -126,7 +166,9 @@ def build_map(model: TagiModel, entries: list[Entry], batch_size: int, progress:
             bar.update(min(batch_size, len(entries) - start))
     gram = delta_gram(stack_adapters([a.weights for a in adapters]))
     coords, explained = pca_from_gram(gram)
-    return AdapterMap(entries, coords, explained, task_similarity(cosine_from_gram(gram), [e.label for e in entries]))
+    cosine = cosine_from_gram(gram)
+    labels = [e.label for e in entries]
+    return AdapterMap(entries, coords, explained, task_similarity(cosine, labels), similarity_by_split(cosine, entries))
 
 
 def draw(adapter_map: AdapterMap, title: str) -> bytes:

@@ -50,6 +50,9 @@ class Entry:
     instruction: str
     name: str | None = None
     label: str | None = None
+    split: str | None = None
+    """Which set the instruction comes from (e.g. training vs held-out wordings); the adapter map
+    breaks its similarities down by pairs of splits."""
 
 
 @dataclass(frozen=True)
@@ -62,7 +65,7 @@ class BadLine:
 
 
 def read_instructions(path: Path, label_field: str = "label") -> tuple[list[Entry], list[BadLine]]:
-    """A `.jsonl` file holds objects {"instruction": ..., "name": optional, label_field: optional};
+    """A `.jsonl` file holds objects {"instruction": ..., "name", label_field, "split": optional};
     any other file holds one instruction per line. Lines are numbered from 1, as editors do."""
     path = Path(path)
     try:
@@ -83,12 +86,12 @@ def read_instructions(path: Path, label_field: str = "label") -> tuple[list[Entr
         if not isinstance(record, dict) or not isinstance(record.get("instruction"), str):
             bad.append(BadLine(number, 'expected an object with a string "instruction"'))
             continue
-        fields = {"name": record.get("name"), "label": record.get(label_field)}
+        fields = {"name": record.get("name"), "label": record.get(label_field), "split": record.get("split")}
         wrong = [key for key, value in fields.items() if value is not None and not isinstance(value, str)]
         if wrong:
             bad.append(BadLine(number, f'"{wrong[0]}" must be a string'))
             continue
-        entries.append(Entry(number, record["instruction"], fields["name"], fields["label"]))
+        entries.append(Entry(number, record["instruction"], fields["name"], fields["label"], fields["split"]))
     return entries, bad
 
 

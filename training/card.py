@@ -47,6 +47,49 @@ def _targets(results: dict) -> list[str]:
     return [*lines, ""]
 
 
+MAP_FILE = "adapter_map.json"
+MAP_INSTRUCTIONS = "adapter_map_instructions.jsonl"
+
+
+def _pairs(count: int | None, value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f} ({count:,})"
+
+
+def _map_section(out: Path) -> list[str]:
+    """The adapter-space section, from adapter_map.json (`tagi adapters map`), when it is there."""
+    path = out / MAP_FILE
+    if not path.exists():
+        return []
+    data = json.loads(path.read_text())
+    points = data["points"]
+    lines = [
+        "## The adapter space",
+        "",
+        "![PCA map of the generated adapters](adapter_map.png)",
+        "",
+        f"{len(points)} instructions (listed with their task and split in `{MAP_INSTRUCTIONS}`) turned into adapters and "
+        "projected by PCA of the flattened delta-W (scale * B @ A of every target). Colour = task; a faint line joins "
+        "each wording to its task's centre. Made with",
+        "",
+        f"    tagi adapters map --instructions {out}/{MAP_INSTRUCTIONS} --out {out}/adapter_map.png",
+        "",
+        "Mean cosine similarity of the delta-W vectors (pairs): same task "
+        + _pairs(data["same_task_pairs"], data["mean_cosine_same_task"])
+        + ", different tasks "
+        + _pairs(data["different_task_pairs"], data["mean_cosine_different_task"])
+        + ".",
+        "",
+    ]
+    by_split = data.get("by_split") or {}
+    if by_split:
+        lines += ["| pairs of | same task | different tasks |", "|---|---:|---:|"]
+        for pair, row in by_split.items():
+            same, different = _pairs(row["same"], row["same_task"]), _pairs(row["different"], row["different_task"])
+            lines.append(f"| {pair.replace('+', ' and ')} | {same} | {different} |")
+        lines.append("")
+    return lines
+
+
 def write_card(out: Path, command: str | None = None) -> Path:
     """README.md of `out`. The command is recorded in pipeline.json, so a later rewrite (e.g.
     after the curriculum ablation) can omit it."""
@@ -123,6 +166,7 @@ def write_card(out: Path, command: str | None = None) -> Path:
             "",
         ]
     lines += _targets(results)
+    lines += _map_section(out)
     report = load_report(out)
     if report is not None:
         lines += card_section(report)
