@@ -10,58 +10,38 @@ from pathlib import Path
 
 import pytest
 
-from hypernet.config import GeneratorConfig
 from hypernet.errors import UserError
 from training.presets import CONFIGS_DIR, get_preset, load_recipe, preset_names
 from training.suite import SuiteConfig
 
 ROOT = Path(__file__).resolve().parents[2]
-# The presets as Python dataclasses held them at commit 045d417, in their old flat layout.
-BEFORE = json.loads((Path(__file__).with_name("presets_before.json")).read_text())
-
-
-def _old_layout(recipe) -> dict:
-    """The recipe in the layout of the old Python presets (generator and base sizes inline)."""
-    new = json.loads(json.dumps(asdict(recipe)))
-    generator = new.pop("generator")
-    assert generator == json.loads(
-        json.dumps(asdict(GeneratorConfig(generator["rank"], generator["alpha"], tuple(generator["target_modules"]))))
-    )
-    new |= {
-        "generator_rank": generator["rank"],
-        "generator_alpha": generator["alpha"],
-        "target_modules": generator["target_modules"],
-    }
-    model = new["base"].pop("model")
-    # The old BaseConfig derived d_kv from the width and never set dropout.
-    assert model.pop("d_kv") == model["d_model"] // model["num_heads"] and model.pop("dropout_rate") == 0.0
-    new["base"] |= model
-    # pipeline.checkpoint_config wrote this template into every trained checkpoint.
-    assert new.pop("instruction_template") == "Definition: {instruction}"
-    new.pop("suite")  # compared as a SuiteConfig: the old presets named only non-default sizes
-    return new
+BUILT_IN = ("smoke", "tiny")
 
 
 def test_the_built_in_presets_are_the_files_in_configs():
-    assert preset_names() == sorted(BEFORE) == sorted(p.stem for p in CONFIGS_DIR.glob("*.yaml"))
+    assert preset_names() == sorted(BUILT_IN) == sorted(p.stem for p in CONFIGS_DIR.glob("*.yaml"))
 
 
-@pytest.mark.parametrize("name", sorted(BEFORE))
-def test_each_recipe_file_equals_the_preset_it_replaced(name: str):
+@pytest.mark.parametrize("name", BUILT_IN)
+def test_each_recipe_file_is_its_preset(name: str):
     recipe = load_recipe(CONFIGS_DIR / f"{name}.yaml")
     assert recipe == get_preset(name) and recipe.name == name
-    before = dict(BEFORE[name])
-    assert recipe.suite == SuiteConfig(**before.pop("suite"))
-    assert _old_layout(recipe) == before
 
 
 def test_tiny_is_the_recipe_the_shipped_checkpoint_was_trained_with():
+    """The shipped run is reproducible from configs/tiny.yaml: pipeline.json records the recipe it ran."""
     shipped = json.loads((ROOT / "checkpoints" / "tiny" / "pipeline.json").read_text())["preset"]
     recipe = get_preset("tiny")
-    assert recipe.suite == SuiteConfig(**shipped.pop("suite"))
-    old = _old_layout(recipe)
-    assert old["distill"].pop("curriculum") == asdict(recipe.distill.curriculum)  # added after that run: uniform
-    assert old == shipped
+    assert recipe.suite == SuiteConfig(**shipped["suite"])
+    assert json.loads(json.dumps(asdict(recipe))) == shipped
+
+
+def test_the_shipped_recipe_reads_instructions_with_the_packaged_sentence_encoder():
+    recipe = get_preset("tiny")
+    assert recipe.instruction_encoder == "all-minilm-l6-v2" and recipe.generator.attention_heads > 0
+    config = json.loads((ROOT / "checkpoints" / "tiny" / "config.json").read_text())
+    assert config["instruction_encoder"]["name"] == recipe.instruction_encoder
+    assert config["generator"]["attention_heads"] == recipe.generator.attention_heads
 
 
 def _write(tmp_path: Path, text: str) -> Path:

@@ -24,6 +24,8 @@ EVAL_SETS = {
     "synthetic_unseen_composition",
     "synthetic_unseen_parameter",
     "synthetic_unseen_paraphrase",
+    "synthetic_natural_wording",
+    "synthetic_unseen_words",
     "synthetic_train_tasks",
     "sni_test",
 }
@@ -101,6 +103,8 @@ SAMPLE = {
     "synthetic_unseen_composition": ("unseen_composition", 3),
     "synthetic_unseen_parameter": ("unseen_parameter", 2),
     "synthetic_unseen_paraphrase": ("unseen_paraphrase", 3),
+    "synthetic_natural_wording": ("natural_wording", 40),
+    "synthetic_unseen_words": ("unseen_words", 4),
     "synthetic_train_tasks": ("train", 16),
     "sni_test": ("sni", 10),
 }

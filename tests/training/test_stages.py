@@ -218,7 +218,9 @@ def test_curriculum_ablation_scores_both_arms_at_equal_compute(pipeline_run: dic
     assert set(report["arms"]) == {"uniform", "tapir"}
     assert report["arms"]["uniform"]["examples_seen"] == report["arms"]["tapir"]["examples_seen"] > 0
     assert len(report["arms"]["tapir"]["rounds"]) == 2
-    assert set(report["sets"]) == {"synthetic_unseen_composition", "synthetic_unseen_parameter", "synthetic_unseen_paraphrase"}
+    from training.pipeline import SYNTH_SETS
+
+    assert set(report["sets"]) == {name for name, split in SYNTH_SETS.items() if split != "train"}
     for arms in report["sets"].values():
         for summary in arms.values():
             assert summary["worst_category"]["name"] in summary["by_category"]
@@ -226,6 +228,36 @@ def test_curriculum_ablation_scores_both_arms_at_equal_compute(pipeline_run: dic
     assert report["winner"] in ("uniform", "tapir")
     assert json.loads((out / ABLATION_FILE).read_text())["winner"] == report["winner"]
     assert any("Curriculum ablation" in line for line in card_section(report))
+
+
+def test_encoder_ablation_reruns_stages_2_and_3_per_arm_at_equal_compute(pipeline_run: dict):
+    from training.ablation import ENCODER_ARMS, ENCODER_FILE, encoder_card_section, run_encoder_ablation
+    from training.pipeline import SYNTH_SETS
+
+    out = pipeline_run["out"]
+    preset = get_preset("smoke")
+    preset = replace(preset, distill=replace(preset.distill, use_ins=False))  # teachers cover the fixture's subset only
+    work = pipeline_run["work"].parent / "encoder_ablation_work"
+    for part in ("data", "stage0_base", "stage1_teachers", "stage1_meta_teacher"):
+        shutil.copytree(pipeline_run["work"] / part, work / part)
+    report = run_encoder_ablation(preset, work, out, steps=2, device="cpu", max_instances=2)
+    arms = report["arms"]
+    assert list(arms) == list(ENCODER_ARMS)
+    assert {a["examples_seen"] for a in arms.values()} == {2 * preset.distill.loop.batch_size}
+    default, pooled, base = (arms[name]["parameters"] for name in ENCODER_ARMS)
+    # the pooled arm lacks exactly the attention; the base arm has no external encoder and no projection
+    assert (
+        pooled["generator"] < default["generator"]
+        and pooled["instruction_encoder_frozen"] == default["instruction_encoder_frozen"] > 0
+    )
+    assert base["instruction_encoder_frozen"] == base["fusion_projection"] == 0 < default["fusion_projection"]
+    for name in ENCODER_ARMS:  # each arm trained its own stages 2 and 3
+        assert (Path(arms[name]["stage_dir"]) / "stage3_distill" / "checkpoint" / "config.json").exists()
+    assert set(report["sets"]) == set(SYNTH_SETS)
+    for row in report["sets"].values():
+        assert set(row) == set(ENCODER_ARMS)
+    assert json.loads((out / ENCODER_FILE).read_text())["distill_steps"] == 2
+    assert any("Instruction encoder ablation" in line for line in encoder_card_section(report))
 
 
 def _trained_state(stage_dir: Path) -> dict[str, dict]:
