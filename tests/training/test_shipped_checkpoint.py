@@ -197,3 +197,28 @@ def test_an_empty_instruction_is_refused_on_the_shipped_checkpoint(tmp_path: Pat
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "instruction is empty" in lines[0], done.stderr
     assert not (tmp_path / "adapter").exists()
+
+
+# ---- everyday wordings ---------------------------------------------------------------------------
+
+
+def test_the_quick_start_everyday_instruction_works_from_the_command_line():
+    """The README's quick start and issue 10's acceptance line: a wording no stage trained on."""
+    done = subprocess.run(
+        [sys.executable, "-m", "hypernet.cli", "run", "--instruction", "What's the biggest number here?", "--input", "42, 7, 19"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "42"
+
+
+def test_everyday_wordings_are_never_training_wordings():
+    from training.suite import read_natural_wordings
+
+    recipe = json.loads((DEFAULT_CHECKPOINT / "pipeline.json").read_text())["preset"]
+    suite = build_suite(recipe["seed"], SuiteConfig(**recipe["suite"]))
+    trained = {w.lower().strip(" .?!") for t in suite.train for w in t.task.wordings}
+    assert "what's the biggest number here" not in trained
+    assert not [text for _, text in read_natural_wordings() if text.lower().strip(" .?!") in trained]
