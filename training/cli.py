@@ -254,10 +254,17 @@ def cmd_ablate_encoder(args: argparse.Namespace) -> None:
         raise UserError("--eval-instances must be >= 1")
     work = Path(args.work) if args.work else Path("runs") / f"train-{recipe.name}"
     report = run_encoder_ablation(
-        recipe, work, out, args.steps, device=args.device, resume=not args.no_resume, max_instances=args.eval_instances
+        recipe,
+        work,
+        out,
+        args.steps,
+        device=args.device,
+        resume=not args.no_resume,
+        max_instances=args.eval_instances,
+        arms=tuple(args.arms),
     )
     write_card(out)
-    natural = report["sets"]["synthetic_natural_wording"]
+    natural = report["sets"].get("synthetic_natural_wording", {})
     print(
         f"wrote {out / 'encoder.json'}: natural-wording exact match "
         + ", ".join(f"{arm} {row['mean']['exact_match']:.1f}" for arm, row in natural.items())
@@ -466,6 +473,15 @@ def register(sub: argparse._SubParsersAction, bench: argparse._SubParsersAction 
     encoder.add_argument("--out", required=True, metavar="DIR", help="the checkpoint `tagi train` wrote (gets encoder.json)")
     encoder.add_argument("--steps", type=int, default=600, help="stage-3 steps of every arm (default 600)")
     encoder.add_argument("--eval-instances", type=int, default=10, help="instances per task scored for every set (default 10)")
+    from training.ablation import ENCODER_ARMS
+
+    encoder.add_argument(
+        "--arms",
+        nargs="+",
+        choices=list(ENCODER_ARMS),
+        default=list(ENCODER_ARMS),
+        help="run only these arms (merged into an existing encoder.json of the same settings; default: all)",
+    )
     encoder.set_defaults(func=cmd_ablate_encoder)
 
     ev = sub.add_parser(
