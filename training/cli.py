@@ -261,7 +261,7 @@ def cmd_ablate_encoder(args: argparse.Namespace) -> None:
         device=args.device,
         resume=not args.no_resume,
         max_instances=args.eval_instances,
-        arms=tuple(args.arms),
+        **({"arms": tuple(args.arms)} if args.arms else {}),
     )
     write_card(out)
     natural = report["sets"].get("synthetic_natural_wording", {})
@@ -473,14 +473,12 @@ def register(sub: argparse._SubParsersAction, bench: argparse._SubParsersAction 
     encoder.add_argument("--out", required=True, metavar="DIR", help="the checkpoint `tagi train` wrote (gets encoder.json)")
     encoder.add_argument("--steps", type=int, default=600, help="stage-3 steps of every arm (default 600)")
     encoder.add_argument("--eval-instances", type=int, default=10, help="instances per task scored for every set (default 10)")
-    from training.ablation import ENCODER_ARMS
-
     encoder.add_argument(
         "--arms",
         nargs="+",
-        choices=list(ENCODER_ARMS),
-        default=list(ENCODER_ARMS),
-        help="run only these arms (merged into an existing encoder.json of the same settings; default: all)",
+        metavar="ARM",
+        help="run only these arms of training.ablation.ENCODER_ARMS (sentence+attention, sentence+pooled, "
+        "base+attention), merged into an existing encoder.json of the same settings (default: all)",
     )
     encoder.set_defaults(func=cmd_ablate_encoder)
 
