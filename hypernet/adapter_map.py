@@ -181,7 +181,7 @@ def draw(adapter_map: AdapterMap, title: str) -> bytes:
     labels = [e.label for e in adapter_map.entries]
     distinct = sorted({label for label in labels if label is not None})
     palette = plt.get_cmap("tab20")
-    fig, ax = plt.subplots(figsize=(7, 6), dpi=100)
+    fig, ax = plt.subplots(figsize=(7, 6), dpi=80)  # the map ships inside a size-budgeted checkpoint
     xy = adapter_map.coords
     for index, label in enumerate(distinct):
         rows = [i for i, value in enumerate(labels) if value == label]

@@ -107,9 +107,12 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode())
 
 
-def write_json(path: Path, data: dict | list) -> None:
-    """Atomic JSON write (indented, sorted keys, so files diff well)."""
-    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+def write_json(path: Path, data: dict | list, compact: bool = False) -> None:
+    """Atomic JSON write with sorted keys: indented, so files diff well, or `compact` (no
+    whitespace) for large reports that count against a shipped checkpoint's size budget
+    (eval.json: 40% smaller)."""
+    text = json.dumps(data, sort_keys=True, separators=(",", ":")) if compact else json.dumps(data, indent=2, sort_keys=True)
+    atomic_write_text(path, text + "\n")
 
 
 def directory_bytes(path: Path) -> int:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from hypernet.files import atomic_write_text
+from hypernet.files import atomic_write_text, write_json
 from training.ablation import ENCODER_FILE, card_section, encoder_card_section, load_report
-from training.evaluate import METHODS, format_table, write_json
+from training.evaluate import METHODS, format_table
 
 
 def _overall_table(results: dict) -> list[str]:

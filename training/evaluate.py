@@ -349,7 +349,8 @@ def format_table(result: dict, title: str = "") -> str:
 
 
 def write_json(path: Path, data: dict) -> None:
-    """Atomic (hypernet.files.write_json), creating the parent directory."""
+    """An evaluation report: atomic and compact (hypernet.files.write_json; reports ship inside the
+    size-budgeted checkpoint), creating the parent directory."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    files.write_json(path, data)
+    files.write_json(path, data, compact=True)

@@ -124,5 +124,5 @@ def evaluate_all(out: Path, work: Path, recipe: Preset, sni_dir: Path | None) ->
             split_file=str(Path(sni_dir) / SNI_TEST_SPLIT),
         )
         print(format_table(results["sni_test"], title="== sni_test"))
-    write_json(out / EVAL_FILE, results)
+    write_json(out / EVAL_FILE, results, compact=True)
     return {k: v["overall"] for k, v in results.items()}
