@@ -198,10 +198,6 @@ def run_encoder_ablation(
         "arms": {},
         "sets": {},
     }
-    previous = load_report(out, ENCODER_FILE)
-    settings = ("distill_steps", "hypernet_pretrain_steps", "batch_size", "eval_instances_per_task")
-    if previous is not None and all(previous.get(k) == report[k] for k in settings):
-        report["arms"], report["sets"] = previous["arms"], previous["sets"]
     for arm in arms:
         changes = ENCODER_ARMS[arm]
         variant = replace_path(recipe, "distill.loop", with_steps(recipe.distill.loop, steps))
@@ -219,7 +215,14 @@ def run_encoder_ablation(
         }
         for name, summary in score_synthetic(checkpoint, work, variant, max_instances).items():
             report["sets"].setdefault(name, {})[arm] = summary
-    # arms in the table's order, whichever process ran them
+    # Merge with what other processes wrote meanwhile (read now, at the end, not when this one
+    # started), then arms in the table's order whichever process ran them.
+    previous = load_report(out, ENCODER_FILE)
+    settings = ("distill_steps", "hypernet_pretrain_steps", "batch_size", "eval_instances_per_task")
+    if previous is not None and all(previous.get(k) == report[k] for k in settings):
+        report["arms"] = {**previous["arms"], **report["arms"]}
+        for name, row in previous["sets"].items():
+            report["sets"][name] = {**row, **report["sets"].get(name, {})}
     report["arms"] = {a: report["arms"][a] for a in ENCODER_ARMS if a in report["arms"]}
     report["sets"] = {n: {a: row[a] for a in ENCODER_ARMS if a in row} for n, row in report["sets"].items()}
     out.mkdir(parents=True, exist_ok=True)
