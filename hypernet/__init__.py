@@ -5,7 +5,7 @@ The public API:
     import hypernet
     model = hypernet.load("checkpoints/tiny")            # device=, dtype= optional; None: the shipped one
     adapter = model.adapter("Sort the numbers from smallest to largest.")
-    model.generate(["42, 7, 19"], adapter)               # a list of adapters for a mixed batch
+    model.generate(["3, 88, 12, 40"], adapter)               # a list of adapters for a mixed batch
     adapter.save_peft("out/")                            # a standard PEFT LoRA directory
 
 Where things are:

@@ -25,7 +25,7 @@ def shipped() -> hypernet.TagiModel:
 
 def test_readme_example_runs_and_sorts(shipped, tmp_path):
     adapter = shipped.adapter("Sort the numbers from smallest to largest.")
-    assert shipped.generate(["42, 7, 19"], adapter) == ["7, 19, 42"]
+    assert shipped.generate(["3, 88, 12, 40"], adapter) == ["3, 12, 40, 88"]
     adapter.save_peft(tmp_path / "out")
     assert {p.name for p in (tmp_path / "out").iterdir()} == {"adapter_config.json", "adapter_model.safetensors", "tagi.json"}
     base = AutoModelForSeq2SeqLM.from_pretrained(DEFAULT_CHECKPOINT / "base")

@@ -83,7 +83,7 @@ def test_two_processes_creating_the_same_ids_at_once_leave_one_whole_record_each
 
 
 PINNED_INSTRUCTION = "Sort the numbers from smallest to largest."
-PINNED_ID = "1fcc3984cb7cde940b64018f77388b50"
+PINNED_ID = "42e0ebf71aacc60d25eb933de804872f"
 """The id of PINNED_INSTRUCTION on the shipped checkpoints/tiny. Ids are what clients keep and the
 registry is keyed by: if this changes, every stored id of the shipped checkpoint is invalid."""
 
