@@ -21,7 +21,7 @@ from support import make_checkpoint
 from hypernet.io import PEFT_WEIGHTS_FILE, is_peft_dir, load_checkpoint
 from hypernet.model import TagiModel
 from training.common import TaskSet, load_task_set, read_teacher_index
-from training.data import format_concat, format_instruction, instruction_text
+from training.data import format_concat, format_instruction
 from training.distill import Distillation, load_teachers
 from training.loop import LoopConfig
 from training.losses import delta_weights, distill_kl, target_mask
@@ -105,11 +105,15 @@ def test_l_ins_compares_each_adapter_with_its_own_tasks_teacher_at_peft_scale(se
     config = DistillConfig(use_kl=False, use_ins=True, lambda_ins=1.0)
     work = Distillation(model, task_set, task_set.train, config, load_teachers(model, task_set, config, None, setup["teachers"]))
     batch_tasks = [2, 0]
-    _, metrics = work.loss(work.make_batch(_one_pair_per_task(task_set, batch_tasks), 0))
+    batch = work.make_batch(_one_pair_per_task(task_set, batch_tasks), 0)
+    _, metrics = work.loss(batch)
 
     task_to_teacher = read_teacher_index(setup["teachers"])["task_to_teacher"]
     teacher_updates = [_peft_updates(setup["base"], setup["teachers"] / task_to_teacher[t.name]) for t in task_set.tasks]
-    generated = {t: _generated_updates(model, instruction_text(task_set.tasks[t], "def")) for t in batch_tasks}
+    # the wording the batch drew for each task (its tasks in sorted order), one of that task's wordings
+    drawn = dict(zip(batch["tasks"].tolist(), batch["instructions"]))
+    assert all(drawn[t] in task_set.tasks[t].wordings for t in batch_tasks)
+    generated = {t: _generated_updates(model, drawn[t]) for t in batch_tasks}
 
     def expected(teacher_of: dict[int, int]) -> float:
         return sum(_relative_distance(generated[t], teacher_updates[teacher_of[t]]) for t in batch_tasks) / len(batch_tasks)
