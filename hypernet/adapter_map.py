@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import io
 import statistics
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,13 +79,15 @@ class TaskSimilarity:
     different_pairs: int
 
 
-def task_similarity(cosine: torch.Tensor, labels: list[str | None]) -> TaskSimilarity:
-    """Over pairs i < j where both have a label; None when there is no such pair."""
+def task_similarity(
+    cosine: torch.Tensor, labels: list[str | None], keep: Callable[[int, int], bool] = lambda i, j: True
+) -> TaskSimilarity:
+    """Over pairs i < j where both have a label (and `keep(i, j)`); None when there is no such pair."""
     same: list[float] = []
     different: list[float] = []
     for i in range(len(labels)):
         for j in range(i + 1, len(labels)):
-            if labels[i] is not None and labels[j] is not None:
+            if labels[i] is not None and labels[j] is not None and keep(i, j):
                 (same if labels[i] == labels[j] else different).append(float(cosine[i, j]))
     return TaskSimilarity(
         statistics.fmean(same) if same else None, statistics.fmean(different) if different else None, len(same), len(different)
@@ -95,28 +98,12 @@ def similarity_by_split(cosine: torch.Tensor, entries: list[Entry]) -> dict[str,
     """task_similarity over the pairs of each (split, split) combination, keyed "a+b" (sorted): e.g.
     whether a held-out wording lands next to its task's training wordings ("held_out+train")."""
     splits = sorted({e.split for e in entries if e.split is not None})
+    labels = [e.label for e in entries]
     result = {}
     for i, a in enumerate(splits):
         for b in splits[i:]:
-            pairs = [
-                (x, y)
-                for x in range(len(entries))
-                for y in range(x + 1, len(entries))
-                if {entries[x].split, entries[y].split} == {a, b}
-            ]
-            same = [
-                float(cosine[x, y]) for x, y in pairs if entries[x].label is not None and entries[x].label == entries[y].label
-            ]
-            different = [
-                float(cosine[x, y])
-                for x, y in pairs
-                if None not in (entries[x].label, entries[y].label) and entries[x].label != entries[y].label
-            ]
-            result[f"{a}+{b}"] = TaskSimilarity(
-                statistics.fmean(same) if same else None,
-                statistics.fmean(different) if different else None,
-                len(same),
-                len(different),
+            result[f"{a}+{b}"] = task_similarity(
+                cosine, labels, lambda x, y, a=a, b=b: {entries[x].split, entries[y].split} == {a, b}
             )
     return result
 
