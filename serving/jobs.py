@@ -9,6 +9,10 @@ Only export has no request body of its own, hence its small schema here.
 
 A result carries its own HTTP status: in a LitServe batch, raising for one request would fail
 every request of the batch, so a worker answers each job separately instead.
+
+A worker streams: per decode step it sends, for each job of its batch, a JobEvent (new text of a
+streaming generate job), the job's JobResult (exactly once, as soon as the job is done, so a short
+job never waits for the longest of its batch) or None (nothing new: never sent to the HTTP side).
 """
 
 from __future__ import annotations
@@ -28,6 +32,14 @@ class ExportRequest(BaseModel):
 
 
 Job = AdapterCreateRequest | GenerateRequest | ExportRequest
+
+
+@dataclass(frozen=True)
+class JobEvent:
+    """Partial output of a streaming generate job: the text each output row gained since the job's
+    previous event ("" for a row with nothing new), in the order of the job's outputs."""
+
+    deltas: list[str]
 
 
 @dataclass(frozen=True)
