@@ -11,6 +11,7 @@ Only the generator is trainable.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from transformers.modeling_outputs import BaseModelOutput
 
 from hypernet.batching import AdapterBatcher, stack_adapters
 from hypernet.config import DEFAULT_MAX_NEW_TOKENS, CheckpointConfig
+from hypernet.decoding import GREEDY, RowUpdate, Sampling, decode
 from hypernet.encoders import InstructionEncoder, base_encoder
 from hypernet.errors import EmptyInstruction, InputTooLong
 from hypernet.fusion import InstructionEncoding, concat_instructions, fuse, masked_mean
@@ -215,41 +217,64 @@ class TagiModel(nn.Module):
             out = self.base(encoder_outputs=memory, attention_mask=memory_mask, decoder_input_ids=decoder_input_ids)
         return out.logits
 
-    @torch.no_grad()
     def generate(
         self,
         inputs: list[str],
         adapters: Adapter | None | list[Adapter | None],
         fusion: bool | list[bool] | None = None,
         max_new_tokens: int | list[int] | None = None,
+        sampling: Sampling | list[Sampling] | None = None,
         workspace: AdapterBatcher | None = None,
     ) -> list[str]:
-        """Greedy outputs; input i runs with adapters[i] (None: the plain base), all in one batch.
-        One adapter (or None) applies to every input.
+        """Outputs (greedy by default); the texts `generate_stream` streams, collected."""
+        texts = [""] * len(inputs)
+        for updates in self.generate_stream(inputs, adapters, fusion, max_new_tokens, sampling, workspace):
+            for update in updates:
+                texts[update.row] += update.delta
+        return texts
 
-        `fusion` and `max_new_tokens` may be given per row, so requests with different settings
-        still share one forward pass; greedy decoding is prefix-stable, so cutting a row's
-        tokens at its own limit gives exactly what generating it alone would. `workspace` is a
-        caller-owned AdapterBatcher (a server reuses one across batches instead of allocating)."""
+    @torch.no_grad()
+    def generate_stream(
+        self,
+        inputs: list[str],
+        adapters: Adapter | None | list[Adapter | None],
+        fusion: bool | list[bool] | None = None,
+        max_new_tokens: int | list[int] | None = None,
+        sampling: Sampling | list[Sampling] | None = None,
+        workspace: AdapterBatcher | None = None,
+    ) -> Iterator[list[RowUpdate]]:
+        """Decode step by step; input i runs with adapters[i] (None: the plain base), all in one
+        batch. One adapter (or None), one fusion flag, one limit or one Sampling applies to every
+        input; a list gives one per row, so requests with different settings still share each
+        forward pass. Each step yields the rows with news (hypernet.decoding.decode).
+
+        Inputs are checked and encoded here, before the first step, so a bad input (InputTooLong)
+        raises at the call. `workspace` is a caller-owned AdapterBatcher (a server reuses one
+        across batches instead of allocating); it must not be reassembled until the stream ends."""
         n = len(inputs)
         rows = list(adapters) if isinstance(adapters, list) else [adapters] * n
-        if len(rows) != n:
-            raise ValueError(f"{n} inputs but {len(rows)} adapters")
         fusion = self.config.fusion if fusion is None else fusion
         fusions = [fusion] * n if isinstance(fusion, bool) else list(fusion)
         max_new_tokens = DEFAULT_MAX_NEW_TOKENS if max_new_tokens is None else max_new_tokens
         limits = [max_new_tokens] * n if isinstance(max_new_tokens, int) else list(max_new_tokens)
-        if len(fusions) != n or len(limits) != n:
-            raise ValueError("per-row fusion and max_new_tokens need one value per input")
+        sampling = GREEDY if sampling is None else sampling
+        samplings = [sampling] * n if isinstance(sampling, Sampling) else list(sampling)
+        if len(rows) != n:
+            raise ValueError(f"{n} inputs but {len(rows)} adapters")
+        if len(fusions) != n or len(limits) != n or len(samplings) != n:
+            raise ValueError("per-row fusion, max_new_tokens and sampling need one value per input")
         if min(limits, default=1) < 1:
             raise ValueError("max_new_tokens must be >= 1")
         batch = self.tokenize(self.format_inputs(inputs), self.config.max_input_tokens, "input")
         weights = [a.weights if a else None for a in rows]
         lora = None if not any(rows) else workspace.assemble(weights) if workspace else stack_adapters(weights)
         instruction = concat_instructions([a.instruction_encoding if a and f else None for a, f in zip(rows, fusions)])
-        tokens = self.generate_tokens(batch, lora, instruction, max(limits))
-        # Column 0 is the decoder start token; row i keeps its own first limits[i] new tokens.
-        return self.tokenizer.batch_decode([row[: 1 + limit] for row, limit in zip(tokens, limits)], skip_special_tokens=True)
+        with self.slots.attached(lora):
+            memory, memory_mask = self.encode_inputs(batch["input_ids"], batch["attention_mask"], instruction)
+        prompt_tokens = batch["attention_mask"].sum(dim=1).tolist()
+        return decode(
+            self.base, self.slots, self.tokenizer, memory.last_hidden_state, memory_mask, lora, prompt_tokens, limits, samplings
+        )
 
     def new_workspace(self) -> AdapterBatcher:
         """An AdapterBatcher matching this model's layout, dtype and device, for `generate(workspace=)`."""
@@ -265,7 +290,8 @@ class TagiModel(nn.Module):
         instruction: InstructionEncoding | None,
         max_new_tokens: int,
     ) -> torch.Tensor:
-        """Greedy token ids (b, 1 + new tokens), starting with the decoder start token."""
+        """Greedy token ids (b, 1 + new tokens), starting with the decoder start token, by
+        `transformers`' own `generate` (the reference `generate_stream` is tested against)."""
         with self.slots.attached(lora):
             memory, memory_mask = self.encode_inputs(batch["input_ids"], batch["attention_mask"], instruction)
             return self.base.generate(

@@ -1,0 +1,227 @@
+"""Step-wise decoding of a mixed batch: per-row adapters, sampling, stop strings, early finish.
+
+`transformers`' `generate` returns when the whole batch is done and samples every row from one
+random stream, so a server could neither stream text, nor give a row its own seed, nor answer
+a short request before its long batch-mates. This loop drives the T5 decoder itself, one token
+per step with the key/value cache, and reports after every step what each row added
+(`RowUpdate`). Greedy rows pick the argmax, exactly as `generate(do_sample=False)` does, so
+their tokens equal it; a row's choice reads only its own logits and its own random stream, so
+a request gets the same tokens whatever it is batched with.
+
+Finished rows leave the batch once they are half of it (cache, memory and adapter rows are
+index-selected): dropping a row at once would copy every surviving adapter row for each finished
+one, while halving bounds the copies to about twice the batch's adapters in all.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from transformers import PreTrainedTokenizerBase, T5ForConditionalGeneration
+from transformers.cache_utils import DynamicCache, EncoderDecoderCache
+from transformers.modeling_outputs import BaseModelOutput
+
+from hypernet.inject import LoraSlots
+from hypernet.targets import LoraWeights
+
+FinishReason = Literal["stop", "length"]
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How one row picks its tokens; the default is greedy."""
+
+    temperature: float = 0.0
+    """0: greedy (argmax, whatever top_p); > 0: sample from softmax(logits / temperature)."""
+    top_p: float = 1.0
+    """Nucleus sampling: draw from the smallest set of most likely tokens whose mass reaches top_p."""
+    seed: int | None = None
+    """Same seed + same settings + same input and adapter -> same tokens, whatever the batch mates.
+    None: a fresh random seed."""
+    stop: tuple[str, ...] = ()
+    """The text is cut before the first occurrence of any of these; the row then finishes ("stop")."""
+
+    def __post_init__(self) -> None:
+        if not self.temperature >= 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if any(not s for s in self.stop):
+            raise ValueError("stop strings must not be empty")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+
+GREEDY = Sampling()
+
+
+@dataclass(frozen=True)
+class RowUpdate:
+    """What one decode step added to one row."""
+
+    row: int
+    delta: str
+    """Text appended since the row's previous update (may be "")."""
+    finish_reason: FinishReason | None
+    """Set on the row's last update only: "stop" (EOS or a stop string) or "length" (max_new_tokens)."""
+    prompt_tokens: int
+    completion_tokens: int
+    """Tokens generated so far for this row, an EOS included once generated (as OpenAI counts);
+    the decoder start token is not generated and not counted."""
+
+
+class RowText:
+    """The text of one row as its tokens arrive, released only where it can no longer change.
+
+    The row's text is always `tokenizer.decode(tokens, skip_special_tokens=True)`, decoded whole
+    each step: decoding tokens one by one would lose SentencePiece's word-boundary spaces. What
+    is released is a prefix of every later text, so the deltas add up to the final text exactly:
+    a tail that could still become a stop string is held back, and so is the last word when the
+    tokenizer's clean-up may still remove the space before it (" ." -> ".")."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, stop: tuple[str, ...]) -> None:
+        self.tokenizer = tokenizer
+        self.stop = stop
+        self.tokens: list[int] = []
+        self.sent = ""
+        self.stopped = False
+        """A stop string was found; the text ends before it."""
+
+    def add(self, token: int) -> str:
+        """Append a token; return the newly releasable text (all of it up to a stop string once one appears)."""
+        self.tokens.append(token)
+        text = self.tokenizer.decode(self.tokens, skip_special_tokens=True)
+        cut = min((i for i in (text.find(s) for s in self.stop) if i >= 0), default=-1)
+        if cut >= 0:
+            self.stopped = True
+            return self._release(text[:cut])
+        end = len(text) - max((self._pending(text, s) for s in self.stop), default=0)
+        if self.tokenizer.clean_up_tokenization_spaces:
+            end = min(end, max(text.rfind(" ", len(self.sent)), len(self.sent)))
+        return self._release(text[:end])
+
+    def finish(self) -> str:
+        """The rest of the text, at the row's end."""
+        return "" if self.stopped else self._release(self.tokenizer.decode(self.tokens, skip_special_tokens=True))
+
+    def _release(self, text: str) -> str:
+        if len(text) <= len(self.sent):
+            return ""
+        delta = text[len(self.sent) :]
+        self.sent = text
+        return delta
+
+    @staticmethod
+    def _pending(text: str, stop: str) -> int:
+        """Length of the longest tail of `text` that is a proper start of `stop`."""
+        for n in range(min(len(stop) - 1, len(text)), 0, -1):
+            if text.endswith(stop[:n]):
+                return n
+        return 0
+
+
+def pick_tokens(logits: torch.Tensor, samplings: list[Sampling], generators: list[torch.Generator | None]) -> torch.Tensor:
+    """Next token per row: argmax for greedy rows; otherwise one uniform draw from the row's own
+    generator, located in the row's cumulative nucleus distribution (inverse CDF), so a row's
+    choice depends only on its logits and its own stream. logits: (b, vocab) float32."""
+    tokens = logits.argmax(dim=-1)
+    for i, (sampling, generator) in enumerate(zip(samplings, generators)):
+        if sampling.greedy:
+            continue
+        probs = torch.softmax(logits[i] / sampling.temperature, dim=-1)
+        sorted_probs, order = probs.sort(descending=True, stable=True)
+        mass_before = sorted_probs.cumsum(0) - sorted_probs
+        kept = sorted_probs[mass_before < sampling.top_p]  # a prefix; never empty (the first has mass_before 0)
+        cumulative = kept.cumsum(0)
+        u = torch.rand((), generator=generator, device=logits.device, dtype=cumulative.dtype)
+        k = torch.searchsorted(cumulative, (u * cumulative[-1]).reshape(1), right=True).clamp(max=len(kept) - 1)
+        tokens[i] = order[k[0]]
+    return tokens
+
+
+@torch.no_grad()  # on a generator function, torch sets the mode around each step only, not while the caller runs
+def decode(
+    base: T5ForConditionalGeneration,
+    slots: LoraSlots,
+    tokenizer: PreTrainedTokenizerBase,
+    memory: torch.Tensor,
+    memory_mask: torch.Tensor,
+    lora: LoraWeights | None,
+    prompt_tokens: list[int],
+    limits: list[int],
+    samplings: list[Sampling],
+) -> Iterator[list[RowUpdate]]:
+    """The decode loop: one list of updates per step, rows with news only; every row gets
+    exactly one update with finish_reason set, at the step it finishes.
+
+    memory (b, s, d) and memory_mask (b, s): what the decoder attends to (encoder output, fused).
+    Row i runs with adapter row i of `lora`, attached around each forward only, so the shared
+    model holds no adapter while the caller has control between steps. A `lora` that views an
+    AdapterBatcher's workspace must not be reassembled before the stream ends."""
+    config = base.generation_config
+    eos = config.eos_token_id
+    eos_ids = torch.tensor(eos if isinstance(eos, list) else [eos], device=memory.device)
+    pad = config.pad_token_id if config.pad_token_id is not None else config.decoder_start_token_id
+    n = len(limits)
+    weight = slots.layers[0].weight
+    if lora is not None:
+        lora = lora.to(device=weight.device, dtype=weight.dtype)  # once, not at every attach
+    generators = [_generator(s, memory.device) for s in samplings]
+    texts = [RowText(tokenizer, s.stop) for s in samplings]
+    counts = [0] * n
+    done = [False] * n
+    rows = list(range(n))  # the original row at each batch position
+    cache = EncoderDecoderCache(DynamicCache(config=base.config), DynamicCache(config=base.config))
+    step_input = torch.full((n, 1), config.decoder_start_token_id, dtype=torch.long, device=memory.device)
+    while True:
+        with slots.attached(lora):
+            out = base(
+                encoder_outputs=BaseModelOutput(last_hidden_state=memory),
+                attention_mask=memory_mask,
+                decoder_input_ids=step_input,
+                cache=cache,
+                use_cache=True,
+            )
+        logits = out.logits[:, -1, :].float()  # (b, vocab)
+        tokens = pick_tokens(logits, [samplings[r] for r in rows], [generators[r] for r in rows])
+        is_eos = torch.isin(tokens, eos_ids).tolist()
+        updates = []
+        for position, (row, token) in enumerate(zip(rows, tokens.tolist())):
+            if done[row]:
+                continue
+            counts[row] += 1
+            delta = texts[row].add(token)
+            finish: FinishReason | None = None
+            if is_eos[position] or texts[row].stopped:
+                finish = "stop"
+            elif counts[row] == limits[row]:
+                finish = "length"
+            if finish is not None:
+                done[row] = True
+                delta += texts[row].finish()
+            if delta or finish is not None:
+                updates.append(RowUpdate(row, delta, finish, prompt_tokens[row], counts[row]))
+        yield updates
+        finished = [done[r] for r in rows]
+        if all(finished):
+            return
+        step_input = torch.where(torch.tensor(finished, device=tokens.device), pad, tokens)[:, None]
+        if 2 * sum(finished) >= len(rows):
+            keep = torch.tensor([p for p, f in enumerate(finished) if not f], device=memory.device)
+            cache.batch_select_indices(keep)
+            memory, memory_mask, step_input = memory[keep], memory_mask[keep], step_input[keep]
+            lora = lora.select(keep) if lora is not None else None
+            rows = [rows[p] for p in keep.tolist()]
+
+
+def _generator(sampling: Sampling, device: torch.device) -> torch.Generator | None:
+    if sampling.greedy:
+        return None
+    seed = sampling.seed if sampling.seed is not None else secrets.randbits(63)
+    return torch.Generator(device=device).manual_seed(seed)
