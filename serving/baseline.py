@@ -3,19 +3,23 @@
 This is how adapters are served without mixed batches: one PEFT model holds every adapter it
 has seen, and each request runs alone after `set_adapter` selects its adapter. It plugs into
 the same worker, queue, registry and HTTP routes as the real engine, so a benchmark compares
-only the engines. PEFT has no instruction fusion, so neither does this engine.
+only the engines. PEFT has no instruction fusion, so neither does this engine, and it decodes
+greedily with `transformers`' generate (one random stream per batch could not give each row
+its own seed). It streams a whole request at a time: each request is generated alone, so its
+result goes out as soon as it is done, but its text arrives in one piece.
 """
 
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import torch
 from peft import PeftModel
 from transformers import T5ForConditionalGeneration
 
+from hypernet.decoding import RowUpdate
 from hypernet.io import export_peft
 from hypernet.model import Adapter, TagiModel
 from serving.service import RowGroup
@@ -23,6 +27,7 @@ from serving.service import RowGroup
 
 class SwapPerRequestEngine:
     supports_fusion = False
+    supports_sampling = False
     default_fusion = False
 
     def __init__(self, model: TagiModel, checkpoint: Path) -> None:
@@ -30,11 +35,15 @@ class SwapPerRequestEngine:
         self.base = T5ForConditionalGeneration.from_pretrained(Path(checkpoint) / "base", use_safetensors=True).eval()
         self.peft: PeftModel | None = None
 
-    def generate(self, groups: Sequence[RowGroup]) -> list[list[str]]:
-        return [self._generate_one(group) for group in groups]
+    def stream(self, groups: Sequence[RowGroup]) -> Iterator[list[RowUpdate]]:
+        """One step per request, with each of its rows' whole text (rows numbered across groups)."""
+        start = 0
+        for group in groups:
+            yield self._generate_one(group, start)
+            start += len(group.inputs)
 
     @torch.no_grad()
-    def _generate_one(self, group: RowGroup) -> list[str]:
+    def _generate_one(self, group: RowGroup, first_row: int) -> list[RowUpdate]:
         tokenizer = self.model.tokenizer
         # The model's own tokenization, so the same input token limit applies (InputTooLong).
         batch = self.model.tokenize(self.model.format_inputs(group.inputs), self.model.config.max_input_tokens, "input")
@@ -45,7 +54,15 @@ class SwapPerRequestEngine:
             peft = self._load(group.adapter)
             peft.set_adapter(group.adapter.adapter_id)  # the swap this baseline measures
             tokens = peft.generate(**batch, **kwargs)
-        return tokenizer.batch_decode(tokens, skip_special_tokens=True)
+        texts = tokenizer.batch_decode(tokens, skip_special_tokens=True)
+        prompts = batch["attention_mask"].sum(dim=1).tolist()
+        updates = []
+        for i, (row, text, prompt) in enumerate(zip(tokens[:, 1:].tolist(), texts, prompts, strict=True)):
+            # Counted as hypernet.decoding counts: new tokens up to and including the EOS.
+            ended = tokenizer.eos_token_id in row
+            count = row.index(tokenizer.eos_token_id) + 1 if ended else len(row)
+            updates.append(RowUpdate(first_row + i, text, "stop" if ended else "length", prompt, count))
+        return updates
 
     def _generate_plain(self, batch: dict, kwargs: dict) -> torch.Tensor:
         with self.peft.disable_adapter():

@@ -28,14 +28,15 @@ def gen(**kwargs) -> GenerateRequest:
 
 
 def count_generate_calls(model, monkeypatch) -> list[int]:
+    """Rows of each decode the service starts (TagiModel.generate_stream calls)."""
     calls: list[int] = []
-    original = model.generate
+    original = model.generate_stream
 
     def spy(inputs, *args, **kwargs):
         calls.append(len(inputs))
         return original(inputs, *args, **kwargs)
 
-    monkeypatch.setattr(model, "generate", spy)
+    monkeypatch.setattr(model, "generate_stream", spy)
     return calls
 
 
@@ -75,26 +76,53 @@ def test_a_bad_job_fails_alone(service, model, monkeypatch):
     assert results[0] == service.run([gen(instruction=INSTRUCTIONS[0])])[0]
 
 
-def test_a_batch_failure_falls_back_per_request_and_a_bug_is_a_500(service, model, monkeypatch):
-    """Something other than the user's mistake fails the batched forward pass (here: the base
-    model's generate raises whenever the request that asks for 13 tokens is in it): each request
-    is retried alone, the one that fails alone gets a 500, the others their normal outputs."""
+def test_a_batch_failure_falls_back_per_request_and_a_bug_is_a_500(service, model, monkeypatch, caplog):
+    """Something other than the user's mistake fails the batched decode (here: it raises whenever
+    the request that asks for 13 tokens is in it): each request is retried alone, the one that
+    fails alone gets a 500 whose body names an error id but no exception text (the id is in the
+    log, with the traceback), the others their normal outputs."""
     jobs = [gen(instruction=INSTRUCTIONS[0], max_new_tokens=13), gen(instruction=INSTRUCTIONS[1]), gen()]
     expected = [service.run([job])[0] for job in jobs[1:]]
-    original, sizes = model.base.generate, []
+    original, sizes = model.generate_stream, []
 
-    def failing(*args, **kwargs):
-        sizes.append(kwargs["encoder_outputs"].last_hidden_state.shape[0])
-        if kwargs["max_new_tokens"] == 13:
+    def failing(inputs, *args, **kwargs):
+        sizes.append(len(inputs))
+        if 13 in kwargs["max_new_tokens"]:
             raise RuntimeError("simulated kernel failure")
-        return original(*args, **kwargs)
+        return original(inputs, *args, **kwargs)
 
-    monkeypatch.setattr(model.base, "generate", failing)
+    monkeypatch.setattr(model, "generate_stream", failing)
     results = service.run(jobs)
     assert [r.status for r in results] == [500, 200, 200]
-    assert results[0].body["error"]["message"] == "internal error: RuntimeError: simulated kernel failure"
+    message = results[0].body["error"]["message"]
+    assert message.startswith("internal error (error id ") and "simulated" not in message and "RuntimeError" not in message
+    error_id = message.split("error id ")[1].split(",")[0]
+    assert any(error_id in r.getMessage() and r.exc_info for r in caplog.records), "the id is logged with the traceback"
     assert results[1:] == expected
     assert sizes == [6, 2, 2, 2], "one batched call, then each request alone"
+
+
+def test_text_that_is_not_unicode_fails_only_its_own_job(service, model, monkeypatch):
+    """A lone UTF-16 surrogate (valid JSON, not encodable text) in an instruction, an adapter id,
+    an input or a stop string: the HTTP edge refuses it, but the worker must not depend on that.
+    Built with model_construct, as no validation would let it through."""
+    surrogate = "Sort \ud800 it"
+    good = [gen(instruction=INSTRUCTIONS[0]), AdapterCreateRequest(instruction=INSTRUCTIONS[1]), gen()]
+    expected = [service.run([job])[0] for job in good]
+    bad = [
+        GenerateRequest.model_construct(instruction=surrogate, inputs=INPUTS, max_new_tokens=8),
+        GenerateRequest.model_construct(adapter_id=surrogate, inputs=INPUTS, max_new_tokens=8),
+        GenerateRequest.model_construct(instruction=INSTRUCTIONS[0], inputs=[INPUTS[0], surrogate], max_new_tokens=8),
+        GenerateRequest.model_construct(instruction=INSTRUCTIONS[0], inputs=INPUTS, max_new_tokens=8, stop=[surrogate]),
+        AdapterCreateRequest.model_construct(instruction=None, instructions=[INSTRUCTIONS[2], surrogate]),
+    ]
+    calls = count_generate_calls(model, monkeypatch)
+    results = service.run([good[0], *bad[:3], good[1], *bad[3:], good[2]])
+    assert [r.status for r in results] == [200, 422, 422, 422, 200, 422, 422, 200]
+    assert [results[0], results[7]] == [expected[0], expected[2]]
+    assert results[4].body["adapter_id"] == expected[1].body["adapter_id"] and results[4].body["cached"]
+    assert all("not valid Unicode" in r.body["error"]["message"] for r in results if r.status == 422)
+    assert calls == [2 + 2], "the good generate jobs still share one decode"
 
 
 def test_created_adapters_are_registered_and_cached(service):
