@@ -13,9 +13,10 @@ import hmac
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from serving.errors import error_response
+from serving.playground import PUBLIC_PATHS
 
-OPEN_PATHS = frozenset({"/health"})
-"""Load balancers probe /health without credentials."""
+OPEN_PATHS = frozenset({"/health", *PUBLIC_PATHS})
+"""Load balancers probe /health without credentials; the playground page holds no data and asks for the key."""
 
 
 def presented_key(headers: dict[bytes, bytes]) -> str | None:

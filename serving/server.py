@@ -23,6 +23,7 @@ from serving.checkpoint import read_checkpoint
 from serving.errors import install_error_handlers
 from serving.lifecycle import exit_when_orphaned, sigterm_as_interrupt, stop_manager, stop_workers
 from serving.metrics import RequestMetricsMiddleware, wipe_earlier_runs
+from serving.playground import add_playground
 from serving.registry import Registry
 from serving.routes import JobQueue, add_routes
 from serving.schemas import MAX_INPUTS, MAX_NEW_TOKENS
@@ -78,6 +79,7 @@ def build_server(settings: ServerSettings) -> ls.LitServer:
     _exit_http_servers_when_orphaned(server)
     install_error_handlers(server.app)
     add_routes(server.app, JobQueue(server, api, settings.timeout), registry, state_dir)
+    add_playground(server.app)
     return server
 
 

@@ -9,6 +9,7 @@ import httpx2
 import openai
 import pytest
 
+from serving.playground import PUBLIC_PATHS
 from serving.schemas import BASE_MODEL_ID
 
 KEY = "s3cret-test-key"
@@ -27,7 +28,6 @@ PROTECTED = [
     ("POST", "/v1/chat/completions"),
     ("GET", "/docs"),
     ("GET", "/openapi.json"),
-    ("GET", "/"),
 ]
 
 
@@ -48,9 +48,12 @@ def keyed_server(tmp_path_factory, serve_checkpoint, state_dir, server_factory):
         proc.kill()
 
 
-def test_every_endpoint_but_health_needs_the_key(keyed_server):
+def test_every_endpoint_but_health_and_the_playground_page_needs_the_key(keyed_server):
     with httpx2.Client(base_url=keyed_server.url, timeout=60) as anonymous:
         assert anonymous.get("/health").status_code == 200
+        # The playground's files hold no data; the page asks for the key and sends it with every call.
+        for path in PUBLIC_PATHS:
+            assert anonymous.get(path).status_code == 200, path
         for method, path in PROTECTED:
             response = anonymous.request(method, path, json={})
             assert response.status_code == 401, (method, path)
