@@ -6,7 +6,9 @@ a short request before its long batch-mates. This loop drives the T5 decoder its
 per step with the key/value cache, and reports after every step what each row added
 (`RowUpdate`). Greedy rows pick the argmax, exactly as `generate(do_sample=False)` does, so
 their tokens equal it; a row's choice reads only its own logits and its own random stream, so
-a request gets the same tokens whatever it is batched with.
+a request gets the same tokens whatever it is batched with. No logits processors of the
+checkpoint's generation_config are applied (T5 checkpoints set none; only its start, EOS and pad ids
+are read).
 
 Finished rows leave the batch once they are half of it (cache, memory and adapter rows are
 index-selected): dropping a row at once would copy every surviving adapter row for each finished
@@ -71,6 +73,8 @@ class RowUpdate:
     finish_reason: FinishReason | None
     """Set on the row's last update only: "stop" (EOS or a stop string) or "length" (max_new_tokens)."""
     prompt_tokens: int
+    """The row's input tokens as the encoder reads them (template applied, EOS included); the
+    instruction is not counted: it reaches the model as its adapter and fused states."""
     completion_tokens: int
     """Tokens generated so far for this row, an EOS included once generated (as OpenAI counts);
     the decoder start token is not generated and not counted."""
