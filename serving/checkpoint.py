@@ -22,10 +22,10 @@ class CheckpointInfo:
     fingerprint: str
 
     def describe(self) -> dict:
-        """The checkpoint part of /info."""
+        """The checkpoint part of /info: named, never located (no server paths leave the server)."""
         generator = self.config.generator
         return {
-            "checkpoint": str(self.path),
+            "checkpoint": self.path.name,
             "fingerprint": self.fingerprint,
             "rank": generator.rank,
             "alpha": generator.alpha,

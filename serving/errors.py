@@ -10,9 +10,33 @@ from __future__ import annotations
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 _TYPES = {401: "authentication_error", 404: "not_found_error", 413: "request_too_large", 504: "timeout"}
+MAX_ECHO_CHARS = 64
+"""The most of a client's own text (an id, a field name) an error message repeats."""
+MAX_MESSAGE_CHARS = 2048
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    code: int
+
+
+class ErrorResponse(BaseModel):
+    """The body of every 4xx and 5xx (documented on every route of the OpenAPI document)."""
+
+    error: ErrorDetail
+
+
+def echo(text: str) -> str:
+    """A client's text as an error message quotes it: repr-quoted, at most MAX_ECHO_CHARS of it,
+    lone surrogates escaped, so a 1 MB id cannot make a 1 MB error and no text can break the JSON."""
+    clipped = text if len(text) <= MAX_ECHO_CHARS else f"{text[:MAX_ECHO_CHARS]}..."
+    return repr(clipped).encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 class ServingError(Exception):
@@ -30,12 +54,18 @@ class UnknownAdapter(ServingError):
     status = 404
 
     def __init__(self, adapter_id: str) -> None:
-        super().__init__(f"unknown adapter id {adapter_id!r} (never created, deleted, or made with another checkpoint)")
+        super().__init__(
+            f"unknown adapter id {echo(adapter_id)} (never created, deleted, evicted as least recently used, "
+            "or made with another checkpoint)"
+        )
 
 
 def error_body(status: int, message: str) -> dict:
+    """Bounded and always encodable, whatever text a message was built from."""
+    if len(message) > MAX_MESSAGE_CHARS:
+        message = f"{message[:MAX_MESSAGE_CHARS]}..."
     kind = _TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
-    return {"error": {"message": message, "type": kind, "code": status}}
+    return {"error": {"message": message.encode("utf-8", "backslashreplace").decode("utf-8"), "type": kind, "code": status}}
 
 
 def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -49,16 +79,23 @@ def describe_validation_error(err: RequestValidationError) -> tuple[int, str]:
         if item.get("type") == "json_invalid":
             return 400, f"invalid JSON body: {item.get('ctx', {}).get('error', item.get('msg'))}"
         where = ".".join(str(part) for part in item.get("loc", ()) if part != "body") or "body"
+        if len(where) > MAX_ECHO_CHARS:  # a client's own (unknown) field name
+            where = echo(where)
         message = str(item.get("msg", "invalid")).removeprefix("Value error, ")
         if where == "body" and item.get("type") in ("model_attributes_type", "dict_type"):
             message = "expected a JSON object (send it with Content-Type: application/json)"
+        if item.get("type") == "string_unicode":  # pydantic's own check (a constrained str), same meaning
+            message = "must be valid Unicode, not a lone surrogate"
         problems.append(f"{where}: {message}")
     return 422, "; ".join(problems) or "invalid request"
 
 
 def install_error_handlers(app: FastAPI) -> None:
     async def on_http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return error_response(exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None))
+        headers = getattr(exc, "headers", None)
+        if exc.status_code == 405:  # Starlette names the methods of the first route of the path only
+            headers = {**(headers or {}), "Allow": ", ".join(_allowed_methods(request))}
+        return error_response(exc.status_code, str(exc.detail), headers=headers)
 
     async def on_validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         return error_response(*describe_validation_error(exc))
@@ -69,3 +106,13 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, on_http_error)
     app.add_exception_handler(RequestValidationError, on_validation_error)
     app.add_exception_handler(ServingError, on_serving_error)
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method some route of this path answers (FastAPI makes one route per method)."""
+    methods = set()
+    for route in request.app.router.routes:
+        match, _ = route.matches(request.scope)
+        if match != Match.NONE:
+            methods |= getattr(route, "methods", None) or set()
+    return sorted(methods)

@@ -28,7 +28,7 @@ def test_add_get_list_delete(tmp_path):
     registry.add([info("id2", 2.0), info("id1", 1.0)])
     registry.add([info("id1", 9.0, "changed")])  # already there: keeps the first record
     assert registry.get("id1") == info("id1", 1.0)
-    assert [r.adapter_id for r in registry.list()] == ["id1", "id2"], "oldest first"
+    assert [r.adapter_id for r in registry.list()] == ["id1", "id2"], "by id"
     assert set(registry.get_many(["id1", "id2", "nope"])) == {"id1", "id2"}
     assert registry.delete("id1") and not registry.delete("id1")
     assert registry.get("id1") is None
@@ -39,6 +39,56 @@ def test_rows_of_another_checkpoint_are_invisible(tmp_path):
     other = Registry(tmp_path, "ckpt-b")
     assert other.get("id1") is None and other.list() == [] and not other.delete("id1")
     assert Registry(tmp_path, "ckpt-a").get("id1") is not None
+
+
+def test_list_pages_by_id(tmp_path):
+    registry = Registry(tmp_path, "ckpt")
+    registry.add([info(f"id{i}", created_at=10.0 - i) for i in (3, 1, 2)])  # created in another order than ids
+    assert [r.adapter_id for r in registry.list()] == ["id1", "id2", "id3"]
+    assert [r.adapter_id for r in registry.list(limit=2)] == ["id1", "id2"]
+    assert [r.adapter_id for r in registry.list(limit=2, after="id1")] == ["id2", "id3"]
+    assert [r.adapter_id for r in registry.list(after="id15")] == ["id2", "id3"], "a cursor need not exist"
+    assert registry.list(after="id3") == []
+
+
+def test_the_least_recently_used_rows_beyond_the_bound_go(tmp_path):
+    registry = Registry(tmp_path, "ckpt", max_adapters=3)
+    for name in ("a", "b", "c"):
+        registry.add([info(name)])
+    assert registry.get_many(["a"]).keys() == {"a"}  # a use: "b" is now the least recently used
+    registry.add([info("d")])
+    assert sorted(r.adapter_id for r in registry.list()) == ["a", "c", "d"]
+    registry.add([info("a", instruction="again")])  # an existing id: no new row, nothing evicted
+    assert sorted(r.adapter_id for r in registry.list()) == ["a", "c", "d"]
+    assert registry.get("a").instruction == "Reverse the list.", "first creation wins"
+    registry.add([info("b")])  # back, as the newest; "c" was used least recently
+    assert sorted(r.adapter_id for r in registry.list()) == ["a", "b", "d"]
+    Registry(tmp_path, "other", max_adapters=1).add([info("x"), info("y")])
+    assert len(Registry(tmp_path, "ckpt").list()) == 3, "each checkpoint's rows are bounded on their own"
+
+
+def test_a_registry_file_of_an_unbounded_server_is_migrated(tmp_path):
+    """Files written before last_used existed keep their rows (used as of creation), and the
+    archives that server stored per download go."""
+    import sqlite3
+
+    with sqlite3.connect(tmp_path / "registry.sqlite3") as db:
+        db.execute(
+            "CREATE TABLE adapters (adapter_id TEXT PRIMARY KEY, checkpoint TEXT NOT NULL, instruction TEXT NOT NULL, "
+            "rank INTEGER NOT NULL, target_modules TEXT NOT NULL, num_parameters INTEGER NOT NULL, created_at REAL NOT NULL)"
+        )
+        db.execute("CREATE INDEX adapters_by_checkpoint ON adapters (checkpoint, created_at)")
+        for name, created in (("old", 1.0), ("older", 0.5)):
+            db.execute("INSERT INTO adapters VALUES (?, 'ckpt', 'Reverse the list.', 8, '[\"q\", \"v\"]', 1024, ?)", (name, created))
+    (tmp_path / "exports").mkdir()
+    (tmp_path / "exports" / "old.tar.gz").write_bytes(b"x" * 1000)
+
+    registry = Registry(tmp_path, "ckpt", max_adapters=2)
+    assert registry.get_many(["old", "older"]) == {"old": info("old", 1.0), "older": info("older", 0.5)}
+    assert not (tmp_path / "exports").exists()
+    registry.get("older")  # used last: "old" goes first
+    registry.add([info("new")])
+    assert sorted(r.adapter_id for r in Registry(tmp_path, "ckpt").list()) == ["new", "older"]
 
 
 def _add_many(state_dir: str, start: int) -> None:
