@@ -33,6 +33,8 @@ class ServerSettings:
     adapter_cache_mb: float = 256.0
     engine: EngineName = "mixed"
     torch_threads: int | None = None
+    max_adapters: int = 10_000
+    """Registry rows kept; the least recently used beyond it are forgotten (404 until posted again)."""
     """None: the cores left after one for the HTTP side, shared by the workers (at least 1)."""
     timeout: float = 60.0
     """Seconds a request may wait for its answer (queue and inference) before it is answered 504."""
@@ -50,6 +52,7 @@ class ServerSettings:
         for name, ok in checks.items():
             if not ok:
                 raise UserError(f"invalid {name.replace('_', '-')}: {getattr(self, name)!r}")
+            "max_adapters": self.max_adapters >= 1,
         if self.host not in HOSTS:
             raise UserError(f"host must be one of {', '.join(HOSTS)} (LitServe's choices), got {self.host!r}")
 
