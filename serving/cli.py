@@ -26,6 +26,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
         max_batch_size=args.max_batch_size,
         batch_timeout=args.batch_timeout,
         adapter_cache_mb=args.adapter_cache_mb,
+        max_adapters=args.max_adapters,
         engine=args.engine,
         torch_threads=args.torch_threads,
         api_key=os.environ.get(API_KEY_ENV) or None,
@@ -110,6 +111,14 @@ authentication:
     p.add_argument(
         "--engine",
         choices=list(get_args(EngineName)),
+    p.add_argument(
+        "--max-adapters",
+        type=int,
+        default=d["max_adapters"],
+        metavar="N",
+        help="adapter ids the registry keeps; beyond N the least recently used are forgotten and answer 404 "
+        f"until their instruction is posted again (default {d['max_adapters']})",
+    )
         default=d["engine"],
         help=f"mixed: per-example adapters in one batch (default {d['engine']}); peft-swap: a benchmark "
         "baseline that runs each request alone on a PEFT model after set_adapter (no fusion)",
