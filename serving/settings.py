@@ -31,10 +31,10 @@ class ServerSettings:
     max_batch_size: int = 8
     batch_timeout: float = 0.01
     adapter_cache_mb: float = 256.0
-    engine: EngineName = "mixed"
-    torch_threads: int | None = None
     max_adapters: int = 10_000
     """Registry rows kept; the least recently used beyond it are forgotten (404 until posted again)."""
+    engine: EngineName = "mixed"
+    torch_threads: int | None = None
     """None: the cores left after one for the HTTP side, shared by the workers (at least 1)."""
     timeout: float = 60.0
     """Seconds a request may wait for its answer (queue and inference) before it is answered 504."""
@@ -46,13 +46,13 @@ class ServerSettings:
             "max_batch_size": self.max_batch_size >= 1,
             "batch_timeout": 0 <= self.batch_timeout < self.timeout,
             "adapter_cache_mb": self.adapter_cache_mb >= 0,
+            "max_adapters": self.max_adapters >= 1,
             "port": 1024 <= self.port <= 65535,
             "torch_threads": self.torch_threads is None or self.torch_threads >= 1,
         }
         for name, ok in checks.items():
             if not ok:
                 raise UserError(f"invalid {name.replace('_', '-')}: {getattr(self, name)!r}")
-            "max_adapters": self.max_adapters >= 1,
         if self.host not in HOSTS:
             raise UserError(f"host must be one of {', '.join(HOSTS)} (LitServe's choices), got {self.host!r}")
 
