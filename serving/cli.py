@@ -95,6 +95,14 @@ authentication:
         help=f"per-worker memory for generated adapters, least recently used evicted (default {d['adapter_cache_mb']:g})",
     )
     p.add_argument(
+        "--max-adapters",
+        type=int,
+        default=d["max_adapters"],
+        metavar="N",
+        help="adapter ids the registry keeps; beyond N the least recently used are forgotten and answer 404 "
+        f"until their instruction is posted again (default {d['max_adapters']})",
+    )
+    p.add_argument(
         "--state-dir",
         default=str(d["state_dir"]),
         metavar="DIR",
@@ -111,14 +119,6 @@ authentication:
     p.add_argument(
         "--engine",
         choices=list(get_args(EngineName)),
-    p.add_argument(
-        "--max-adapters",
-        type=int,
-        default=d["max_adapters"],
-        metavar="N",
-        help="adapter ids the registry keeps; beyond N the least recently used are forgotten and answer 404 "
-        f"until their instruction is posted again (default {d['max_adapters']})",
-    )
         default=d["engine"],
         help=f"mixed: per-example adapters in one batch (default {d['engine']}); peft-swap: a benchmark "
         "baseline that runs each request alone on a PEFT model after set_adapter (no fusion)",
