@@ -233,7 +233,7 @@ BAD_REQUESTS = [
     ("POST", "/v1/generate", {"instruction": "a", "inputs": ["x"], "max_new_tokens": MAX_NEW_TOKENS + 1}, 422),
     ("POST", "/v1/generate", {"instruction": "a", "inputs": ["x"], "max_new_tokens": "5"}, 422),
     ("POST", "/v1/generate", {"instruction": "a", "inputs": ["x"], "fusion": "yes"}, 422),
-    ("POST", "/v1/generate", {"instruction": "a", "inputs": ["x"], "temperature": 1}, 422),
+    ("POST", "/v1/generate", {"instruction": "a", "inputs": ["x"], "temperature": 3}, 422),
     ("POST", "/v1/generate", {"instruction": LONG, "inputs": ["x"]}, 413),
     ("POST", "/v1/generate", {"instruction": "a", "inputs": ["x", LONG]}, 413),
     ("POST", "/v1/generate", {"adapter_id": "0" * 32, "inputs": ["x"]}, 404),
@@ -270,7 +270,7 @@ BAD_REQUESTS = [
         },
         422,
     ),
-    ("POST", "/v1/chat/completions", {"model": BASE_MODEL_ID, "n": 2, "messages": [{"role": "user", "content": "a"}]}, 422),
+    ("POST", "/v1/chat/completions", {"model": BASE_MODEL_ID, "n": 9, "messages": [{"role": "user", "content": "a"}]}, 422),
     (
         "POST",
         "/v1/chat/completions",
