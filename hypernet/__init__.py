@@ -6,6 +6,8 @@ The public API:
     model = hypernet.load("checkpoints/tiny")            # device=, dtype= optional; None: the shipped one
     adapter = model.adapter("Sort the numbers from smallest to largest.")
     model.generate(["3, 88, 12, 40"], adapter)               # a list of adapters for a mixed batch
+    model.generate(inputs, adapter, sampling=hypernet.Sampling(temperature=0.7, seed=1, stop=("\n",)))
+    for updates in model.generate_stream(inputs, adapter): ...  # per decode step: RowUpdate (delta, finish_reason, usage)
     adapter.save_peft("out/")                            # a standard PEFT LoRA directory
 
 Where things are:
@@ -18,6 +20,7 @@ Where things are:
     generator.py  AdapterGenerator, the hypernetwork
     fusion.py     instruction fusion (fusion-in-decoder), masked pooling
     model.py      TagiModel: instruction -> adapter -> outputs; Adapter
+    decoding.py   the step-wise decode loop: Sampling, RowUpdate, stop strings, early finish
     files.py      checkpoint file names, config reading, fingerprints, atomic writes (no torch)
     io.py         loading and saving checkpoints; the PEFT format (exports, teachers)
     export.py     batch export of many instructions (manifest, resume), merged models
@@ -33,9 +36,9 @@ from typing import Any
 
 from hypernet.errors import UserError
 
-__all__ = ["Adapter", "TagiModel", "UserError", "load"]
+__all__ = ["Adapter", "Sampling", "TagiModel", "UserError", "load"]
 
-_LAZY = {"load": "hypernet.io", "Adapter": "hypernet.model", "TagiModel": "hypernet.model"}
+_LAZY = {"load": "hypernet.io", "Adapter": "hypernet.model", "Sampling": "hypernet.decoding", "TagiModel": "hypernet.model"}
 
 
 def __getattr__(name: str) -> Any:
