@@ -2,8 +2,10 @@
 
 LitServe spawns one process per worker, each with its own model, all reading ONE queue and
 batching whatever is in it (up to max_batch_size requests within batch_timeout). The public
-routes (serving/routes.py) put validated jobs on that queue; this class hands each batch to
-the service and returns one result per job.
+routes (serving/routes.py, through serving/pipeline.py) put validated jobs on that queue; this
+class hands each batch to the service and streams back, per decode step, what each job gained
+(serving/jobs.py): a streaming API, so tokens reach a client as they are decoded and a job that
+is done is answered at once instead of when the longest job of its batch ends.
 """
 
 from __future__ import annotations
@@ -11,12 +13,17 @@ from __future__ import annotations
 import logging
 import os
 import signal
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import litserve as ls
+from litserve.loops import BatchedStreamingLoop
+from litserve.transport.base import MessageTransport
+from litserve.utils import LitAPIStatus, LoopResponseType
 
-from serving.jobs import Job, JobResult
+from serving.jobs import Job, JobEvent, JobResult
 from serving.lifecycle import exit_when_orphaned
 from serving.settings import EngineName
 
@@ -36,9 +43,42 @@ class WorkerSettings:
     torch_threads: int
 
 
+Step = list[JobEvent | JobResult | None]
+"""What a worker sends per decode step: one item per job of its batch, in order (serving/jobs.py)."""
+
+
+class JobStreamLoop(BatchedStreamingLoop):
+    """LitServe's batched streaming loop, for every batch size (batching off is a batch of one, so
+    predict always sees a list), that sends nothing for a job with nothing new.
+
+    LitServe internal: `put_response` is the loop's one send to the HTTP side (its signature and
+    the loop calling it per job and step are checked by tests/serving/test_litserve_internals.py).
+    Without this, every step of a long job would cost one queue message per batch-mate that is
+    done or silent; the HTTP side never has to see or filter a None."""
+
+    def put_response(
+        self,
+        transport: MessageTransport,
+        response_queue_id: int,
+        uid: str,
+        response_data: Any,
+        status: str,
+        response_type: LoopResponseType,
+    ) -> None:
+        if status == LitAPIStatus.OK and response_data is None:
+            return
+        super().put_response(transport, response_queue_id, uid, response_data, status, response_type)
+
+
 class TagiAPI(ls.LitAPI):
     def __init__(self, settings: WorkerSettings, max_batch_size: int, batch_timeout: float) -> None:
-        super().__init__(max_batch_size=max_batch_size, batch_timeout=batch_timeout, api_path=JOBS_PATH)
+        super().__init__(
+            max_batch_size=max_batch_size,
+            batch_timeout=batch_timeout,
+            api_path=JOBS_PATH,
+            stream=True,
+            loop=JobStreamLoop(),
+        )
         self.settings = settings
         self.service = None
 
@@ -88,12 +128,10 @@ class TagiAPI(ls.LitAPI):
         """The route already validated the job and LitServe's queue carried it as an object."""
         return request
 
-    def predict(self, jobs: list[Job] | Job) -> list[JobResult] | JobResult:
+    def predict(self, jobs: list[Job]) -> Iterator[Step]:
         """LitServe's default batch and unbatch pass our lists through as they are."""
-        if self.max_batch_size == 1:  # LitServe passes a single request when batching is off
-            return self.service.run([jobs])[0]
-        return self.service.run(jobs)
+        yield from self.service.stream(jobs)
 
-    def encode_response(self, result: JobResult) -> JobResult:
-        """Sent back as the object; the route turns it into the HTTP response."""
-        return result
+    def encode_response(self, steps: Iterator[Step]) -> Iterator[Step]:
+        """Sent back as the objects; serving/pipeline.py turns them into HTTP responses."""
+        yield from steps

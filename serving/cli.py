@@ -11,7 +11,7 @@ from typing import get_args
 
 from hypernet.cli_common import add_checkpoint_argument, resolve_checkpoint
 from hypernet.errors import UserError
-from serving.settings import API_KEY_ENV, HOSTS, EngineName, ServerSettings
+from serving.settings import API_KEY_ENV, HOSTS, INTERRUPT_GRACE_S, EngineName, ServerSettings
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
@@ -29,6 +29,8 @@ def cmd_serve(args: argparse.Namespace) -> None:
         max_adapters=args.max_adapters,
         engine=args.engine,
         torch_threads=args.torch_threads,
+        timeout=args.timeout,
+        drain_seconds=args.drain_seconds,
         api_key=os.environ.get(API_KEY_ENV) or None,
     )
     try:
@@ -86,6 +88,21 @@ authentication:
         default=d["batch_timeout"],
         metavar="S",
         help=f"seconds a worker waits to fill a batch before running what it has (default {d['batch_timeout']:g})",
+    )
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=d["timeout"],
+        metavar="S",
+        help=f"seconds a request may wait for its answer, queue and inference, before a 504 (default {d['timeout']:g})",
+    )
+    p.add_argument(
+        "--drain-seconds",
+        type=float,
+        default=d["drain_seconds"],
+        metavar="S",
+        help="on SIGTERM, stop accepting connections and give in-flight requests this long to finish "
+        f"before exiting (default {d['drain_seconds']:g}); Ctrl+C gives them {INTERRUPT_GRACE_S:g} s",
     )
     p.add_argument(
         "--adapter-cache-mb",

@@ -13,7 +13,6 @@ again re-creates the same id.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import time
@@ -22,16 +21,15 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-import litserve as ls
 from fastapi import FastAPI, Response
 from fastapi.responses import StreamingResponse
-from litserve.server import RegularRequestHandler
 from starlette.concurrency import run_in_threadpool
 
 from serving import metrics as prometheus
 from serving.archive import archive_path
 from serving.errors import ServingError, UnknownAdapter
-from serving.jobs import ExportRequest, Job, JobResult
+from serving.jobs import ExportRequest
+from serving.pipeline import JobQueue
 from serving.registry import Registry
 from serving.schemas import (
     BASE_MODEL_ID,
@@ -50,32 +48,6 @@ from serving.schemas import (
     ModelCard,
     ModelList,
 )
-
-
-class JobQueue:
-    """Submit a job to the inference workers and await its result, at most `timeout` seconds."""
-
-    def __init__(self, server: ls.LitServer, api: ls.LitAPI, timeout: float) -> None:
-        # LitServe internal: RegularRequestHandler is what LitServe's own POST route runs to put
-        # a payload on the workers' queue and await the answer. No public surface lets a route
-        # of ours submit to that queue (a LitSpec gets the raw queue and would re-implement this
-        # class), and only our typed routes can validate first and share ONE queue between
-        # /v1/generate, chat and adapters. Covered by tests/serving/test_litserve_internals.py.
-        self._handler = RegularRequestHandler(api, server)
-        self.timeout = timeout
-
-    async def run(self, job: Job) -> dict:
-        try:
-            result: JobResult = await asyncio.wait_for(self._handler.handle_request(job, type(job)), self.timeout)
-        except asyncio.TimeoutError as err:
-            # LitServe drops a job that waited in the queue longer than this too (its own 504),
-            # but nothing of LitServe's bounds a job a worker has taken and never answers.
-            # Known cost: the handler has no cancellation path, so LitServe's response-buffer
-            # entry of a timed-out job (about 200 bytes) stays until the server stops.
-            raise ServingError(f"no inference worker answered within {self.timeout:g} s", 504) from err
-        if not result.ok:
-            raise ServingError(result.body["error"]["message"], result.status)
-        return result.body
 
 
 def add_routes(app: FastAPI, jobs: JobQueue, registry: Registry, state_dir: Path) -> None:

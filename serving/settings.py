@@ -15,6 +15,8 @@ API_KEY_ENV = "LIT_SERVER_API_KEY"
 DEFAULT_STATE_DIR = Path.home() / ".cache" / "tagi" / "serve"
 EngineName = Literal["mixed", "peft-swap"]
 """mixed: serving.service.MixedBatchEngine; peft-swap: serving.baseline.SwapPerRequestEngine."""
+INTERRUPT_GRACE_S = 5.0
+"""How long Ctrl+C lets in-flight requests finish (SIGTERM waits drain_seconds): longer feels hung."""
 HOSTS = ("127.0.0.1", "0.0.0.0", "::")
 """The interfaces LitServe can bind."""
 
@@ -38,6 +40,8 @@ class ServerSettings:
     """None: the cores left after one for the HTTP side, shared by the workers (at least 1)."""
     timeout: float = 60.0
     """Seconds a request may wait for its answer (queue and inference) before it is answered 504."""
+    drain_seconds: float = 30.0
+    """On SIGTERM, how long in-flight requests may take to finish before the server exits anyway."""
     api_key: str | None = None
 
     def __post_init__(self) -> None:
@@ -45,6 +49,8 @@ class ServerSettings:
             "workers": self.workers >= 1,
             "max_batch_size": self.max_batch_size >= 1,
             "batch_timeout": 0 <= self.batch_timeout < self.timeout,
+            "timeout": self.timeout > 0,
+            "drain_seconds": self.drain_seconds >= 0,
             "adapter_cache_mb": self.adapter_cache_mb >= 0,
             "max_adapters": self.max_adapters >= 1,
             "port": 1024 <= self.port <= 65535,
