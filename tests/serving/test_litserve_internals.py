@@ -44,7 +44,9 @@ def test_the_raw_job_route_is_gone(started, serve_checkpoint, tmp_path):
     server, client = started
     assert JOBS_PATH not in {getattr(r, "path", None) for r in server.app.router.routes}
     assert client.post(JOBS_PATH, json={"instruction": "x"}).status_code in (404, 405)
-    worker = WorkerSettings(checkpoint=serve_checkpoint, state_dir=tmp_path, cache_bytes=0, engine="mixed", torch_threads=1)
+    worker = WorkerSettings(
+        checkpoint=serve_checkpoint, state_dir=tmp_path, cache_bytes=0, max_adapters=10, engine="mixed", torch_threads=1
+    )
     fresh = ls.LitServer(TagiAPI(worker, max_batch_size=1, batch_timeout=0.0))
     routes = {getattr(r, "path", None) for r in fresh.app.router.routes}
     assert JOBS_PATH in routes, "LitServe no longer adds the raw route: drop the surgery"
