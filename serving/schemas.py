@@ -20,7 +20,6 @@ from pydantic import (
     StrictBool,
     StrictInt,
     StrictStr,
-    field_validator,
     model_validator,
 )
 
@@ -209,16 +208,6 @@ class Decoding(BaseModel):
         None, description=f"outputs per input, 1..{MAX_CHOICES}; choice i samples with seed + i"
     )
     stream: StrictBool = Field(False, description="send the text as it is decoded, as server-sent events")
-
-    @field_validator("stop")
-    @classmethod
-    def _stop(cls, value: str | list[str] | None) -> str | list[str] | None:
-        strings = [value] if isinstance(value, str) else value or []
-        if len(strings) > MAX_STOP_STRINGS:
-            raise ValueError(f"give at most {MAX_STOP_STRINGS} stop strings")
-        if any(not text for text in strings):
-            raise ValueError("stop strings must not be empty")
-        return value
 
     @property
     def choices(self) -> int:
