@@ -277,13 +277,6 @@ def by_row(values: list, n: int) -> list:
     return values if n == 1 else [value for group in values for value in group]
 
 
-class GenerateDeltas(BaseModel):
-    """One server-sent event of /v1/generate with stream: true: the text each output gained
-    (shaped like `outputs`); the last event before [DONE] is the GenerateResponse itself."""
-
-    deltas: list[str] | list[list[str]]
-
-
 # ---- OpenAI-compatible chat ----------------------------------------------------------------
 
 
