@@ -141,7 +141,9 @@ def pick_tokens(logits: torch.Tensor, samplings: list[Sampling], generators: lis
         probs = torch.softmax(logits[i] / sampling.temperature, dim=-1)
         sorted_probs, order = probs.sort(descending=True, stable=True)
         mass_before = sorted_probs.cumsum(0) - sorted_probs
-        kept = sorted_probs[mass_before < sampling.top_p]  # a prefix; never empty (the first has mass_before 0)
+        keep = mass_before < sampling.top_p  # a prefix
+        keep[0] = True  # the most likely token stays even when top_p is below float32's resolution (5e-324)
+        kept = sorted_probs[keep]
         cumulative = kept.cumsum(0)
         u = torch.rand((), generator=generator, device=logits.device, dtype=cumulative.dtype)
         k = torch.searchsorted(cumulative, (u * cumulative[-1]).reshape(1), right=True).clamp(max=len(kept) - 1)

@@ -116,6 +116,8 @@ def test_nucleus_draws_only_from_the_top_p_mass():
     assert seen == {0, 1}
     greedy = pick_tokens(logits, [Sampling()], [None])
     assert int(greedy[0]) == 0
+    # A top_p that float32 rounds to 0 (schemathesis sent 5e-324) still keeps the top token.
+    assert int(pick_tokens(logits, [Sampling(temperature=2.0, top_p=5e-324)], [torch.Generator().manual_seed(0)])[0]) == 0
 
 
 def test_stop_strings_cut_the_text_and_are_never_streamed(shipped):
