@@ -129,7 +129,9 @@ def test_the_page_is_served_at_the_root(server, client):
     page = client.get("/")
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     assert "tagi playground" in page.text and "litserve running" not in page.text
-    assert "script-src" not in page.headers["content-security-policy"]  # default-src 'self': no inline or foreign script
+    # Scripts from this origin only, and the page has none inline: injected markup could not run.
+    assert page.headers["content-security-policy"].startswith("default-src 'self';")
+    assert re.findall(r"<script[^>]*>", page.text) == ['<script src="static/playground.js" defer>']
     for asset, media_type in (("/static/playground.js", "text/javascript"), ("/static/playground.css", "text/css")):
         response = client.get(asset)
         assert response.status_code == 200 and response.headers["content-type"].startswith(media_type)
