@@ -2,8 +2,8 @@
 
 The browser is Debian's chromium, driven through its chromedriver by Selenium (given both paths,
 Selenium downloads nothing). Everything the page shows is compared with what the HTTP API
-answers for the same request. Without the browser the tests skip, which fails a CI run
-(tests/conftest.py); `.ci/run` installs it.
+answers for the same request. Without the browser the tests skip (before any server starts:
+`browser` comes first), which fails a CI run (tests/conftest.py); `.ci/run` installs it.
 """
 
 from __future__ import annotations
@@ -138,7 +138,7 @@ def test_the_page_is_served_at_the_root(server, client):
         assert "http://" not in response.text and "https://" not in response.text, "the page loads nothing from elsewhere"
 
 
-def test_outputs_adapter_and_fusion_match_the_api(server, client, browser, tmp_path):
+def test_outputs_adapter_and_fusion_match_the_api(browser, server, client, tmp_path):
     created = client.post("/v1/adapters", json={"instruction": INSTRUCTION}).json()
     adapter_id = created["adapter_id"]
     fused, unfused = api_outputs(client, adapter_id, fusion=True), api_outputs(client, adapter_id, fusion=False)
@@ -163,7 +163,7 @@ def test_outputs_adapter_and_fusion_match_the_api(server, client, browser, tmp_p
     assert_peft_archive(download(browser, link, tmp_path, f"{adapter_id}.tar.gz"))
 
 
-def test_errors_show_the_server_message(server, client, browser):
+def test_errors_show_the_server_message(browser, server, client):
     page = Playground(browser, server.url)
     expected = client.post("/v1/adapters", json={"instruction": ""})
     assert expected.status_code == 422
@@ -179,7 +179,7 @@ def test_errors_show_the_server_message(server, client, browser):
     assert page.text("error") == expected.json()["error"]["message"]
 
 
-def test_server_text_is_never_markup(server, browser):
+def test_server_text_is_never_markup(browser, server):
     markup = "<img src=x onerror=\"document.title='pwned'\"><b>bold</b>"
     page = Playground(browser, server.url)
     assert page.run(INSTRUCTION, [markup]) == "done", page.text("error")
@@ -188,7 +188,7 @@ def test_server_text_is_never_markup(server, browser):
     assert browser.title == "tagi playground"
 
 
-def test_streamed_outputs_grow_while_generating(server, client, browser):
+def test_streamed_outputs_grow_while_generating(browser, server, client):
     """Every text the first output shows is recorded with its time: partial texts (prefixes of
     the final output) must appear well before the final answer, not all at its end."""
     page = Playground(browser, server.url)
@@ -226,7 +226,7 @@ def keyed_server(tmp_path_factory, serve_checkpoint, server_factory):
         proc.kill()
 
 
-def test_with_an_api_key_the_page_asks_for_it_and_sends_it(keyed_server, browser, tmp_path):
+def test_with_an_api_key_the_page_asks_for_it_and_sends_it(browser, keyed_server, tmp_path):
     page = Playground(browser, keyed_server.url)
     WebDriverWait(browser, WAIT_S).until(lambda _: page.element("api-key-row").is_displayed())
     assert page.run(INSTRUCTION, INPUTS) == "error"
