@@ -31,6 +31,9 @@ def cmd_serve(args: argparse.Namespace) -> None:
         torch_threads=args.torch_threads,
         timeout=args.timeout,
         drain_seconds=args.drain_seconds,
+        header_timeout=args.header_timeout,
+        body_timeout=args.body_timeout,
+        keep_alive_timeout=args.keep_alive_timeout,
         api_key=os.environ.get(API_KEY_ENV) or None,
     )
     try:
@@ -103,6 +106,29 @@ authentication:
         metavar="S",
         help="on SIGTERM, stop accepting connections and give in-flight requests this long to finish "
         f"before exiting (default {d['drain_seconds']:g}); Ctrl+C gives them {INTERRUPT_GRACE_S:g} s",
+    )
+    p.add_argument(
+        "--header-timeout",
+        type=float,
+        default=d["header_timeout"],
+        metavar="S",
+        help="seconds a connection has to send complete request headers (from connecting, or from the first byte "
+        f"of a later request) before it is closed (default {d['header_timeout']:g})",
+    )
+    p.add_argument(
+        "--body-timeout",
+        type=float,
+        default=d["body_timeout"],
+        metavar="S",
+        help="seconds a request's whole body may take to arrive after its headers before a 408 and a closed "
+        f"connection (default {d['body_timeout']:g})",
+    )
+    p.add_argument(
+        "--keep-alive-timeout",
+        type=float,
+        default=d["keep_alive_timeout"],
+        metavar="S",
+        help=f"seconds an idle kept-alive connection stays open between requests (default {d['keep_alive_timeout']:g})",
     )
     p.add_argument(
         "--adapter-cache-mb",

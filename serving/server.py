@@ -43,6 +43,7 @@ from serving.registry import Registry
 from serving.routes import add_routes
 from serving.schemas import MAX_INPUTS, MAX_NEW_TOKENS
 from serving.settings import INTERRUPT_GRACE_S, ServerSettings
+from serving.slowclients import protocol_class
 
 MAX_PAYLOAD_BYTES = 4 * 2**20  # LitServe documents "4MB" strings, but its middleware compares ints
 log = logging.getLogger("tagi.serving")
@@ -182,7 +183,15 @@ def serve(settings: ServerSettings) -> None:
         )
         with sigterm_as_interrupt(server.drain):
             try:
-                server.run(host=settings.host, port=settings.port, generate_client_file=False, log_level="warning")
+                server.run(
+                    host=settings.host,
+                    port=settings.port,
+                    generate_client_file=False,
+                    log_level="warning",
+                    # uvicorn.Config options, passed on by LitServe: deadlines for slow clients
+                    http=protocol_class(settings.header_timeout, settings.body_timeout),
+                    timeout_keep_alive=settings.keep_alive_timeout,
+                )
             except (KeyboardInterrupt, RuntimeError):
                 # Interrupted, or workers failed, before LitServe's own shutdown took over.
                 stop_workers(server)

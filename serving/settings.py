@@ -42,6 +42,12 @@ class ServerSettings:
     """Seconds a request may wait for its answer (queue and inference) before it is answered 504."""
     drain_seconds: float = 30.0
     """On SIGTERM, how long in-flight requests may take to finish before the server exits anyway."""
+    header_timeout: float = 10.0
+    """Seconds a connection has to send a request's headers (serving.slowclients); then it is closed."""
+    body_timeout: float = 30.0
+    """Seconds a request's whole body may take to arrive after its headers; then 408 and closed."""
+    keep_alive_timeout: float = 5.0
+    """Seconds an idle kept-alive connection stays open between requests (uvicorn's timeout_keep_alive)."""
     api_key: str | None = None
 
     def __post_init__(self) -> None:
@@ -53,6 +59,9 @@ class ServerSettings:
             "drain_seconds": self.drain_seconds >= 0,
             "adapter_cache_mb": self.adapter_cache_mb >= 0,
             "max_adapters": self.max_adapters >= 1,
+            "header_timeout": self.header_timeout > 0,
+            "body_timeout": self.body_timeout > 0,
+            "keep_alive_timeout": self.keep_alive_timeout > 0,
             "port": 1024 <= self.port <= 65535,
             "torch_threads": self.torch_threads is None or self.torch_threads >= 1,
         }
