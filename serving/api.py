@@ -39,6 +39,7 @@ class WorkerSettings:
     checkpoint: Path
     state_dir: Path
     cache_bytes: int
+    max_adapters: int
     engine: EngineName
     torch_threads: int
 
@@ -112,7 +113,7 @@ class TagiAPI(ls.LitAPI):
         worker = os.environ.get("LITSERVE_WORKER_ID", "0")
         self.service = AdapterService(
             model,
-            Registry(self.settings.state_dir, model.fingerprint),
+            Registry(self.settings.state_dir, model.fingerprint, self.settings.max_adapters),
             self.settings.state_dir,
             self.settings.cache_bytes,
             engine=engine,

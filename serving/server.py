@@ -103,11 +103,12 @@ def build_server(settings: ServerSettings) -> TagiServer:
     """A ready-to-run LitServer (not started). Raises CheckpointError for a bad checkpoint."""
     checkpoint = read_checkpoint(settings.checkpoint)
     state_dir = Path(settings.state_dir).resolve()
-    registry = Registry(state_dir, checkpoint.fingerprint)
+    registry = Registry(state_dir, checkpoint.fingerprint, settings.max_adapters)
     worker = WorkerSettings(
         checkpoint=checkpoint.path,
         state_dir=state_dir,
         cache_bytes=int(settings.adapter_cache_mb * 2**20),
+        max_adapters=settings.max_adapters,
         engine=settings.engine,
         torch_threads=settings.threads_per_worker(),
     )
@@ -136,6 +137,7 @@ def build_server(settings: ServerSettings) -> TagiServer:
             "max_batch_size": settings.max_batch_size,
             "batch_timeout": settings.batch_timeout,
             "adapter_cache_mb": settings.adapter_cache_mb,
+            "max_adapters": settings.max_adapters,
             "max_inputs": MAX_INPUTS,
             "max_new_tokens": MAX_NEW_TOKENS,
             "auth": bool(settings.api_key),
