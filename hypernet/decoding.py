@@ -168,16 +168,15 @@ def decode(
 
     memory (b, s, d) and memory_mask (b, s): what the decoder attends to (encoder output, fused).
     Row i runs with adapter row i of `lora`, attached around each forward only, so the shared
-    model holds no adapter while the caller has control between steps. A `lora` that views an
+    model holds no adapter while the caller has control between steps; it is prepared once (and
+    again only when rows leave), so a step's attach only sets references. A `lora` that views an
     AdapterBatcher's workspace must not be reassembled before the stream ends."""
     config = base.generation_config
     eos = config.eos_token_id
     eos_ids = torch.tensor(eos if isinstance(eos, list) else [eos], device=memory.device)
     pad = config.pad_token_id if config.pad_token_id is not None else config.decoder_start_token_id
     n = len(limits)
-    weight = slots.layers[0].weight
-    if lora is not None:
-        lora = lora.to(device=weight.device, dtype=weight.dtype)  # once, not at every attach
+    attachment = slots.prepare(lora)
     generators = [_generator(s, memory.device) for s in samplings]
     texts = [RowText(tokenizer, s.stop) for s in samplings]
     counts = [0] * n
@@ -186,7 +185,7 @@ def decode(
     cache = EncoderDecoderCache(DynamicCache(config=base.config), DynamicCache(config=base.config))
     step_input = torch.full((n, 1), config.decoder_start_token_id, dtype=torch.long, device=memory.device)
     while True:
-        with slots.attached(lora):
+        with slots.attached(attachment):
             out = base(
                 encoder_outputs=BaseModelOutput(last_hidden_state=memory),
                 attention_mask=memory_mask,
@@ -222,7 +221,7 @@ def decode(
             keep = torch.tensor([p for p, f in enumerate(finished) if not f], device=memory.device)
             cache.batch_select_indices(keep)
             memory, memory_mask, step_input = memory[keep], memory_mask[keep], step_input[keep]
-            lora = lora.select(keep) if lora is not None else None
+            attachment = slots.prepare(attachment.weights.select(keep)) if attachment is not None else None
             rows = [rows[p] for p in keep.tolist()]
 
 

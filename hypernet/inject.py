@@ -4,12 +4,16 @@
 Factors are attached for the duration of a `with slots.attached(weights):` block and are
 always detached on exit, so an exception can never leave an adapter active in a shared model.
 Making a new adapter usable is therefore only pointing slots at tensors: nothing is copied.
+A caller that attaches the same factors many times (a decode loop, around every step) prepares
+them once (`slots.prepare`): the per-layer views are then built once, and attaching only sets
+references.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -17,6 +21,9 @@ from torch.nn import functional as F
 
 from hypernet.lora import add_lora
 from hypernet.targets import LoraWeights, TargetLayout
+
+Factors = tuple[torch.Tensor, torch.Tensor, float]
+"""One layer's (lora_A (b, r, in), lora_B (b, out, r), scale)."""
 
 
 class LoraLinear(nn.Module):
@@ -35,7 +42,7 @@ class LoraLinear(nn.Module):
         self.bias = base.bias
         self.group = group
         self.index = index
-        self.factors: tuple[torch.Tensor, torch.Tensor, float] | None = None
+        self.factors: Factors | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = F.linear(x, self.weight, self.bias)
@@ -45,31 +52,60 @@ class LoraLinear(nn.Module):
         return add_lora(y, x, lora_A, lora_B, scale)
 
 
+def _set_factors(layer: LoraLinear, factors: Factors | None) -> None:
+    # nn.Module.__setattr__ first looks for a parameter, buffer or submodule of that name, about
+    # a microsecond per call, paid for every layer twice per decode step; a tuple is none of
+    # those, so the Module path would end in this same plain assignment.
+    object.__setattr__(layer, "factors", factors)
+
+
+@dataclass(frozen=True)
+class Attachment:
+    """A LoraWeights laid out per injected layer, in the model's dtype and device.
+
+    Slicing the group tensors into per-layer views costs microseconds per layer, hundreds per
+    attach on a real model; a decode loop that attaches around every step pays that once here."""
+
+    weights: LoraWeights
+    """The factors in the model's dtype and device (select rows from these, then prepare again)."""
+    layers: tuple[tuple[LoraLinear, Factors], ...]
+    """Each injected layer with the factors it runs with."""
+
+
 class LoraSlots:
     """The injected layers of one model, in layout order."""
 
     def __init__(self, layers: list[LoraLinear]) -> None:
         self.layers = layers
 
-    @contextmanager
-    def attached(self, weights: LoraWeights | None) -> Iterator[None]:
+    def prepare(self, weights: LoraWeights | None) -> Attachment | None:
+        """`weights` ready to attach by reference; None (no adapter) stays None."""
         if weights is None:
+            return None
+        like = self.layers[0].weight
+        weights = weights.to(device=like.device, dtype=like.dtype)  # e.g. a bf16 base on CUDA; a no-op when equal
+        return Attachment(
+            weights,
+            tuple(
+                (layer, (weights.lora_A[layer.group][layer.index], weights.lora_B[layer.group][layer.index], weights.scale))
+                for layer in self.layers
+            ),
+        )
+
+    @contextmanager
+    def attached(self, weights: LoraWeights | Attachment | None) -> Iterator[None]:
+        """Run the block with `weights` attached (prepared here unless already an Attachment)."""
+        attachment = weights if weights is None or isinstance(weights, Attachment) else self.prepare(weights)
+        if attachment is None:
             yield
             return
-        like = self.layers[0].weight
-        if next(iter(weights.lora_A.values())).dtype != like.dtype:
-            weights = weights.to(device=like.device, dtype=like.dtype)  # e.g. a bf16 base on CUDA
         try:
-            for layer in self.layers:
-                layer.factors = (
-                    weights.lora_A[layer.group][layer.index],
-                    weights.lora_B[layer.group][layer.index],
-                    weights.scale,
-                )
+            for layer, factors in attachment.layers:
+                _set_factors(layer, factors)
             yield
         finally:
-            for layer in self.layers:
-                layer.factors = None
+            for layer, _ in attachment.layers:
+                _set_factors(layer, None)
 
 
 def inject_lora(model: nn.Module, layout: TargetLayout) -> LoraSlots:

@@ -144,3 +144,34 @@ def test_a_linear_with_bias_keeps_its_bias():
             out = root.proj(x)
     expected = torch.stack([reference(x[i]) + SCALE * x[i] @ (B[0, i] @ A[0, i]).T for i in range(2)]).detach()
     assert torch.allclose(out, expected, atol=1e-5)
+
+
+def test_a_prepared_attachment_attaches_its_own_views_and_always_detaches(t5):
+    """A decode loop attaches around every step: a prepared attachment must act exactly as its
+    weights do, attach by reference only (the views it holds, not new ones), and leave nothing
+    attached after the block, even on an exception."""
+    base, injected, layout = t5
+    slots = inject_lora(injected, layout)
+    weights = random_adapters(layout, batch=2, seed=6, dtype=torch.float64)
+    attachment = slots.prepare(weights)
+    assert slots.prepare(None) is None
+    assert all(factors[0].dtype == factors[1].dtype == torch.float32 for _, factors in attachment.layers)  # cast once, here
+    input_ids = torch.randint(1, 32, (2, 5), generator=torch.Generator().manual_seed(7))
+    decoder_ids = torch.randint(1, 32, (2, 3), generator=torch.Generator().manual_seed(8))
+    with slots.attached(weights):
+        direct = logits(injected, input_ids, decoder_ids)
+    for _ in range(2):  # attaching again reuses it
+        with slots.attached(attachment):
+            assert all(layer.factors is factors for layer, factors in attachment.layers)
+            assert [layer for layer, _ in attachment.layers] == slots.layers
+            assert torch.equal(logits(injected, input_ids, decoder_ids), direct)
+        assert all(layer.factors is None for layer in slots.layers)
+    with pytest.raises(RuntimeError, match="boom"), slots.attached(attachment):
+        raise RuntimeError("boom")
+    assert all(layer.factors is None for layer in slots.layers)
+    assert torch.equal(logits(injected, input_ids, decoder_ids), logits(base, input_ids, decoder_ids))
+    kept = slots.prepare(attachment.weights.select([1]))  # a row left the batch: prepare the rest again
+    with slots.attached(kept):
+        alone = logits(injected, input_ids[1:], decoder_ids[1:])
+    assert torch.allclose(alone[0], direct[1], atol=1e-5)
+    assert (direct - logits(base, input_ids, decoder_ids)).abs().max() > 1e-2  # the adapters act
