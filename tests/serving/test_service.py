@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import tarfile
 
 import pytest
@@ -159,11 +160,11 @@ def test_evicted_adapters_are_rebuilt_identically(model, tmp_path):
     assert delta("tagi_adapter_cache_misses_total") == 3
 
 
-def test_export_writes_a_peft_archive(service):
+def test_export_builds_a_peft_archive(service):
     adapter_id = service.run([AdapterCreateRequest(instruction=INSTRUCTIONS[0])])[0].body["adapter_id"]
     result = service.run([ExportRequest(adapter_id=adapter_id)])[0]
     assert result.status == 200
-    with tarfile.open(result.body["path"]) as tar:
+    with tarfile.open(fileobj=io.BytesIO(result.body["archive"]), mode="r:gz") as tar:
         names = set(tar.getnames())
     assert {f"{adapter_id}/adapter_config.json", f"{adapter_id}/adapter_model.safetensors"} <= names
     assert service.run([ExportRequest(adapter_id="0" * 32)])[0].status == 404
@@ -184,3 +185,7 @@ def test_the_peft_swap_baseline_gives_the_same_outputs_without_fusion(model, che
     assert swap.run(jobs) == mixed.run(jobs)
     refused = swap.run([gen(instruction=INSTRUCTIONS[0], fusion=True)])[0]
     assert refused.status == 422 and "cannot fuse" in refused.body["error"]["message"]
+    for sampled in (gen(fusion=False, temperature=0.5), gen(fusion=False, stop=["a"])):
+        refused = swap.run([sampled])[0]
+        assert refused.status == 422 and "decodes greedily" in refused.body["error"]["message"]
+    assert swap.run([gen(fusion=False, n=2)]) == mixed.run([gen(fusion=False, n=2)]), "greedy choices are all the same"
