@@ -54,8 +54,8 @@ class ServerSettings:
         checks = {
             "workers": self.workers >= 1,
             "max_batch_size": self.max_batch_size >= 1,
+            "timeout": self.timeout > 0,  # before batch_timeout, which must be below it: the error names the cause
             "batch_timeout": 0 <= self.batch_timeout < self.timeout,
-            "timeout": self.timeout > 0,
             "drain_seconds": self.drain_seconds >= 0,
             "adapter_cache_mb": self.adapter_cache_mb >= 0,
             "max_adapters": self.max_adapters >= 1,

@@ -48,10 +48,12 @@ def test_serve_reports_user_mistakes_in_one_line(tmp_path, capsys):
         {"adapter_cache_mb": -1},
         {"host": "localhost"},
         {"torch_threads": 0},
+        {"timeout": 0},
+        {"drain_seconds": -1},
     ],
 )
 def test_settings_reject_bad_values(tmp_path, field):
-    with pytest.raises(UserError):
+    with pytest.raises(UserError, match=f"invalid {next(iter(field)).replace('_', '-')}|host"):
         ServerSettings(checkpoint=tmp_path, state_dir=tmp_path, **field)
 
 

@@ -64,6 +64,7 @@ def test_a_killed_worker_is_replaced_and_no_request_hangs(workers, server_factor
     try:
         proc.wait_ready()
         with proc.client() as client:
+            assert client.get("/info").json()["server"]["timeout"] == TIMEOUT_S  # --timeout reaches the server
             expected = client.post("/v1/generate", json=SLOW)
             assert expected.status_code == 200, expected.text
         before = inference_workers(proc.process.pid)
