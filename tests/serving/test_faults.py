@@ -113,3 +113,40 @@ def test_a_killed_worker_is_replaced_and_no_request_hangs(workers, server_factor
         stopped = proc.stop(signal.SIGINT)
         proc.kill()
     assert stopped, "SIGINT left processes of the server's group behind"
+
+
+def test_a_stream_cut_by_a_dead_worker_ends_with_a_503_event(server_factory, serve_checkpoint, tmp_path):
+    """Text already sent cannot be taken back, so a stream is not retried: it ends with an error
+    event and [DONE] (Contract 3), at once rather than at the timeout; the replacement then serves."""
+    proc = server_factory(tmp_path, serve_checkpoint, "--workers", "1", "--timeout", str(TIMEOUT_S))
+    try:
+        proc.wait_ready()
+        (worker,) = inference_workers(proc.process.pid)
+        inputs = [f"apple, river, {i}, stone" for i in range(8)]
+        body = {"instruction": "Reverse the list.", "inputs": inputs, "max_new_tokens": 256}
+        with proc.client() as client, client.stream("POST", "/v1/generate", json={**body, "stream": True}) as response:
+            assert response.status_code == 200
+            events = []
+            for line in response.iter_lines():
+                if not line.startswith("data: "):
+                    continue
+                events.append(line.removeprefix("data: "))
+                if len(events) == 1:
+                    os.kill(worker, signal.SIGKILL)  # text has been sent: the job cannot be retried
+                    killed = time.monotonic()
+            ended = time.monotonic()
+        assert "deltas" in events[0]
+        assert events[-1] == "[DONE]"
+        assert '"code": 503' in events[-2] and '"error"' in events[-2], f"not cut by the kill: {events[-2][:200]}"
+        assert ended - killed < ANSWER_S
+        deadline = time.monotonic() + 120
+        while health(proc.url) != 200:
+            assert time.monotonic() < deadline, proc.log_tail()
+            time.sleep(0.2)
+        with proc.client() as client:
+            again = client.post("/v1/generate", json=body)
+            assert again.status_code == 200 and len(again.json()["outputs"]) == 8
+    finally:
+        stopped = proc.stop(signal.SIGINT)
+        proc.kill()
+    assert stopped, "SIGINT left processes of the server's group behind"
