@@ -23,7 +23,7 @@ from litserve.loops import BatchedStreamingLoop
 from litserve.transport.base import MessageTransport
 from litserve.utils import LitAPIStatus, LoopResponseType
 
-from serving.jobs import Job, JobEvent, JobResult
+from serving.jobs import Job, Step
 from serving.lifecycle import exit_when_orphaned
 from serving.settings import EngineName
 
@@ -42,10 +42,6 @@ class WorkerSettings:
     max_adapters: int
     engine: EngineName
     torch_threads: int
-
-
-Step = list[JobEvent | JobResult | None]
-"""What a worker sends per decode step: one item per job of its batch, in order (serving/jobs.py)."""
 
 
 class JobStreamLoop(BatchedStreamingLoop):

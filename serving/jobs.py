@@ -54,3 +54,7 @@ class JobResult:
     @classmethod
     def error(cls, status: int, message: str) -> JobResult:
         return cls(status, error_body(status, message))
+
+
+Step = list[JobEvent | JobResult | None]
+"""What a worker sends per decode step: one item per job of its batch, in order."""
