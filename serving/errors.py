@@ -7,6 +7,9 @@ FastAPI's nested `detail` lists.
 
 from __future__ import annotations
 
+import logging
+import uuid
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -18,6 +21,7 @@ _TYPES = {401: "authentication_error", 404: "not_found_error", 413: "request_too
 MAX_ECHO_CHARS = 64
 """The most of a client's own text (an id, a field name) an error message repeats."""
 MAX_MESSAGE_CHARS = 2048
+log = logging.getLogger("tagi.serving")
 
 
 class ErrorDetail(BaseModel):
@@ -58,6 +62,14 @@ class UnknownAdapter(ServingError):
             f"unknown adapter id {echo(adapter_id)} (never created, deleted, evicted as least recently used, "
             "or made with another checkpoint)"
         )
+
+
+def report_bug(err: BaseException) -> str:
+    """The message of a 500: an error id, logged with the traceback. Never the exception's text,
+    which may hold internals (paths, values, library messages)."""
+    error_id = uuid.uuid4().hex[:16]
+    log.error("internal error, error id %s", error_id, exc_info=err)
+    return f"internal error (error id {error_id}, in the server log)"
 
 
 def error_body(status: int, message: str) -> dict:
@@ -103,7 +115,12 @@ def install_error_handlers(app: FastAPI) -> None:
     async def on_serving_error(request: Request, exc: ServingError) -> JSONResponse:
         return error_response(exc.status, str(exc))
 
+    async def on_bug(request: Request, exc: Exception) -> JSONResponse:
+        """A route's bug (the registry unreadable, say): JSON like every error, not Starlette's text."""
+        return error_response(500, report_bug(exc))
+
     app.add_exception_handler(StarletteHTTPException, on_http_error)
+    app.add_exception_handler(Exception, on_bug)
     app.add_exception_handler(RequestValidationError, on_validation_error)
     app.add_exception_handler(ServingError, on_serving_error)
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 import logging
 import secrets
 import time
-import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +33,7 @@ from hypernet.model import Adapter, TagiModel, adapter_id
 from serving import metrics
 from serving.archive import build_archive
 from serving.cache import LRUCache
-from serving.errors import ServingError, UnknownAdapter
+from serving.errors import ServingError, UnknownAdapter, report_bug
 from serving.jobs import ExportRequest, Job, JobEvent, JobResult
 from serving.registry import Registry
 from serving.schemas import AdapterCreated, AdapterCreateRequest, AdapterInfo, GenerateRequest, per_input
@@ -437,6 +436,4 @@ def _failure(err: Exception) -> JobResult:
         return JobResult.error(422, str(err))
     if isinstance(err, UnicodeError):
         return JobResult.error(422, "the text is not valid Unicode (a lone UTF-16 surrogate?)")
-    error_id = uuid.uuid4().hex[:16]
-    log.error("job failed, error id %s", error_id, exc_info=err)
-    return JobResult.error(500, f"internal error (error id {error_id}, in the server log)")
+    return JobResult.error(500, report_bug(err))

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from serving.errors import MAX_ECHO_CHARS
+from serving.registry import REGISTRY_FILE
 from serving.schemas import BASE_MODEL_ID, MAX_TEXT_CHARS, NON_BLANK_PATTERN
 from tests.serving.promtext import parse, value
 
@@ -163,3 +164,16 @@ def _strings(node) -> list[str]:
     if isinstance(node, list):
         return [s for v in node for s in _strings(v)]
     return [node] if isinstance(node, str) else []
+
+
+def test_a_bug_in_a_route_is_a_json_500_without_internals(client, state_dir):
+    """Last in this module: it breaks the server's registry. A route that fails for a reason of
+    the server's own answers JSON with an error id, never the exception's text or a path."""
+    for path in state_dir.glob(f"{REGISTRY_FILE}*"):
+        path.unlink()
+    (state_dir / REGISTRY_FILE).write_bytes(b"not a database " * 100)
+    response = client.get("/v1/adapters")
+    assert response.status_code == 500
+    message = response.json()["error"]["message"]
+    assert message.startswith("internal error (error id ")
+    assert "database" not in response.text and str(state_dir) not in response.text
