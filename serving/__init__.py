@@ -8,13 +8,14 @@ Where things are:
     service.py     AdapterService: a batch of jobs -> results, one forward pass per batch
     baseline.py    the PEFT swap-per-request engine (benchmark baseline)
     cache.py       LRU cache bounded in bytes
-    registry.py    SQLite registry of adapters (id -> instruction, metadata)
-    archive.py     PEFT .tar.gz exports
+    registry.py    SQLite registry of adapters (id -> instruction, metadata), bounded, least recently used go
+    archive.py     PEFT .tar.gz exports, built per download
     metrics.py     Prometheus metrics of every process (prometheus_client, multiprocess mode)
     auth.py        optional API key
     checkpoint.py  checkpoint config and fingerprint without torch
     api.py         the LitAPI run by each inference worker
     routes.py      the public HTTP routes
+    openapi.py     the OpenAPI document: error statuses, keys, text routes
     server.py      build and run the LitServer; signals
     cli.py         `tagi serve`, `tagi bench serve`
     bench.py       the serving benchmark
