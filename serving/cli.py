@@ -178,21 +178,34 @@ def cmd_bench_serve(args: argparse.Namespace) -> None:
         instructions=args.instructions,
         max_new_tokens=args.max_new_tokens,
         time_limit_s=args.time_limit,
+        parts=tuple(part.strip() for part in args.parts.split(",") if part.strip()),
+        fairness_seconds=args.fairness_seconds,
+        memory_checkpoints=_counts(args.memory_checkpoints),
+        memory_cache_mb=args.memory_cache_mb,
     )
     run_serve_benchmark(config, resolve_checkpoint(args.checkpoint), json_path=Path(args.json) if args.json else None)
 
 
+def _counts(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(item) for item in text.split(","))
+    except ValueError:
+        raise UserError(f"--memory-checkpoints takes comma-separated whole numbers, got {text!r}") from None
+
+
 def add_bench_serve(bench: argparse._SubParsersAction) -> None:
-    from serving.bench import BenchConfig
+    from serving.bench import PARTS, BenchConfig
 
     defaults = BenchConfig()
     p = bench.add_parser(
         "serve",
-        help="throughput and latency of `tagi serve` on loopback: mixed batches vs no batching, base, PEFT swap",
+        help="`tagi serve` on loopback: throughput (mixed batches vs no batching, base, PEFT swap), small requests' "
+        "latency under large ones, recovery from a killed worker, SIGTERM drain, worker memory",
         description="Start real servers on 127.0.0.1, side by side in one run, and drive each with the same bounded "
         "load (concurrent clients, distinct instructions): mixed-adapter batching; batching off; the same server "
         "answering base-model requests; and a PEFT swap-per-request baseline. Prints a table; fusion is off in "
-        "every configuration because PEFT cannot fuse.",
+        "every configuration because PEFT cannot fuse. Further parts (--parts), each on its own server: fairness, "
+        "recovery, drain and memory.",
     )
     add_checkpoint_argument(p)
     p.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
@@ -220,6 +233,35 @@ def add_bench_serve(bench: argparse._SubParsersAction) -> None:
         default=defaults.time_limit_s,
         metavar="S",
         help=f"stop a configuration's load after this many seconds (default {defaults.time_limit_s:g})",
+    )
+    p.add_argument(
+        "--parts",
+        default=",".join(defaults.parts),
+        metavar="LIST",
+        help=f"what to measure, comma-separated, from {','.join(PARTS)}: throughput (the four configurations), "
+        "fairness (small requests' p99 under large ones), recovery (kill -9 of a worker), drain (SIGTERM with "
+        f"requests in flight), memory (worker RSS under new instructions; slow) (default {','.join(defaults.parts)})",
+    )
+    p.add_argument(
+        "--fairness-seconds",
+        type=float,
+        default=defaults.fairness_seconds,
+        metavar="S",
+        help=f"how long small requests are timed, alone and then under large ones (default {defaults.fairness_seconds:g})",
+    )
+    p.add_argument(
+        "--memory-checkpoints",
+        default=",".join(map(str, defaults.memory_checkpoints)),
+        metavar="N,N,...",
+        help="counts of new instructions after which the memory part reads the worker's RSS "
+        f"(default {','.join(map(str, defaults.memory_checkpoints))})",
+    )
+    p.add_argument(
+        "--memory-cache-mb",
+        type=float,
+        default=defaults.memory_cache_mb,
+        metavar="M",
+        help=f"--adapter-cache-mb of the memory part's server (default {defaults.memory_cache_mb:g})",
     )
     p.set_defaults(func=cmd_bench_serve)
 
