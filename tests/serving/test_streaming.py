@@ -8,6 +8,7 @@ import time
 
 import openai
 import pytest
+import torch
 
 from serving.jobs import JobEvent, JobResult
 from serving.registry import Registry
@@ -20,7 +21,12 @@ INPUTS = ["apple, river, stone", "green, 7, house, cloud seven"]
 
 @pytest.fixture()
 def service(model, tmp_path):
-    return AdapterService(model, Registry(tmp_path / "state", model.fingerprint), tmp_path / "state", cache_bytes=64 * 2**20)
+    """One torch thread while it decodes: these tests decode hundreds of steps of a few rows,
+    where a second thread only adds synchronisation (on a busy machine, 10x the time)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield AdapterService(model, Registry(tmp_path / "state", model.fingerprint), tmp_path / "state", cache_bytes=64 * 2**20)
+    torch.set_num_threads(threads)
 
 
 def gen(**kwargs) -> GenerateRequest:
@@ -58,15 +64,15 @@ def test_a_short_job_is_answered_when_its_own_rows_are_done(service):
     """A 4-token request batched with 256-token ones gets its result after about 4 decode
     steps, long before they end (the micro checkpoint never emits EOS: they run to 256)."""
     jobs = [
-        gen(max_new_tokens=256),
+        gen(inputs=INPUTS[1:], max_new_tokens=256),
         gen(inputs=INPUTS[:1], max_new_tokens=4),
-        gen(instruction="Count the words.", max_new_tokens=256),
+        gen(instruction="Count the words.", inputs=INPUTS[1:], max_new_tokens=256),
     ]
     # Adapters generated and cached first: the timings below are decoding only.
     service.run([AdapterCreateRequest(instructions=[INSTRUCTION, "Count the words."])])
     _, results, seconds, steps = collect(service, jobs)
     assert [r.status for r in results] == [200, 200, 200]
-    assert results[1].body["finish_reasons"] == ["length"] and results[0].body["finish_reasons"] == ["length", "length"]
+    assert results[1].body["finish_reasons"] == ["length"] and results[0].body["finish_reasons"] == ["length"]
     assert steps[1] < steps[0] and steps[1] < steps[2]
     assert seconds[1] * 10 < min(seconds[0], seconds[2]), f"short answered at {seconds[1]:.3f}s, long at {seconds[0]:.3f}s"
     assert results[1] == service.run(jobs[1:2])[0], "the same answer as alone"
