@@ -337,6 +337,9 @@ class AdapterService:
         return JobResult(200, bodies[0] if job.instructions is None else {"adapters": bodies})
 
     def _row_group(self, job: GenerateRequest, adapter: Adapter | None) -> RowGroup:
+        """The job's rows and their settings, checked here, per job: whatever is wrong with one
+        job (the engine cannot serve it, text that is not valid Unicode) must not reach the
+        batched decode, where it would fail every job of the batch."""
         fusion = self.engine.default_fusion if job.fusion is None else job.fusion
         if fusion and adapter is not None and not self.engine.supports_fusion:
             raise ServingError("this server runs the peft-swap baseline engine, which cannot fuse: send fusion: false", 422)
