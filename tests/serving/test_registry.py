@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing as mp
+import sqlite3
 import subprocess
 import sys
 
@@ -70,8 +71,6 @@ def test_the_least_recently_used_rows_beyond_the_bound_go(tmp_path):
 def test_a_registry_file_of_an_unbounded_server_is_migrated(tmp_path):
     """Files written before last_used existed keep their rows (used as of creation), and the
     archives that server stored per download go."""
-    import sqlite3
-
     with sqlite3.connect(tmp_path / "registry.sqlite3") as db:
         db.execute(
             "CREATE TABLE adapters (adapter_id TEXT PRIMARY KEY, checkpoint TEXT NOT NULL, instruction TEXT NOT NULL, "
@@ -79,7 +78,8 @@ def test_a_registry_file_of_an_unbounded_server_is_migrated(tmp_path):
         )
         db.execute("CREATE INDEX adapters_by_checkpoint ON adapters (checkpoint, created_at)")
         for name, created in (("old", 1.0), ("older", 0.5)):
-            db.execute("INSERT INTO adapters VALUES (?, 'ckpt', 'Reverse the list.', 8, '[\"q\", \"v\"]', 1024, ?)", (name, created))
+            row = (name, "ckpt", "Reverse the list.", 8, '["q", "v"]', 1024, created)
+            db.execute("INSERT INTO adapters VALUES (?, ?, ?, ?, ?, ?, ?)", row)
     (tmp_path / "exports").mkdir()
     (tmp_path / "exports" / "old.tar.gz").write_bytes(b"x" * 1000)
 
