@@ -19,11 +19,11 @@ from pathlib import Path
 from typing import Any
 
 import litserve as ls
-from litserve.loops import BatchedStreamingLoop
+from litserve.loops import BatchedStreamingLoop, StreamingLoop
 from litserve.transport.base import MessageTransport
 from litserve.utils import LitAPIStatus, LoopResponseType
 
-from serving.jobs import Job, Step
+from serving.jobs import Job, JobEvent, JobResult, Step
 from serving.lifecycle import exit_when_orphaned
 from serving.settings import EngineName
 
@@ -44,12 +44,15 @@ class WorkerSettings:
     torch_threads: int
 
 
-class JobStreamLoop(BatchedStreamingLoop):
-    """LitServe's batched streaming loop, for every batch size (batching off is a batch of one, so
-    predict always sees a list), that sends nothing for a job with nothing new.
+Sent = Step | JobEvent | JobResult | None
+"""What predict yields: a step for a batch, or the one job's item of each step with batching off."""
 
-    LitServe internal: `put_response` is the loop's one send to the HTTP side (its signature and
-    the loop calling it per job and step are checked by tests/serving/test_litserve_internals.py).
+
+class _SendsOnlyNews:
+    """A LitServe streaming loop that sends nothing for a job with nothing new in a step.
+
+    LitServe internal: `put_response` is a loop's one send to the HTTP side (its signature, and
+    both loops calling it per job and step, are checked by tests/serving/test_litserve_internals.py).
     Without this, every step of a long job would cost one queue message per batch-mate that is
     done or silent; the HTTP side never has to see or filter a None."""
 
@@ -67,6 +70,15 @@ class JobStreamLoop(BatchedStreamingLoop):
         super().put_response(transport, response_queue_id, uid, response_data, status, response_type)
 
 
+class JobStreamLoop(_SendsOnlyNews, BatchedStreamingLoop):
+    """Batches of jobs (--max-batch-size above 1)."""
+
+
+class SingleJobStreamLoop(_SendsOnlyNews, StreamingLoop):
+    """Batching off: one job at a time. LitServe's batched loop would do that too, but an idle
+    worker would then poll the queue every millisecond where this one blocks on it."""
+
+
 class TagiAPI(ls.LitAPI):
     def __init__(self, settings: WorkerSettings, max_batch_size: int, batch_timeout: float) -> None:
         super().__init__(
@@ -74,7 +86,7 @@ class TagiAPI(ls.LitAPI):
             batch_timeout=batch_timeout,
             api_path=JOBS_PATH,
             stream=True,
-            loop=JobStreamLoop(),
+            loop=JobStreamLoop() if max_batch_size > 1 else SingleJobStreamLoop(),
         )
         self.settings = settings
         self.service = None
@@ -125,10 +137,15 @@ class TagiAPI(ls.LitAPI):
         """The route already validated the job and LitServe's queue carried it as an object."""
         return request
 
-    def predict(self, jobs: list[Job]) -> Iterator[Step]:
-        """LitServe's default batch and unbatch pass our lists through as they are."""
+    def predict(self, jobs: list[Job] | Job) -> Iterator[Sent]:
+        """Batched, LitServe's default batch and unbatch pass our lists through as they are; with
+        batching off, LitServe's loop hands over one job and takes its item of each step."""
+        if self.max_batch_size == 1:
+            for step in self.service.stream([jobs]):
+                yield step[0]
+            return
         yield from self.service.stream(jobs)
 
-    def encode_response(self, steps: Iterator[Step]) -> Iterator[Step]:
+    def encode_response(self, steps: Iterator[Sent]) -> Iterator[Sent]:
         """Sent back as the objects; serving/pipeline.py turns them into HTTP responses."""
         yield from steps

@@ -15,12 +15,12 @@ import litserve as ls
 import pytest
 from fastapi.testclient import TestClient
 from litserve.loops.base import LitLoop
-from litserve.loops.streaming_loops import BatchedStreamingLoop
+from litserve.loops.streaming_loops import BatchedStreamingLoop, StreamingLoop
 from litserve.server import response_queue_to_buffer
 from litserve.utils import LitAPIStatus, ResponseBufferItem, wrap_litserve_start
 from starlette.middleware.gzip import GZipMiddleware
 
-from serving.api import JOBS_PATH, JobStreamLoop, TagiAPI, WorkerSettings
+from serving.api import JOBS_PATH, JobStreamLoop, SingleJobStreamLoop, TagiAPI, WorkerSettings
 from serving.jobs import JobResult
 from serving.schemas import GenerateRequest
 from serving.server import TagiServer, build_server
@@ -29,8 +29,8 @@ from serving.settings import ServerSettings
 
 @pytest.fixture(scope="module")
 def started(serve_checkpoint, tmp_path_factory):
-    """One worker, batching off: still LitServe's batched streaming loop (JobStreamLoop), with
-    batches of one."""
+    """One worker, batching off: LitServe's single-request streaming loop (SingleJobStreamLoop)
+    hands predict one job, not a list."""
     tmp = tmp_path_factory.mktemp("internals")
     server = build_server(ServerSettings(checkpoint=serve_checkpoint, state_dir=tmp / "state", max_batch_size=1))
     with wrap_litserve_start(server) as running, TestClient(running.app) as client:
@@ -39,7 +39,7 @@ def started(serve_checkpoint, tmp_path_factory):
 
 def test_jobs_reach_the_worker_through_the_request_queue_and_response_buffer(started):
     """serving.pipeline.JobQueue: a typed job object submitted from our route comes back as the
-    worker's result object (batching off: predict still gets a list)."""
+    worker's result object (also covers predict's single-job path, batching off)."""
     _, client = started
     created = client.post("/v1/adapters", json={"instruction": "Reverse the list."})
     assert created.status_code == 200, created.text
@@ -78,7 +78,9 @@ def test_the_loop_and_the_server_hooks_tagi_overrides():
     parameters = ["self", "transport", "response_queue_id", "uid", "response_data", "status", "response_type"]
     assert list(inspect.signature(LitLoop.put_response).parameters) == parameters
     assert list(inspect.signature(JobStreamLoop.put_response).parameters) == parameters
+    assert list(inspect.signature(SingleJobStreamLoop.put_response).parameters) == parameters
     assert "self.put_response(" in inspect.getsource(BatchedStreamingLoop.run_batched_streaming_loop)
+    assert "self.put_response(" in inspect.getsource(StreamingLoop.run_streaming_loop)
     for name in ("_start_server", "_start_worker_monitoring", "_perform_graceful_shutdown"):
         ours = list(inspect.signature(getattr(TagiServer, name)).parameters)
         theirs = list(inspect.signature(getattr(ls.LitServer, name)).parameters)
