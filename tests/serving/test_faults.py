@@ -83,6 +83,9 @@ def test_a_killed_worker_is_replaced_and_no_request_hangs(workers, server_factor
         time.sleep(1.0)  # the requests reach the workers
         os.kill(before[0], signal.SIGKILL)
         killed = time.monotonic()
+        during = threading.Thread(target=post)  # sent while the replacement loads
+        during.start()
+        threads.append(during)
         seen = [health(proc.url)]
         while seen[-1] != 503 and time.monotonic() - killed < 0.5:  # the monitor's reaction time, on a busy machine
             seen.append(health(proc.url))
@@ -93,7 +96,7 @@ def test_a_killed_worker_is_replaced_and_no_request_hangs(workers, server_factor
         assert seen[-1] == 200, f"the worker was not replaced: /health {seen[-5:]}\n{proc.log_tail()}"
         for thread in threads:
             thread.join(timeout=ANSWER_S + 30)
-        assert len(answers) == 8, "a request never got an answer"
+        assert len(answers) == 9, "a request never got an answer"
         for status, body, answered in answers:
             assert status in (200, 503), body
             assert answered - killed < ANSWER_S, f"answered {answered - killed:.1f} s after the kill"
