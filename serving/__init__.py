@@ -5,6 +5,7 @@ Where things are:
     schemas.py     request/response bodies and limits (pydantic); a request is also its job
     errors.py      the one error format, validation messages
     jobs.py        what crosses between HTTP processes and inference workers
+    pipeline.py    JobQueue: submit a job, follow its stream of results; worker-death counters
     service.py     AdapterService: a batch of jobs -> results, one forward pass per batch
     baseline.py    the PEFT swap-per-request engine (benchmark baseline)
     cache.py       LRU cache bounded in bytes
@@ -17,6 +18,7 @@ Where things are:
     routes.py      the public HTTP routes
     openapi.py     the OpenAPI document: error statuses, keys, text routes
     server.py      build and run the LitServer; signals
+    lifecycle.py   shutdown and drain, orphan watch, the monitor that replaces a dead worker
     cli.py         `tagi serve`, `tagi bench serve`
     bench.py       the serving benchmark
     launch.py      start and stop a `tagi serve` child (for the benchmark)
