@@ -158,10 +158,10 @@ class WorkerMonitor:
 
     It blocks on the workers' process sentinels (multiprocessing.connection.wait), so a death is
     seen at once. It then (1) counts the death in WorkerDeaths, so that the HTTP servers retry or
-    fail the jobs that worker had taken instead of waiting for them, and (2) starts a replacement
-    with LitServe's launch_single_inference_worker, which first marks the worker STARTING in
-    workers_setup_status: /health answers 503 from then until the replacement is READY. A worker
-    whose setup failed (status ERROR) is not replaced: it would fail again; /health stays 503.
+    fail the jobs that worker had taken instead of waiting for them, (2) marks it STARTING in
+    workers_setup_status, so /health answers 503 from then until the replacement is READY, and
+    (3) starts the replacement with LitServe's launch_single_inference_worker. A worker whose
+    setup failed (status ERROR) is not replaced: it would fail again; /health stays 503.
 
     LitServe internals: `inference_workers` (index = worker id, one LitAPI),
     `launch_single_inference_worker` and `workers_setup_status` keyed "<endpoint>_<id>" (checked
