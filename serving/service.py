@@ -34,14 +34,12 @@ from serving import metrics
 from serving.archive import build_archive
 from serving.cache import LRUCache
 from serving.errors import ServingError, UnknownAdapter, report_bug
-from serving.jobs import ExportRequest, Job, JobEvent, JobResult
+from serving.jobs import ExportRequest, Job, JobEvent, JobResult, Step
 from serving.registry import Registry
 from serving.schemas import AdapterCreated, AdapterCreateRequest, AdapterInfo, GenerateRequest, per_input
 
 log = logging.getLogger("tagi.serving")
 
-Step = list[JobEvent | JobResult | None]
-"""What AdapterService.stream yields: one item per job of the batch, None when it has no news."""
 SEED_BITS = 63
 """Seeds the server draws for sampled requests that sent none (a row is always seeded, so a
 request retried alone after a failed batch continues exactly where its stream stopped)."""
