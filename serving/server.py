@@ -77,7 +77,15 @@ class TagiServer(ls.LitServer):
         """Called on SIGTERM: the shutdown that follows waits drain_seconds for in-flight requests."""
         self.draining = True
 
-    def _start_server(self, port, num_uvicorn_servers, log_level, sockets, uvicorn_worker_type, **kwargs):  # noqa: ANN001, ANN202
+    def _start_server(
+        self,
+        port: int,
+        num_uvicorn_servers: int,
+        log_level: str,
+        sockets: list[socket.socket],
+        uvicorn_worker_type: str,
+        **kwargs: Any,
+    ) -> dict[int, BaseProcess]:
         self._sockets = list(sockets)
         return super()._start_server(port, num_uvicorn_servers, log_level, sockets, uvicorn_worker_type, **kwargs)
 
