@@ -15,6 +15,7 @@ adapters, and the instance-trained teachers that training writes and reads back.
 from __future__ import annotations
 
 import dataclasses
+import json
 import shutil
 from pathlib import Path
 
@@ -208,17 +209,24 @@ def peft_state_dict(adapter: Adapter) -> dict[str, torch.Tensor]:
     return state
 
 
-def export_peft(adapter: Adapter, out_dir: Path, overwrite: bool = False) -> None:
+def export_peft(adapter: Adapter, out_dir: Path, overwrite: bool = False, base_name: str | None = None) -> None:
     """Write a PEFT LoRA directory that `PeftModel.from_pretrained(ckpt/base, out_dir)` loads.
 
     PEFT matches `target_modules` by name suffix in every block, which is exactly what the
-    generator targets (all self- and cross-attention blocks, or all feed-forward layers)."""
+    generator targets (all self- and cross-attention blocks, or all feed-forward layers).
+    `base_name` is the config's base_model_name_or_path (default: where this process loaded the
+    base from; a server passes a name that does not reveal its paths). The files depend on the
+    adapter only: PEFT keeps target_modules as a set, whose order varies between processes, so
+    the saved list is sorted."""
     model = adapter.model
     generator = model.config.generator
-    base_name = str(getattr(model.base, "name_or_path", "") or BASE_DIR)
+    base_name = base_name or str(getattr(model.base, "name_or_path", "") or BASE_DIR)
     peft_config = peft_lora_config(generator.rank, generator.alpha, generator.target_modules, base_name)
     with atomic_directory(Path(out_dir), overwrite=overwrite) as tmp:
         peft_config.save_pretrained(tmp)
+        saved = json.loads((tmp / PEFT_CONFIG_FILE).read_text())
+        saved["target_modules"] = sorted(saved["target_modules"])
+        write_json(tmp / PEFT_CONFIG_FILE, saved)
         save_file(peft_state_dict(adapter), tmp / PEFT_WEIGHTS_FILE, metadata={"format": "pt"})
         write_json(
             tmp / TAGI_EXPORT_FILE,

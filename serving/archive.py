@@ -31,11 +31,13 @@ if TYPE_CHECKING:
 def build_archive(adapter: Adapter) -> bytes:
     """The .tar.gz of the adapter's PEFT directory."""
     # Imported here: this module is also used by the HTTP processes, which never load torch.
+    from hypernet.files import BASE_DIR
     from hypernet.io import export_peft
 
     with tempfile.TemporaryDirectory(prefix="tagi-export-") as tmp:
         export_dir = Path(tmp) / adapter.adapter_id
-        export_peft(adapter, export_dir)
+        # The base by its directory name inside a checkpoint, never this server's path.
+        export_peft(adapter, export_dir, base_name=BASE_DIR)
         tar_bytes = io.BytesIO()
         with tarfile.open(fileobj=tar_bytes, mode="w", format=tarfile.PAX_FORMAT) as tar:
             tar.addfile(_entry(adapter.adapter_id, tarfile.DIRTYPE, 0o755))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import io
 import tarfile
 import threading
@@ -173,7 +174,8 @@ def test_peft_archive_round_trip(client, serve_checkpoint, tmp_path):
         tar.extractall(tmp_path, filter="data")
     files = {p.name for p in (tmp_path / adapter_id).iterdir()}
     assert files == {"adapter_config.json", "adapter_model.safetensors", "tagi.json"}
-    assert client.get(f"/v1/adapters/{adapter_id}/peft").content == archive.content, "served again from disk"
+    assert client.get(f"/v1/adapters/{adapter_id}/peft").content == archive.content, "the same adapter downloads as the same file"
+    assert str(serve_checkpoint).encode() not in gzip.decompress(archive.content), "the archive names no server path"
 
     base = T5ForConditionalGeneration.from_pretrained(serve_checkpoint / "base")
     peft = PeftModel.from_pretrained(base, tmp_path / adapter_id).eval()
