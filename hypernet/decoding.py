@@ -138,7 +138,11 @@ def pick_tokens(logits: torch.Tensor, samplings: list[Sampling], generators: lis
     for i, (sampling, generator) in enumerate(zip(samplings, generators)):
         if sampling.greedy:
             continue
-        probs = torch.softmax(logits[i] / sampling.temperature, dim=-1)
+        # In float64 and shifted first: the top logit becomes 0 and a tiny temperature sends the
+        # others to -inf (probability 0: greedy, the limit it tends to). In float32 a temperature
+        # like 1e-300 rounds to 0 and 0 / 0 gives NaN.
+        row = logits[i].double()
+        probs = torch.softmax((row - row.max()) / sampling.temperature, dim=-1)
         sorted_probs, order = probs.sort(descending=True, stable=True)
         mass_before = sorted_probs.cumsum(0) - sorted_probs
         keep = mass_before < sampling.top_p  # a prefix

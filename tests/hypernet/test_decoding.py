@@ -105,6 +105,8 @@ def test_temperature_zero_or_a_tiny_nucleus_is_greedy(shipped):
     assert shipped.generate(inputs, adapters, max_new_tokens=12, sampling=Sampling(temperature=0.0, top_p=0.1, seed=5)) == greedy
     # top_p below the top token's probability keeps only that token: sampling becomes argmax.
     assert shipped.generate(inputs, adapters, max_new_tokens=12, sampling=Sampling(temperature=1.0, top_p=1e-6)) == greedy
+    # A temperature so small that logits / T overflows is greedy too (its limit), not NaN and "".
+    assert shipped.generate(inputs, adapters, max_new_tokens=12, sampling=Sampling(temperature=1e-300, seed=1)) == greedy
 
 
 def test_nucleus_draws_only_from_the_top_p_mass():
