@@ -25,6 +25,7 @@ from litserve.utils import LitAPIStatus, LoopResponseType
 
 from serving.jobs import Job, JobEvent, JobResult, Step
 from serving.lifecycle import exit_when_orphaned
+from serving.memory import map_large_allocations
 from serving.settings import EngineName
 
 JOBS_PATH = "/internal/jobs"
@@ -96,6 +97,7 @@ class TagiAPI(ls.LitAPI):
         # must not interrupt them mid-batch first.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         exit_when_orphaned()
+        map_large_allocations()  # before the model loads: its buffers too
         # Imported here: the main and HTTP processes import this module without loading torch.
         import torch
         from transformers.utils import logging as hf_logging

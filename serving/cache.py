@@ -3,42 +3,13 @@
 Adapters differ in size (rank, targets, instruction length for fusion), so a count bound
 would say nothing about memory. An evicted adapter is not lost: it is rebuilt from its
 instruction on the next request (a few ms on the tiny model).
-
-Evictions also hand freed memory back to the system. A worker that keeps meeting new
-instructions frees and allocates tensors of ever different shapes (adapters, encodings,
-decoding buffers); glibc keeps freed chunks inside its heap for reuse, so the process's RSS
-went on growing long after its live memory (model, workspace, this cache) had stopped: measured
-with `tagi bench serve --parts memory` and glibc's own counters, about 40 MB of free-but-kept heap
-on the tiny checkpoint, which malloc_trim gives back. Evictions are the sign of that churn, so
-after one the cache calls malloc_trim, at most once per TRIM_INTERVAL_S (a trim walks the heap).
 """
 
 from __future__ import annotations
 
-import ctypes
-import math
-import time
 from collections import OrderedDict
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
-
-TRIM_INTERVAL_S = 1.0
-"""The shortest time between two malloc_trim calls of one cache."""
-
-
-def _glibc_malloc_trim() -> Callable[[int], int] | None:
-    """glibc's malloc_trim(pad), or None under a C library without it (musl, macOS): nothing to trim there."""
-    try:
-        trim = ctypes.CDLL(None).malloc_trim
-    except (OSError, AttributeError):
-        return None
-    trim.argtypes = [ctypes.c_size_t]
-    trim.restype = ctypes.c_int
-    return trim
-
-
-MALLOC_TRIM = _glibc_malloc_trim()
 
 
 class Sized(Protocol):
@@ -66,7 +37,6 @@ class LRUCache(Generic[V]):
         self._items: OrderedDict[str, V] = OrderedDict()
         self._bytes = 0
         self._hits = self._misses = self._evictions = 0
-        self._trimmed_at = -math.inf
 
     def get(self, key: str) -> V | None:
         """The value, now most recently used; counts a hit or a miss."""
@@ -84,22 +54,12 @@ class LRUCache(Generic[V]):
         self.discard(key)
         if value.nbytes > self.capacity_bytes:
             return
-        evictions = self._evictions
         while self._bytes + value.nbytes > self.capacity_bytes:
             _, old = self._items.popitem(last=False)
             self._bytes -= old.nbytes
             self._evictions += 1
         self._items[key] = value
         self._bytes += value.nbytes
-        if self._evictions > evictions:
-            self._release_freed_memory()
-
-    def _release_freed_memory(self) -> None:
-        """malloc_trim(0): free pages anywhere in the heap go back to the system (see the module docstring)."""
-        now = time.monotonic()
-        if MALLOC_TRIM is not None and now - self._trimmed_at >= TRIM_INTERVAL_S:
-            self._trimmed_at = now
-            MALLOC_TRIM(0)
 
     def discard(self, key: str) -> None:
         """Drop an entry that must not be served any more (a deleted adapter): not an eviction."""

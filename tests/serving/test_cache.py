@@ -6,7 +6,6 @@ from dataclasses import dataclass
 
 import pytest
 
-import serving.cache as cache_module
 from serving.cache import LRUCache
 
 
@@ -47,27 +46,3 @@ def test_a_value_larger_than_the_cache_is_served_but_not_stored():
 def test_negative_capacity_is_refused():
     with pytest.raises(ValueError):
         LRUCache(-1)
-
-
-def rss_anon_mb() -> float:
-    for line in open("/proc/self/status"):
-        if line.startswith("RssAnon:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError("no RssAnon in /proc/self/status")
-
-
-@pytest.mark.skipif(cache_module.MALLOC_TRIM is None, reason="malloc_trim is glibc's")
-def test_an_eviction_returns_freed_heap_memory_to_the_system():
-    """~100 MB freed in the middle of the heap stays resident (glibc keeps it for reuse) until the
-    next eviction, which trims it."""
-    blocks = [bytearray(b"\x01" * 64 * 1024) for _ in range(1600)]  # below the mmap threshold: heap chunks
-    top = bytearray(b"\x01" * 64 * 1024)  # in use above them, so free() alone cannot shrink the heap
-    del blocks
-    cache: LRUCache[Blob] = LRUCache(capacity_bytes=100)
-    cache.put("a", Blob(60))
-    before = rss_anon_mb()
-    cache.put("b", Blob(60))  # evicts a
-    after = rss_anon_mb()
-    assert cache.stats().evictions == 1
-    assert before - after > 50, f"RssAnon {before:.0f} MB before the eviction, {after:.0f} MB after"
-    assert top
