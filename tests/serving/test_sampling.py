@@ -102,12 +102,16 @@ def test_n_gives_several_choices_per_input(client, api):
     texts = [c.message.content for c in reply.choices]
     assert len(set(texts)) == 3
     assert texts[0] == chat(api, temperature=1, seed=11).choices[0].message.content, "choice 0 samples with the seed itself"
-    assert reply.usage.completion_tokens == 3 * 24
+    alone = [chat(api, temperature=1, seed=11 + c) for c in range(3)]
+    assert texts == [a.choices[0].message.content for a in alone], "choice c samples with seed + c"
+    assert reply.usage.completion_tokens == sum(a.usage.completion_tokens for a in alone)
+    assert all(a.usage.completion_tokens <= 24 for a in alone)
     assert reply.usage.prompt_tokens == chat(api).usage.prompt_tokens, "the prompt is counted once"
 
     body = generate(client, inputs=[TEXT, "x, y"], n=2, temperature=1.0, seed=11)
     assert [len(per_input) for per_input in body["outputs"]] == [2, 2]
-    assert body["finish_reasons"] == [["length", "length"], ["length", "length"]]
+    assert body["finish_reasons"][0] == [c.finish_reason for c in reply.choices[:2]]
+    assert all(reason in ("stop", "length") for reason in body["finish_reasons"][1])
     assert body["outputs"][0][0] == texts[0], "the same row settings give the same text on both endpoints"
 
 
@@ -143,6 +147,7 @@ def test_chat_refuses_what_it_cannot_honour_and_ignores_the_rest(client):
     harmless = {"user": "someone", "logprobs": False, "presence_penalty": 0, "metadata": {"a": "b"}, "temperature": None}
     response = client.post("/v1/chat/completions", json={**base, **harmless})
     assert response.status_code == 200, response.text
-    assert response.json()["choices"][0]["message"]["content"] == client.post("/v1/chat/completions", json=base).json()[
-        "choices"
-    ][0]["message"]["content"]
+    assert (
+        response.json()["choices"][0]["message"]["content"]
+        == client.post("/v1/chat/completions", json=base).json()["choices"][0]["message"]["content"]
+    )
