@@ -11,13 +11,21 @@ import time
 import httpx2
 import pytest
 
+from tests.serving.promtext import parse, value
+
 SLOW = {
     "instruction": "Reverse the order of the words.",
-    "inputs": [f"alpha beta {i} gamma delta" for i in range(8)],
-    "max_new_tokens": 160,
+    "inputs": [f"alpha beta {i} gamma delta" for i in range(32)],
+    "max_new_tokens": 256,
 }
-"""Two batches of four of these keep the one worker busy for seconds after the SIGTERM (the micro
-checkpoint's adapters never stop a row early), so the drain has something to wait for."""
+"""Two batches of four of these (128 rows x 256 steps each) keep the one worker busy for seconds
+after the SIGTERM (the micro checkpoint's adapters never stop a row early), so the drain has
+something to wait for."""
+
+
+def batches_started(client: httpx2.Client) -> float:
+    """Batches the workers have begun (the service counts a batch when it starts)."""
+    return value(parse(client.get("/metrics").text), "tagi_batch_requests_count")
 
 
 def test_sigterm_finishes_in_flight_requests_and_refuses_new_connections(server_factory, serve_checkpoint, tmp_path):
@@ -37,10 +45,17 @@ def test_sigterm_finishes_in_flight_requests_and_refuses_new_connections(server_
                 response = client.post("/v1/generate", json=SLOW)
                 answers.append((response.status_code, response.json(), time.monotonic()))
 
-        threads = [threading.Thread(target=post) for _ in range(8)]
-        for thread in threads:
-            thread.start()
-        time.sleep(1.5)  # every connection is accepted and its job queued
+        with proc.client() as client:
+            before = batches_started(client)
+            threads = [threading.Thread(target=post) for _ in range(8)]
+            for thread in threads:
+                thread.start()
+            # SIGTERM once the first batch of the eight runs (the rest are queued behind it), not
+            # after a fixed sleep, which an idle machine outran.
+            deadline = time.monotonic() + 60
+            while batches_started(client) == before and time.monotonic() < deadline:
+                time.sleep(0.02)
+        time.sleep(0.2)  # every connection is accepted
         assert not answers, "the requests finished before the SIGTERM: make SLOW slower"
         os.kill(proc.process.pid, signal.SIGTERM)  # the main process only, as `kill`, docker stop or systemd send it
         terminated = time.monotonic()
