@@ -72,7 +72,6 @@ print(rss_anon_mb() - before)
 """
 
 
-
 def kept_after_free_mb(mode: str) -> float:
     """RssAnon kept by a fresh process after it allocated and freed ~120 MB of 1-1.4 MB buffers."""
     result = subprocess.run([sys.executable, "-c", CHURN, mode], capture_output=True, text=True, check=True, timeout=60)

@@ -191,7 +191,13 @@ def test_the_openai_client_streams(server, client):
     messages = [{"role": "system", "content": INSTRUCTION}, {"role": "user", "content": INPUTS[1]}]
     reply = api.chat.completions.create(model=BASE_MODEL_ID, messages=messages, max_tokens=20, n=2, temperature=1, seed=9)
     stream = api.chat.completions.create(
-        model=BASE_MODEL_ID, messages=messages, max_tokens=20, n=2, temperature=1, seed=9, stream=True,
+        model=BASE_MODEL_ID,
+        messages=messages,
+        max_tokens=20,
+        n=2,
+        temperature=1,
+        seed=9,
+        stream=True,
         stream_options={"include_usage": True},
     )
     texts, reasons, usage = ["", ""], [None, None], None
