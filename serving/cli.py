@@ -55,15 +55,18 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
         ),
         epilog="""endpoints:
   POST   /v1/adapters             {"instruction"} -> adapter id and metadata
-  GET    /v1/adapters[/ID]        list / metadata;   DELETE /v1/adapters/ID
+  GET    /v1/adapters[/ID]        list (paged: limit, after) / metadata;   DELETE /v1/adapters/ID
   GET    /v1/adapters/ID/peft     PEFT directory as .tar.gz (PeftModel.from_pretrained after tar xzf)
-  POST   /v1/generate             {"instruction" | "adapter_id", "inputs", "max_new_tokens", "fusion"}
+  POST   /v1/generate             {"instruction" | "adapter_id", "inputs", "max_new_tokens", "fusion",
+                                   "temperature", "top_p", "seed", "stop", "n", "stream"}
   POST   /v1/chat/completions     OpenAI-compatible (system message = instruction, or model = adapter id)
-  GET    /v1/models, /health, /info, /metrics (Prometheus), /docs
+  GET    /v1/models, /health, /info, /metrics (Prometheus), /docs, /openapi.json
+  GET    /                        the playground: a web page that streams outputs
 
 authentication:
-  Set LIT_SERVER_API_KEY to require a key on every endpoint but /health; clients send
-  'X-API-Key: KEY' or 'Authorization: Bearer KEY' (the openai client's api_key).""",
+  Set LIT_SERVER_API_KEY to require a key on every endpoint but /health and the playground page
+  (which asks for it); clients send 'X-API-Key: KEY' or 'Authorization: Bearer KEY' (the openai
+  client's api_key).""",
     )
     add_checkpoint_argument(p)
     d = {f.name: f.default for f in dataclasses.fields(ServerSettings)}
@@ -149,8 +152,8 @@ authentication:
         "--state-dir",
         default=str(d["state_dir"]),
         metavar="DIR",
-        help="where the adapter registry (SQLite) and PEFT archives persist across workers and "
-        f"restarts (default {d['state_dir']})",
+        help="where the adapter registry (SQLite) persists across workers and restarts; nothing else is "
+        f"written there (default {d['state_dir']})",
     )
     p.add_argument(
         "--torch-threads",
