@@ -27,8 +27,7 @@ from transformers import PreTrainedTokenizerBase, T5ForConditionalGeneration
 from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 from transformers.modeling_outputs import BaseModelOutput
 
-from hypernet.inject import LoraSlots
-from hypernet.targets import LoraWeights
+from hypernet.inject import Attachment, LoraSlots
 
 FinishReason = Literal["stop", "length"]
 
@@ -162,7 +161,7 @@ def decode(
     tokenizer: PreTrainedTokenizerBase,
     memory: torch.Tensor,
     memory_mask: torch.Tensor,
-    lora: LoraWeights | None,
+    attachment: Attachment | None,
     prompt_tokens: list[int],
     limits: list[int],
     samplings: list[Sampling],
@@ -171,16 +170,16 @@ def decode(
     exactly one update with finish_reason set, at the step it finishes.
 
     memory (b, s, d) and memory_mask (b, s): what the decoder attends to (encoder output, fused).
-    Row i runs with adapter row i of `lora`, attached around each forward only, so the shared
-    model holds no adapter while the caller has control between steps; it is prepared once (and
-    again only when rows leave), so a step's attach only sets references. A `lora` that views an
-    AdapterBatcher's workspace must not be reassembled before the stream ends."""
+    Row i runs with adapter row i of `attachment` (LoraSlots.prepare, done once by the caller and
+    again here only when rows leave, so a step's attach only sets references), attached around
+    each forward only, so the shared model holds no adapter while the caller has control between
+    steps. Weights that view an AdapterBatcher's workspace must not be reassembled before the
+    stream ends."""
     config = base.generation_config
     eos = config.eos_token_id
     eos_ids = torch.tensor(eos if isinstance(eos, list) else [eos], device=memory.device)
     pad = config.pad_token_id if config.pad_token_id is not None else config.decoder_start_token_id
     n = len(limits)
-    attachment = slots.prepare(lora)
     generators = [_generator(s, memory.device) for s in samplings]
     texts = [RowText(tokenizer, s.stop) for s in samplings]
     counts = [0] * n

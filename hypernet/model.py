@@ -269,12 +269,12 @@ class TagiModel(nn.Module):
         weights = [a.weights if a else None for a in rows]
         lora = None if not any(rows) else workspace.assemble(weights) if workspace else stack_adapters(weights)
         instruction = concat_instructions([a.instruction_encoding if a and f else None for a, f in zip(rows, fusions)])
-        with self.slots.attached(lora):
+        attachment = self.slots.prepare(lora)  # once for the encoder pass and every decode step
+        with self.slots.attached(attachment):
             memory, memory_mask = self.encode_inputs(batch["input_ids"], batch["attention_mask"], instruction)
         prompt_tokens = batch["attention_mask"].sum(dim=1).tolist()
-        return decode(
-            self.base, self.slots, self.tokenizer, memory.last_hidden_state, memory_mask, lora, prompt_tokens, limits, samplings
-        )
+        memory = memory.last_hidden_state
+        return decode(self.base, self.slots, self.tokenizer, memory, memory_mask, attachment, prompt_tokens, limits, samplings)
 
     def new_workspace(self) -> AdapterBatcher:
         """An AdapterBatcher matching this model's layout, dtype and device, for `generate(workspace=)`."""
