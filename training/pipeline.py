@@ -24,7 +24,7 @@ from training.suite_files import write_suite
 
 PIPELINE_FILE = "pipeline.json"
 EVAL_FILE = "eval.json"
-SNI_TEST_SPLIT = Path("splits") / "subset_test.txt"
+SNI_TEST_SPLIT = Path("splits") / "subset" / "test_tasks.txt"
 SYNTH_SETS = {
     "synthetic_unseen_composition": "unseen_composition",
     "synthetic_unseen_parameter": "unseen_parameter",

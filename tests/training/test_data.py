@@ -77,7 +77,7 @@ def test_every_shipped_sni_task_loads_with_expected_totals(sni_dir: Path) -> Non
     assert len(tasks) == 38
     assert sum(len(t.instances) for t in tasks) == 1954
     assert [t.name for t in tasks] == sorted(t.name for t in tasks)
-    subset = set(read_split(sni_dir / "splits" / "subset_train.txt")) | set(read_split(sni_dir / "splits" / "subset_test.txt"))
+    subset = {name for split in ("train_tasks.txt", "test_tasks.txt") for name in read_split(sni_dir / "splits" / "subset" / split)}
     assert {t.name for t in tasks} == subset
     for task in tasks:
         assert task.definition.strip()
@@ -101,23 +101,24 @@ def test_known_task_content(sni_dir: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("split", "subset", "present", "listed"),
-    [("train_tasks.txt", "subset_train.txt", 18, 756), ("test_tasks.txt", "subset_test.txt", 20, 119)],
+    ("split", "present", "listed"),
+    [("train_tasks.txt", 18, 756), ("test_tasks.txt", 20, 119)],
 )
-def test_shipped_subset_is_part_of_the_full_split(sni_dir: Path, split: str, subset: str, present: int, listed: int) -> None:
-    tasks = load_split(sni_dir / "tasks", sni_dir / "splits" / split)
+def test_shipped_subset_is_part_of_the_full_split(sni_dir: Path, split: str, present: int, listed: int) -> None:
+    full = sni_dir / "splits" / "default" / split
+    tasks = load_split(sni_dir / "tasks", full)
     names = [t.name for t in tasks]
-    assert names == sorted(read_split(sni_dir / "splits" / subset))
+    assert names == sorted(read_split(sni_dir / "splits" / "subset" / split))
     assert len(names) == present
-    assert len(read_split(sni_dir / "splits" / split)) == listed
-    found, absent = partition_split(sni_dir / "tasks", sni_dir / "splits" / split)
+    assert len(read_split(full)) == listed
+    found, absent = partition_split(sni_dir / "tasks", full)
     assert found == names and len(absent) == listed - present
     assert absent == sorted(absent) and not set(absent) & set(found)
 
 
 def test_subset_split_lists_only_shipped_tasks(sni_dir: Path) -> None:
-    assert partition_split(sni_dir / "tasks", sni_dir / "splits" / "subset_test.txt")[1] == []
-    tasks = load_split(sni_dir / "tasks", sni_dir / "splits" / "subset_test.txt", max_instances=3)
+    assert partition_split(sni_dir / "tasks", sni_dir / "splits" / "subset" / "test_tasks.txt")[1] == []
+    tasks = load_split(sni_dir / "tasks", sni_dir / "splits" / "subset" / "test_tasks.txt", max_instances=3)
     assert len(tasks) == 20
     assert all(len(t.instances) == 3 for t in tasks)
     assert all(t.function is None and t.function_key == t.name for t in tasks)  # SNI tasks: each its own function

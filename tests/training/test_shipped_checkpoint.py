@@ -133,7 +133,7 @@ def fresh_eval(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
     results = {}
     for name, (split, every) in SAMPLE.items():
         if split == "sni":
-            tasks = sorted(read_split(SNI_DIR / "splits" / "subset_test.txt"))[::every]
+            tasks = sorted(read_split(SNI_DIR / "splits" / "subset" / "test_tasks.txt"))[::every]
             results[name] = run_eval(
                 DEFAULT_CHECKPOINT,
                 [str(SNI_DIR / "tasks" / f"{t}.json") for t in tasks],
