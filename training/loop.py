@@ -16,17 +16,29 @@ records the config it was trained under, and resuming under another one is refus
 straight steps and a run killed between two saves then resumed give bit-identical weights and
 the same log (tested).
 
+Accumulation and several processes (torchrun, training.distributed): `batch_size` is the global
+batch of an optimizer step. The sampler is replicated (every rank draws the same indices), the
+step's indices are cut into micro-batches of `micro_batch_size`, and rank r of W runs micro-batches
+r, r + W, ...; micro-batch m is built with seed micro_seed(seed, step, m) and, when a step has
+several, runs under a torch RNG seeded from it too (dropout). The step's loss is the mean over its
+micro-batches: each backward is scaled by W / micro-batches and torch DistributedDataParallel
+averages the gradients over the ranks (accumulating under no_sync until a rank's last
+micro-batch). So one process and W processes compute the same step, up to float rounding
+(tested with gloo on CPU); a step of one micro-batch is exactly the loop without any of this.
+Rank 0 alone writes the log, plot and checkpoints, shows the bar and runs the evaluation hook.
+
 Checkpoints hold no pickle: tensors are safetensors, everything else JSON.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -39,6 +51,7 @@ from tqdm.auto import tqdm
 
 from hypernet.errors import UserError
 from hypernet.files import atomic_directory, atomic_write_text, write_json
+from training import distributed
 
 STATE_DIR = "train_state"
 MODEL_FILE = "model.safetensors"
@@ -55,7 +68,13 @@ class LoopConfig:
     steps: int = 1000
     """Optimizer steps in total (a resumed run continues up to this count)."""
     batch_size: int = 32
-    """Examples per step."""
+    """Examples per optimizer step, over all processes (the global batch)."""
+    micro_batch_size: int = 0
+    """Examples per forward pass (0: batch_size, one pass per step). batch_size must be a multiple
+    of micro_batch_size x processes; smaller micro-batches trade speed for activation memory."""
+    gradient_checkpointing: bool = False
+    """Recompute the HF base's activations in the backward pass instead of storing them (non-reentrant
+    activation checkpointing): less memory for a big base, ~1/3 more compute, the same result."""
     lr: float = 1e-3
     """Peak learning rate (for Adafactor: relative to each weight's RMS)."""
     optimizer: Literal["adamw", "adafactor"] = "adamw"
@@ -85,7 +104,7 @@ class LoopConfig:
         for name in ("steps", "batch_size", "checkpoint_every", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("warmup_steps", "weight_decay", "grad_clip", "seed", "eval_every", "threads"):
+        for name in ("warmup_steps", "weight_decay", "grad_clip", "seed", "eval_every", "threads", "micro_batch_size"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.lr <= 0:
@@ -96,14 +115,32 @@ class LoopConfig:
             raise ValueError(f"optimizer must be adamw or adafactor, got {self.optimizer!r}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
+        if self.batch_size % self.micro:
+            raise ValueError(f"batch_size {self.batch_size} is not a multiple of micro_batch_size {self.micro_batch_size}")
+
+    @property
+    def micro(self) -> int:
+        """Examples per forward pass (micro_batch_size, where 0 means batch_size)."""
+        return self.micro_batch_size or self.batch_size
+
+    def micro_batches(self, world_size: int) -> int:
+        """Micro-batches per optimizer step; a UserError unless W processes can share them evenly."""
+        if self.batch_size % (self.micro * world_size):
+            raise UserError(
+                f"batch_size {self.batch_size} must be a multiple of micro_batch_size ({self.micro}) x processes "
+                f"({world_size}) = {self.micro * world_size}, so that every process runs the same number of "
+                "micro-batches per step; change batch_size, micro_batch_size or --nproc-per-node"
+            )
+        return self.batch_size // self.micro
 
 
 def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """cpu, or this process's GPU: cuda:LOCAL_RANK under torchrun (cuda:0 alone)."""
     if name == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda requested but CUDA is not available")
-    return torch.device(name)
+    if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
+        return torch.device("cuda", distributed.world().local_rank)
+    return torch.device("cpu")
 
 
 def lr_at(config: LoopConfig, step: int) -> float:
@@ -124,6 +161,13 @@ def seed_everything(seed: int) -> None:
 def step_seed(seed: int, step: int) -> int:
     """Seed of the per-step randomness of batch building; independent of resume."""
     return (seed * 1_000_003 + step) % (2**31)
+
+
+def micro_seed(seed: int, step: int, micro: int) -> int:
+    """Seed of micro-batch `micro` of a step: step_seed for the first (a step of one micro-batch
+    draws what it always drew), a seed far from every step's for the others; independent of which
+    rank runs it and of the number of processes."""
+    return (step_seed(seed, step) + micro * 0x9E3779B1) % (2**31)
 
 
 class Sampler(Protocol):
@@ -287,15 +331,21 @@ class LoopResult:
     """Scores of the evaluation at the last step (empty when this call ran none)."""
 
 
-RESUME_IGNORES = ("device", "threads")
-"""LoopConfig fields a resumed run may change: where and how fast it runs, not what it computes."""
+RESUME_IGNORES = ("device", "threads", "gradient_checkpointing")
+"""LoopConfig fields a resumed run may change: where and how fast it runs, not what it computes.
+(The number of processes is not a field: it changes nothing but rounding. micro_batch_size stays:
+each micro-batch has its own batch seed.)"""
 
 
 def resume_view(data: Any) -> Any:
     """`data` (dataclasses, dicts, lists) as JSON values, every LoopConfig in it without the
-    RESUME_IGNORES fields: what must match for a result to be continued or reused."""
+    RESUME_IGNORES fields: what must match for a result to be continued or reused. A micro-batch
+    as large as the batch is left out: that is the loop of old records, which stay valid."""
     if isinstance(data, LoopConfig):
-        return {k: v for k, v in json.loads(json.dumps(asdict(data))).items() if k not in RESUME_IGNORES}
+        view = {k: v for k, v in json.loads(json.dumps(asdict(data))).items() if k not in RESUME_IGNORES}
+        if data.micro == data.batch_size:
+            del view["micro_batch_size"]
+        return view
     if dataclasses.is_dataclass(data) and not isinstance(data, type):
         return {f.name: resume_view(getattr(data, f.name)) for f in dataclasses.fields(data)}
     if isinstance(data, dict):
@@ -391,6 +441,74 @@ def checkpoint_step(out_dir: Path) -> int:
     return int(json.loads((Path(out_dir) / STATE_DIR / STATE_FILE).read_text())["step"])
 
 
+class _LossModule(nn.Module):
+    """The stage's loss as a module's forward: DistributedDataParallel must run the forward of
+    what it wraps (to find the parameters a batch left unused) and owns the module's parameters."""
+
+    def __init__(self, module: nn.Module, loss_fn: LossFn) -> None:
+        super().__init__()
+        self.module = module
+        self.loss_fn = loss_fn
+
+    def forward(self, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+        return self.loss_fn(batch)
+
+
+def _data_parallel(runner: _LossModule, device: torch.device) -> nn.Module:
+    """`runner` under torch DDP. find_unused_parameters: a batch may leave trainable parameters out
+    (stage 3's batches without fusion never touch fusion's); DDP then all-reduces what they
+    accumulated in earlier micro-batches, or leaves them untouched when no rank used them.
+    broadcast_buffers off: every rank holds the same buffers (same seed, same steps)."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(
+        runner,
+        device_ids=[device] if device.type == "cuda" else None,
+        find_unused_parameters=True,
+        broadcast_buffers=False,
+    )
+
+
+def enable_gradient_checkpointing(module: nn.Module) -> None:
+    """Non-reentrant activation checkpointing on the HF model inside `module`: the module itself
+    (a T5, a PEFT model) or its frozen `base` (TagiModel). Non-reentrant, because a frozen base's
+    inputs need no grad (the reentrant variant would then drop the LoRA's gradients).
+
+    TagiModel keeps its base in eval mode (no dropout on the frozen path), and transformers only
+    checkpoints a layer whose own `training` flag is set; so that flag alone is set on each layer
+    (its dropout submodules keep theirs). Without grad (evaluation, generation) nothing changes."""
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    hf = getattr(module, "base", module)
+    if not hasattr(hf, "gradient_checkpointing_enable"):
+        raise UserError(f"gradient_checkpointing: {type(module).__name__} holds no Hugging Face model to checkpoint")
+    hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    for layer in hf.modules():
+        if isinstance(layer, GradientCheckpointingLayer):
+            layer.training = True
+
+
+@contextlib.contextmanager
+def _micro_rng(seed: int, device: torch.device, several: bool) -> Iterator[None]:
+    """Where a micro-batch's torch randomness (dropout) comes from: with several micro-batches per
+    step, a generator seeded by its micro_seed, so it does not depend on which rank runs it nor on
+    what ran before on that rank; with one, the global stream, as it always was."""
+    cuda = device.type == "cuda"
+    with torch.random.fork_rng(devices=[device] if cuda else [], enabled=several, device_type="cuda" if cuda else None):
+        if several:
+            torch.manual_seed(seed)
+        yield
+
+
+def _mean_over_ranks(metrics: dict[str, float]) -> dict[str, float]:
+    """Each metric averaged over the ranks (each ran the same number of micro-batches), so the
+    log of W processes is the log of one."""
+    gathered = distributed.all_gather(metrics)
+    if len(gathered) == 1:
+        return metrics
+    return {k: sum(g[k] for g in gathered) / len(gathered) for k in metrics}
+
+
 def train(
     module: nn.Module,
     num_examples: int,
@@ -413,11 +531,17 @@ def train(
     `settings` is the stage's own config (dataclasses or JSON values): it is saved with every
     checkpoint, and a resume under different settings, or a different LoopConfig, is refused.
     The module must already be on its device; `seed_everything(config.seed)` should precede
-    its construction so that initialisation is seeded too.
+    its construction so that initialisation is seeded too. Under torchrun every rank calls this
+    with the same arguments (see the module docstring); eval_fn runs on rank 0 only and every
+    rank gets its scores.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     device = next(module.parameters()).device
+    place = distributed.world()
+    main = place.rank == 0
+    n_micro = config.micro_batches(place.world_size)
+    mine = range(place.rank, n_micro, place.world_size)
     if config.threads:
         torch.set_num_threads(config.threads)
     params = [p for p in module.parameters() if p.requires_grad]
@@ -430,48 +554,67 @@ def train(
     start = 0
     if resume and has_checkpoint(out_dir):
         start = _load_state(out_dir, module, optimizer, sampler, record)
-        truncate_log(log_path, start)
+        if main:
+            truncate_log(log_path, start)
     else:
         seed_everything(config.seed)
-        log_path.unlink(missing_ok=True)
+        if main:
+            log_path.unlink(missing_ok=True)
+    if config.gradient_checkpointing:
+        enable_gradient_checkpointing(module)
+    runner = _LossModule(module, loss_fn)
+    # Built after any resume: DDP's constructor broadcasts rank 0's weights, and waits for every rank.
+    engine = _data_parallel(runner, device) if distributed.active() else runner
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
     module.train()
     began = time.time()
     metrics: dict[str, float] = {}
     last_eval: dict[str, float] = {}
-    bar = tqdm(total=config.steps, initial=start, desc=name, dynamic_ncols=True, disable=None)
-    with log_path.open("a") as log:
+    bar = tqdm(total=config.steps, initial=start, desc=name, dynamic_ncols=True, disable=None if main else True)
+    with log_path.open("a") if main else nullcontext() as log:
         for step in range(start, config.steps):
             lr = lr_at(config, step)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            batch = make_batch(sampler.take(config.batch_size, step), step_seed(config.seed, step))
-            batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-            with autocast:
-                loss, metrics = loss_fn(batch)
-            loss.backward()
+            indices = sampler.take(config.batch_size, step)
+            sums: dict[str, float] = {}
+            for position, m in enumerate(mine):
+                batch = make_batch(indices[m * config.micro : (m + 1) * config.micro], micro_seed(config.seed, step, m))
+                batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+                # DDP all-reduces in the backward of a rank's last micro-batch only.
+                accumulate = engine.no_sync() if engine is not runner and position < len(mine) - 1 else nullcontext()
+                with accumulate, _micro_rng(micro_seed(config.seed, step, m), device, n_micro > 1):
+                    with autocast:
+                        loss, extra = engine(batch)
+                    (loss / len(mine)).backward()
+                for key, value in {"loss": float(loss.detach()), **extra}.items():
+                    sums[key] = sums.get(key, 0.0) + float(value)
+            metrics = {k: v / len(mine) for k, v in sums.items()}
             if config.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             done = step + 1
-            metrics = {"loss": float(loss.detach()), **{k: float(v) for k, v in metrics.items()}}
             if done % config.log_every == 0 or done == config.steps:
-                log.write(
-                    json.dumps({"kind": "train", "step": done, "lr": lr, "time": round(time.time() - began, 2), **metrics}) + "\n"
-                )
-                log.flush()
-                bar.set_postfix({k: f"{v:.3f}" for k, v in list(metrics.items())[:4]})
+                metrics = _mean_over_ranks(metrics)
+                if main:
+                    record_line = {"kind": "train", "step": done, "lr": lr, "time": round(time.time() - began, 2), **metrics}
+                    log.write(json.dumps(record_line) + "\n")
+                    log.flush()
+                    bar.set_postfix({k: f"{v:.3f}" for k, v in list(metrics.items())[:4]})
             if eval_fn is not None and ((config.eval_every and done % config.eval_every == 0) or done == config.steps):
-                module.eval()
-                scores = eval_fn(done)
-                module.train()
-                log.write(json.dumps({"kind": "eval", "step": done, "time": round(time.time() - began, 2), **scores}) + "\n")
-                log.flush()
+                scores = None
+                if main:
+                    module.eval()
+                    scores = eval_fn(done)
+                    module.train()
+                    log.write(json.dumps({"kind": "eval", "step": done, "time": round(time.time() - began, 2), **scores}) + "\n")
+                    log.flush()
+                scores = distributed.broadcast(scores)
                 if done == config.steps:
                     last_eval = scores
             bar.update(1)
-            if done % config.checkpoint_every == 0 or done == config.steps:
+            if main and (done % config.checkpoint_every == 0 or done == config.steps):
                 log.flush()
                 _save_state(out_dir, module, optimizer, sampler, done, record)
                 plot_log(log_path, out_dir / PLOT_FILE, title=name)
