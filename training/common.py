@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import random
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,8 +40,10 @@ class Pair:
 class TaskSet:
     tasks: list[Task]
     instructions: list[str]  # one per task, in the prompt format used everywhere
-    train: list[Pair]
-    held_back: list[Pair]
+    # Grouped by task, in task order. A list for the synthetic world; for SNI a lazy
+    # training.sni.StoredPairs (indexing decodes one pair), so consumers index or iterate.
+    train: Sequence[Pair]
+    held_back: Sequence[Pair]
 
     def categories(self) -> list[str]:
         return [primitive_group(t.category) for t in self.tasks]
@@ -57,13 +60,22 @@ def load_task_set(
     tasks = load_tasks(paths, max_instances=max_instances)
     if not tasks:
         raise ValueError("no tasks given")
-    train, held = [], []
+    train: list[Pair] = []
+    held: list[Pair] = []
     for index, task in enumerate(tasks):
-        keep = min(held_back, max(0, len(task.instances) - 1))
-        fit, back = split_instances(task, keep, seed)
-        train += [Pair(index, i.input, i.outputs[0]) for i in fit]
-        held += [Pair(index, i.input, i.outputs[0]) for i in back]
+        fit, back = task_pairs(index, task, held_back, seed)
+        train += fit
+        held += back
     return TaskSet(tasks, [format_instruction(t, prompt_format) for t in tasks], train, held)
+
+
+def task_pairs(index: int, task: Task, held_back: int, seed: int) -> tuple[list[Pair], list[Pair]]:
+    """(training, held-back) pairs of task number `index`: `held_back` of its instances, but
+    never all of them (every task keeps a pair to train on), split by
+    `split_instances`. The one rule both the eager and the stored (training.sni) task sets use."""
+    keep = min(held_back, max(0, len(task.instances) - 1))
+    fit, back = split_instances(task, keep, seed)
+    return [Pair(index, i.input, i.outputs[0]) for i in fit], [Pair(index, i.input, i.outputs[0]) for i in back]
 
 
 class InstructionCache:
@@ -158,7 +170,7 @@ def concat_inputs(task_set: TaskSet, pairs: list[Pair], rng: random.Random | Non
     return texts
 
 
-def spread(pairs: list[Pair], count: int) -> list[Pair]:
+def spread(pairs: Sequence[Pair], count: int) -> list[Pair]:
     """At most `count` pairs, spread evenly over the list (so every task is represented)."""
     if count >= len(pairs):
         return list(pairs)
