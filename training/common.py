@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import json
 import random
+from array import array
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import overload
 
 import torch
 from transformers import PreTrainedTokenizerBase, T5ForConditionalGeneration
@@ -47,6 +49,28 @@ class TaskSet:
 
     def categories(self) -> list[str]:
         return [primitive_group(t.category) for t in self.tasks]
+
+
+class PairsAt(Sequence[Pair]):
+    """The pairs of `base` at `indices`: a selection that keeps 8 bytes per pair, not the pairs
+    (selecting from a stored SNI task set must not turn it into a list of objects)."""
+
+    def __init__(self, base: Sequence[Pair], indices: array) -> None:
+        self.base, self.indices = base, indices
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    @overload
+    def __getitem__(self, index: int) -> Pair: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> PairsAt: ...
+
+    def __getitem__(self, index: int | slice) -> Pair | PairsAt:
+        if isinstance(index, slice):
+            return PairsAt(self.base, self.indices[index])
+        return self.base[self.indices[index]]
 
 
 def primitive_group(category: str) -> str:

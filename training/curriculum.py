@@ -23,14 +23,15 @@ from __future__ import annotations
 
 import json
 import random
+from array import array
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
 from hypernet.files import atomic_write_text
-from training.common import Pair, TaskSet
+from training.common import Pair, PairsAt, TaskSet
 from training.loop import step_seed
 
 CURRICULUM_LOG = "curriculum.jsonl"
@@ -79,23 +80,28 @@ def round_ends(total_steps: int, rounds: int) -> list[int]:
     return [round(total_steps * (r + 1) / rounds) for r in range(rounds)]
 
 
-def split_probes(task_set: TaskSet, per_task: int, seed: int) -> tuple[list[Pair], list[Pair]]:
+def split_probes(task_set: TaskSet, per_task: int, seed: int) -> tuple[Sequence[Pair], list[Pair]]:
     """(training pairs, probe pairs): `per_task` of each task's *training* pairs become probes.
 
-    Only `task_set.train` is split, so no held-back (evaluation) instance can be a probe.
+    Only `task_set.train` is split, so no held-back (evaluation) instance can be a probe. The
+    training pairs are a selection of `task_set.train` by index (a stored SNI set stays on disk);
+    the probes, a few per task, are a list.
     """
-    by_task: dict[int, list[Pair]] = {}
-    for pair in task_set.train:
-        by_task.setdefault(pair.task, []).append(pair)
-    train, probes = [], []
+    by_task: dict[int, list[int]] = {}
+    for k, pair in enumerate(task_set.train):
+        by_task.setdefault(pair.task, []).append(k)
+    train, probes = array("q"), []
     rng = random.Random(f"probes:{seed}")
     for task in sorted(by_task):
-        pairs = by_task[task]
-        keep = min(per_task, max(0, len(pairs) - 1))
-        chosen = set(rng.sample(range(len(pairs)), keep))
-        for i, pair in enumerate(pairs):
-            (probes if i in chosen else train).append(pair)
-    return train, probes
+        indices = by_task[task]
+        keep = min(per_task, max(0, len(indices) - 1))
+        chosen = set(rng.sample(range(len(indices)), keep))
+        for i, k in enumerate(indices):
+            if i in chosen:
+                probes.append(task_set.train[k])
+            else:
+                train.append(k)
+    return PairsAt(task_set.train, train), probes
 
 
 @dataclass(frozen=True)
@@ -152,7 +158,7 @@ def plan_round(
 class RoundSampler:
     """Draws a round's examples: a pure function of (plan, seed), so resumes and logs replay it."""
 
-    def __init__(self, plan: RoundPlan, names: list[str], categories: list[str], pairs: list[Pair]) -> None:
+    def __init__(self, plan: RoundPlan, names: list[str], categories: list[str], pairs: Sequence[Pair]) -> None:
         index = {name: i for i, name in enumerate(names)}
         self.plan = plan
         self.pairs_of: dict[int, list[int]] = {}
@@ -180,7 +186,7 @@ class RoundSampler:
 
 
 def sampled_mix(
-    sampler: RoundSampler, categories: list[str], pairs: list[Pair], batches: list[tuple[int, int]]
+    sampler: RoundSampler, categories: list[str], pairs: Sequence[Pair], batches: list[tuple[int, int]]
 ) -> dict[str, float]:
     """Category shares of what a round actually drew; `batches` = (count, seed) per step."""
     counts: Counter[str] = Counter()
@@ -238,7 +244,7 @@ class TapirSampler:
         seed: int,
         names: list[str],
         categories: list[str],
-        pairs: list[Pair],
+        pairs: Sequence[Pair],
         teacher_em: list[float],
         measure_student: Callable[[], list[float]],
         out_dir: Path,

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from hypernet.errors import UserError
-from training.common import TaskSet, load_task_set
+from training.common import PairsAt, TaskSet, load_task_set
+from training.curriculum import split_probes
 from training.data import SNI_DIR, format_instruction, load_task, read_split
 from training.sni import MANIFEST, StoredPairs, sni_task_set, sni_test_tasks, split_tasks
 
@@ -107,6 +108,15 @@ def test_stored_pairs_equal_the_eager_task_set(clone: Path, tmp_path: Path, held
     assert list(lazy.train[1:-1:3]) == eager.train[1:-1:3] and list(lazy.train[2:][::-2]) == eager.train[2:][::-2]
     with pytest.raises(IndexError):
         lazy.train[len(eager.train)]
+
+
+def test_curriculum_probes_select_from_the_store_without_copying_it(clone: Path, tmp_path: Path) -> None:
+    lazy = _load(clone, tmp_path / "store", held_back=1, max_instances_per_task=12)
+    eager = load_task_set(split_tasks(clone, "default", "train_tasks.txt"), 1, 0, max_instances=12)
+    (train, probes), (eager_train, eager_probes) = split_probes(lazy, 2, seed=4), split_probes(eager, 2, seed=4)
+    assert isinstance(train, PairsAt) and train.base is lazy.train
+    assert list(train) == list(eager_train) and probes == eager_probes and len(probes) == 2 + 1 + 0  # each task keeps a pair to train on
+    assert list(train[::2]) == list(eager_train)[::2] and train[-1] == list(eager_train)[-1]
 
 
 def test_store_is_reused_rebuilt_on_other_inputs_and_opened_by_other_ranks(clone: Path, tmp_path: Path) -> None:
