@@ -36,6 +36,7 @@ from hypernet.files import SPIECE, atomic_directory, write_json
 from hypernet.tiny import build_tiny_base, load_tokenizer
 from training.common import TaskSet, exact_match_by_group, greedy, seq2seq_batch, spread
 from training.data import format_concat, label_definition
+from training.distributed import barrier, is_main
 from training.loop import LoopConfig, LoopResult, resolve_device, seed_everything, train
 from training.presets import BaseConfig
 from training.suite import SuiteConfig, sample_instance
@@ -169,8 +170,9 @@ def pretrain_base(
     `world_config` shapes skills="world" inputs like the suite's (list lengths)."""
     out_dir = Path(out_dir)
     init_dir = out_dir / "init"
-    if not (init_dir / "config.json").exists():
+    if is_main() and not (init_dir / "config.json").exists():
         build_base(task_set, init_dir, config, seed)
+    barrier()
     tokenizer = load_tokenizer(init_dir)
     seed_everything(loop.seed)
     model = T5ForConditionalGeneration.from_pretrained(init_dir, use_safetensors=True).to(resolve_device(loop.device))
@@ -224,6 +226,8 @@ def pretrain_base(
         settings={"base": config, "seed": seed, "world": world_config},
     )
     final = out_dir / "model"
+    if not is_main():
+        return final
     with atomic_directory(final, overwrite=True) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)

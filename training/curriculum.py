@@ -32,6 +32,7 @@ from typing import Literal
 
 from hypernet.files import atomic_write_text
 from training.common import Pair, PairsAt, TaskSet
+from training.distributed import is_main
 from training.loop import step_seed
 
 CURRICULUM_LOG = "curriculum.jsonl"
@@ -263,7 +264,8 @@ class TapirSampler:
         sampler = RoundSampler(plan, self.names, self.categories, self.pairs)
         self.records.append(plan_record(plan, sampled_mix(sampler, self.categories, self.pairs, seeds)))
         self.samplers.append(sampler)
-        write_plans(self.out_dir, self.records)
+        if is_main():  # every rank plans the same rounds; one writes them
+            write_plans(self.out_dir, self.records)
 
     def take(self, count: int, step: int) -> list[int]:
         index = next(i for i, end in enumerate(self.ends) if step < end)

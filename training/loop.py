@@ -441,6 +441,10 @@ def checkpoint_step(out_dir: Path) -> int:
     return int(json.loads((Path(out_dir) / STATE_DIR / STATE_FILE).read_text())["step"])
 
 
+SOLO = distributed.World(rank=0, world_size=1, local_rank=0)
+"""The world of a module one process trains by itself (train(alone=True))."""
+
+
 class _LossModule(nn.Module):
     """The stage's loss as a module's forward: DistributedDataParallel must run the forward of
     what it wraps (to find the parameters a batch left unused) and owns the module's parameters."""
@@ -504,8 +508,6 @@ def _mean_over_ranks(metrics: dict[str, float]) -> dict[str, float]:
     """Each metric averaged over the ranks (each ran the same number of micro-batches), so the
     log of W processes is the log of one."""
     gathered = distributed.all_gather(metrics)
-    if len(gathered) == 1:
-        return metrics
     return {k: sum(g[k] for g in gathered) / len(gathered) for k in metrics}
 
 
@@ -522,6 +524,7 @@ def train(
     eval_fn: Callable[[int], dict[str, float]] | None = None,
     sampler: Sampler | None = None,
     settings: Any = None,
+    alone: bool = False,
 ) -> LoopResult:
     """Optimise the trainable parameters of `module` for `config.steps` steps.
 
@@ -533,12 +536,13 @@ def train(
     The module must already be on its device; `seed_everything(config.seed)` should precede
     its construction so that initialisation is seeded too. Under torchrun every rank calls this
     with the same arguments (see the module docstring); eval_fn runs on rank 0 only and every
-    rank gets its scores.
+    rank gets its scores. `alone`: this process trains the module by itself, as if it were the
+    only one, and writes `out_dir` itself (stage 1 spreads its teachers over the ranks).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     device = next(module.parameters()).device
-    place = distributed.world()
+    place = SOLO if alone else distributed.world()
     main = place.rank == 0
     n_micro = config.micro_batches(place.world_size)
     mine = range(place.rank, n_micro, place.world_size)
@@ -564,7 +568,7 @@ def train(
         enable_gradient_checkpointing(module)
     runner = _LossModule(module, loss_fn)
     # Built after any resume: DDP's constructor broadcasts rank 0's weights, and waits for every rank.
-    engine = _data_parallel(runner, device) if distributed.active() else runner
+    engine = _data_parallel(runner, device) if place.world_size > 1 else runner
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
     module.train()
     began = time.time()
@@ -596,7 +600,7 @@ def train(
             optimizer.zero_grad(set_to_none=True)
             done = step + 1
             if done % config.log_every == 0 or done == config.steps:
-                metrics = _mean_over_ranks(metrics)
+                metrics = _mean_over_ranks(metrics) if place.world_size > 1 else metrics
                 if main:
                     record_line = {"kind": "train", "step": done, "lr": lr, "time": round(time.time() - began, 2), **metrics}
                     log.write(json.dumps(record_line) + "\n")
@@ -610,7 +614,7 @@ def train(
                     module.train()
                     log.write(json.dumps({"kind": "eval", "step": done, "time": round(time.time() - began, 2), **scores}) + "\n")
                     log.flush()
-                scores = distributed.broadcast(scores)
+                scores = distributed.broadcast(scores) if place.world_size > 1 else scores
                 if done == config.steps:
                     last_eval = scores
             bar.update(1)

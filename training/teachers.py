@@ -9,6 +9,12 @@
   all training tasks. Its output distributions feed the KL term, and it is the baseline TAGI
   has to match. It is saved as an HF directory in bfloat16 (half the bytes; it is cast back
   to float32 when loaded) so that the shipped checkpoint stays under 30 MB.
+
+Under torchrun the instance teachers are spread over the ranks (teacher i, in name order, on rank
+i % W), each trained by its rank alone and written by it into its own directories; rank 0 writes
+the index once every rank is done. A teacher's seed is the loop's, whatever rank trains it, so
+its weights do not depend on the number of processes. The meta teacher is one model: every rank
+trains it together (training.loop), rank 0 writes it.
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ from training.common import (
     seq2seq_batch,
     spread,
 )
+from training.distributed import barrier, is_main, world
 from training.loop import LoopConfig, resolve_device, seed_everything, train
 from training.presets import TeacherConfig
 
@@ -65,17 +72,17 @@ def teacher_groups(task_set: TaskSet, per: str) -> dict[str, list[int]]:
 def train_instance_teachers(
     task_set: TaskSet, base_dir: Path, out_dir: Path, config: TeacherConfig, loop: LoopConfig, resume: bool = True
 ) -> Path:
-    """Train every missing teacher; a finished teacher directory is kept (resume = per teacher,
-    and within the teacher that was interrupted, from its last checkpoint)."""
+    """Train every missing teacher of this rank; a finished teacher directory is kept (resume = per
+    teacher, and within the teacher that was interrupted, from its last checkpoint)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     tokenizer = load_tokenizer(base_dir)
     device = resolve_device(loop.device)
     groups = teacher_groups(task_set, config.per)
-    results = {}
+    place = world()
     for position, (name, task_ids) in enumerate(sorted(groups.items())):
         target = out_dir / name
-        if resume and is_peft_dir(target):
+        if position % place.world_size != place.rank or (resume and is_peft_dir(target)):
             continue
         pairs = [p for p in task_set.train if p.task in set(task_ids)]
         seed_everything(loop.seed)
@@ -97,11 +104,21 @@ def train_instance_teachers(
             return out.loss, {}
 
         state_dir = out_dir.parent / "teacher_states" / name
-        result = train(
-            model, len(pairs), make_batch, loss_fn, loop, state_dir, name=f"teacher {position + 1}/{len(groups)}", resume=resume
+        train(
+            model,
+            len(pairs),
+            make_batch,
+            loss_fn,
+            loop,
+            state_dir,
+            name=f"teacher {position + 1}/{len(groups)}",
+            resume=resume,
+            alone=True,
         )
         save_peft_model(model, target)
-        results[name] = {"tasks": [task_set.tasks[i].name for i in task_ids], "final_loss": result.last_metrics.get("loss")}
+    barrier()  # every rank's teachers are written
+    if not is_main():
+        return out_dir
     index = {
         "per": config.per,
         "rank": config.rank,
@@ -165,6 +182,8 @@ def train_meta_teacher(
         eval_fn=evaluate if probe else None,
     )
     final = out_dir / "model"
+    if not is_main():
+        return final
     scores = result.last_eval or (evaluate(result.steps_done) if probe else {})
     with atomic_directory(final, overwrite=True) as tmp:  # the teacher is whole or absent
         save_half(model, tmp)

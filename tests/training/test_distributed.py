@@ -1,0 +1,122 @@
+"""Training in several processes (torchrun, gloo on CPU) computes what one process computes.
+
+The workers are real torchrun processes (tests/training/distributed_worker.py) training a micro
+TagiModel through training.loop.train with torch DDP; the one-process reference runs the same
+function in this process, without any process group.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from support import make_checkpoint
+from torch import nn
+
+from hypernet.errors import UserError
+from hypernet.io import load_checkpoint
+from training.loop import LOG_FILE, STATE_DIR, LoopConfig, read_log, train
+
+WORKER = Path(__file__).with_name("distributed_worker.py")
+_spec = importlib.util.spec_from_file_location("distributed_worker", WORKER)
+worker = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(worker)
+
+TOLERANCE = 2e-5
+"""Max abs difference of generator weights between 1 and 2 processes: float sums in another order."""
+
+
+def torchrun(checkpoint: Path, out: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    """Two worker processes under torchrun (its own free port: --standalone), CPU, one thread each."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    command += [str(WORKER), str(checkpoint), str(out), *args]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def _max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    assert a.keys() == b.keys()
+    return max(float((a[k] - b[k]).abs().max()) for k in a)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_checkpoint(tmp_path_factory.mktemp("dist"), ("q", "v"), trained=False)
+
+
+def test_two_processes_equal_one_also_after_a_crash_and_resume(checkpoint: Path, tmp_path: Path):
+    one, result = worker.run(checkpoint, tmp_path / "one", steps=6, micro=4)
+    reference = worker.generator_weights(one)
+    initial = worker.generator_weights(load_checkpoint(checkpoint))
+    assert _max_diff(reference, initial) > 1e-3  # it trained: the equality below is not trivial
+    log_one = read_log(tmp_path / "one" / LOG_FILE)
+    assert 0 < sum(r["fusion"] for r in log_one) < 6  # both kinds of micro-batch (unused parameters) occurred
+    assert result.last_metrics["loss"] == pytest.approx(log_one[-1]["loss"])
+
+    # Both ranks stop as step 6 begins (state saved at step 4); a new torchrun resumes from it.
+    two = tmp_path / "two"
+    crashed = torchrun(checkpoint, two, "--steps", "6", "--micro", "4", "--raise-at", "5")
+    assert crashed.returncode != 0
+    assert not (two / worker.WEIGHTS).exists()
+    assert '"step": 4' in (two / STATE_DIR / "state.json").read_text()
+    assert [r["step"] for r in read_log(two / LOG_FILE)] == [1, 2, 3, 4, 5]
+    resumed = torchrun(checkpoint, two, "--steps", "6", "--micro", "4")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert _max_diff(load_file(two / worker.WEIGHTS), reference) < TOLERANCE
+    # Rank 0 alone logged, each step once, the mean over the micro-batches of both ranks: the one-process log.
+    log_two = read_log(two / LOG_FILE)
+    assert [r["step"] for r in log_two] == [1, 2, 3, 4, 5, 6]
+    assert [r["loss"] for r in log_two] == pytest.approx([r["loss"] for r in log_one], rel=1e-5)
+    assert [r["fusion"] for r in log_two] == [r["fusion"] for r in log_one]
+
+
+def test_a_killed_rank_ends_the_run(checkpoint: Path, tmp_path: Path):
+    began = time.monotonic()
+    run = torchrun(checkpoint, tmp_path, "--steps", "50", "--sigkill-rank", "1", "--sigkill-at", "2", timeout=90)
+    assert run.returncode != 0
+    assert time.monotonic() - began < 60
+    pids = [int((tmp_path / f"pid.{rank}").read_text()) for rank in (0, 1)]
+    for pid in pids:  # no worker is left behind (torchrun reaped them: not even a zombie)
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+    assert "SIGKILL" in run.stderr or "Signal 9" in run.stderr, run.stderr[-3000:]
+
+
+# ---- accumulation within one process --------------------------------------------------------------
+
+DATA = torch.randn(16, 6, generator=torch.Generator().manual_seed(0))
+TARGET = torch.randn(16, 2, generator=torch.Generator().manual_seed(1))
+
+
+def _linear_run(out: Path, micro: int) -> dict[str, torch.Tensor]:
+    """A deterministic batch and a per-example mean loss: micro-batching only reorders float sums."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 2))
+    config = LoopConfig(steps=5, batch_size=8, micro_batch_size=micro, lr=1e-2, warmup_steps=1, log_every=1, device="cpu")
+    train(net, len(DATA), lambda i, _s: {"x": DATA[i], "y": TARGET[i]}, lambda b: (((net(b["x"]) - b["y"]) ** 2).mean(), {}), config, out)
+    return {k: v.clone() for k, v in net.state_dict().items()}
+
+
+def test_micro_batches_equal_one_batch(tmp_path: Path):
+    whole = _linear_run(tmp_path / "whole", 8)
+    for micro in (4, 2):
+        assert _max_diff(_linear_run(tmp_path / f"micro{micro}", micro), whole) < 1e-6
+    torch.manual_seed(0)
+    initial = nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 2)).state_dict()
+    assert _max_diff(whole, initial) > 1e-3
+
+
+def test_micro_batches_must_divide_the_batch():
+    with pytest.raises(ValueError, match="multiple of micro_batch_size"):
+        LoopConfig(batch_size=8, micro_batch_size=3)
+    config = LoopConfig(batch_size=8, micro_batch_size=4)
+    assert config.micro_batches(2) == 2
+    with pytest.raises(UserError, match=r"micro_batch_size \(4\) x processes \(3\) = 12"):
+        config.micro_batches(3)
