@@ -48,6 +48,7 @@ from training.common import (
 )
 from training.curriculum import TapirSampler, em_by_task, split_probes
 from training.data import exact_match, instruction_text
+from training.distributed import is_main
 from training.loop import LoopConfig, resolve_device, train
 from training.losses import alignment_loss, cross_entropy, distill_kl, target_mask
 from training.presets import DistillConfig
@@ -265,4 +266,5 @@ def run(recipe: Preset, inputs: StageInputs, out: Path) -> None:
         inputs.results.get("teachers"),
         resume=inputs.resume,
     )
-    save_checkpoint(model.to("cpu"), out / "checkpoint", overwrite=True)
+    if is_main():
+        save_checkpoint(model.to("cpu"), out / "checkpoint", overwrite=True)

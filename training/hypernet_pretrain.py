@@ -24,6 +24,7 @@ from hypernet.files import CONFIG_FILE
 from hypernet.io import create_checkpoint, load_checkpoint, save_checkpoint
 from hypernet.model import TagiModel
 from training.common import TaskSet, shift_right
+from training.distributed import barrier, is_main
 from training.loop import LoopConfig, resolve_device, train
 from training.losses import IGNORE, cross_entropy
 from training.presets import HypernetPretrainConfig
@@ -113,8 +114,9 @@ def run(recipe: Preset, inputs: StageInputs, out: Path) -> None:
     from training.stages import stage_loop
 
     checkpoint = out / "checkpoint"
-    if not (checkpoint / CONFIG_FILE).exists():
+    if is_main() and not (checkpoint / CONFIG_FILE).exists():
         create_checkpoint(inputs.results["base"], checkpoint, checkpoint_config(recipe), seed=recipe.seed, overwrite=True)
+    barrier()  # every rank loads what rank 0 created
     model = load_checkpoint(checkpoint, device=resolve_device(inputs.device))
     pretrain_hypernet(
         model,
@@ -124,4 +126,5 @@ def run(recipe: Preset, inputs: StageInputs, out: Path) -> None:
         stage_loop(recipe, "hypernet_pretrain.loop", inputs.device),
         resume=inputs.resume,
     )
-    save_checkpoint(model.to("cpu"), checkpoint, overwrite=True)
+    if is_main():
+        save_checkpoint(model.to("cpu"), checkpoint, overwrite=True)

@@ -8,6 +8,10 @@ and the `inputs` results, and writes everything into `out`, its directory under 
 directory. A stage that finished is marked DONE with the config it ran under, so a rerun
 reuses it, and refuses to when that config has changed.
 
+Under torchrun (training.distributed) every rank runs every stage; rank 0 alone writes what a
+stage produces (its checkpoints, its result, its DONE file), and the ranks meet at a barrier
+after each stage, so no rank reads a result that is not whole.
+
 Work directory layout:
     data/                    the synthetic suite (only data/train/ reaches any stage)
     stage0_base/             base pretraining state, log.jsonl, curves.png; model/ = the base
@@ -29,6 +33,7 @@ from pathlib import Path
 from hypernet.errors import UserError
 from hypernet.files import write_json
 from training.common import TaskSet
+from training.distributed import barrier, is_main
 from training.loop import LoopConfig, config_differences, resume_view
 from training.presets import Preset, get_path
 
@@ -209,7 +214,9 @@ def run_stage(stage: Stage, recipe: Preset, inputs: StageInputs, out: Path) -> P
     if missing:
         raise ValueError(f"stage {stage.name} needs the results of {missing}")
     stage.run(recipe, inputs, out)
-    write_json(out / DONE, {"stage": stage.name, "config": config})
+    if is_main():
+        write_json(out / DONE, {"stage": stage.name, "config": config})
+    barrier()
     return out / stage.result
 
 
