@@ -74,11 +74,20 @@ def split_tasks(root: Path, split: str, which: str) -> list[Path]:
     return [tasks_dir / f"{name}.json" for name in names]
 
 
+def _read_task(path: Path, max_instances: int) -> Task:
+    """training.data's reading and its messages; a malformed file in the user's clone is the user's
+    to fix, so it is a UserError (one line from the CLI), still a ValueError to callers."""
+    try:
+        return load_task(path, max_instances)
+    except ValueError as err:
+        raise UserError(str(err)) from err
+
+
 def sni_test_tasks(root: Path, split: str, max_instances: int = TEST_INSTANCES) -> list[Task]:
     """The test tasks of a split with their first `max_instances` instances (Tk-Instruct's
     evaluation set): 119 tasks x 100 instances is small, so these are loaded eagerly."""
     paths = split_tasks(root, split, TEST_LIST)
-    return [load_task(path, max_instances) for path in tqdm(paths, desc=f"SNI {split} test tasks", disable=None)]
+    return [_read_task(path, max_instances) for path in tqdm(paths, desc=f"SNI {split} test tasks", disable=None)]
 
 
 # --------------------------------------------------------------------------
@@ -182,7 +191,7 @@ def _build(out: Path, paths: list[Path], max_instances: int, held_back: int, see
     try:
         with open(out / TASKS_FILE, "wb") as tasks_file:
             for index, path in enumerate(tqdm(paths, desc="SNI store", unit="task", disable=None)):
-                task = load_task(path, max_instances)
+                task = _read_task(path, max_instances)
                 tasks_file.write(json.dumps(_task_record(task), ensure_ascii=False).encode() + b"\n")
                 for part, pairs in zip(PARTS, task_pairs(index, task, held_back, seed)):
                     for pair in pairs:

@@ -115,7 +115,8 @@ def test_curriculum_probes_select_from_the_store_without_copying_it(clone: Path,
     eager = load_task_set(split_tasks(clone, "default", "train_tasks.txt"), 1, 0, max_instances=12)
     (train, probes), (eager_train, eager_probes) = split_probes(lazy, 2, seed=4), split_probes(eager, 2, seed=4)
     assert isinstance(train, PairsAt) and train.base is lazy.train
-    assert list(train) == list(eager_train) and probes == eager_probes and len(probes) == 2 + 1 + 0  # each task keeps a pair to train on
+    assert list(train) == list(eager_train) and probes == eager_probes
+    assert len(probes) == 2 + 1 + 0  # each task keeps a pair to train on
     assert list(train[::2]) == list(eager_train)[::2] and train[-1] == list(eager_train)[-1]
 
 
@@ -160,8 +161,11 @@ def test_missing_tasks_splits_and_malformed_files_are_clear_errors(clone: Path, 
     doc = _doc("task002_small", 3)
     del doc["Instances"][1]["output"]
     (clone / "tasks" / "task002_small.json").write_text(json.dumps(doc))
-    with pytest.raises(ValueError, match=r"task002_small.json 'Instances'\[1\]: missing required key 'output'"):
+    with pytest.raises(UserError, match=r"task002_small.json 'Instances'\[1\]: missing required key 'output'"):
         _load(clone, tmp_path / "store")
+    (clone / "tasks" / "task101_test.json").write_text("{")
+    with pytest.raises(UserError, match=r"task101_test.json: invalid JSON at line 1"):
+        sni_test_tasks(clone, "default")
     assert not (tmp_path / "store").exists()  # a failed build leaves no half store behind
 
 
