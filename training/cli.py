@@ -141,8 +141,10 @@ def _sni_dir(args: argparse.Namespace) -> Path | None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
+    from training.distributed import init_distributed
     from training.pipeline import run_pipeline
 
+    init_distributed(args.dist_timeout)  # under torchrun: join the process group once, before any stage
     recipe = _recipe(args)
     if args.stage is not None:
         return cmd_train_stage(args, recipe)
@@ -371,6 +373,20 @@ def _add_init(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_init)
 
 
+def _dist_arg(p: argparse.ArgumentParser) -> None:
+    from training.distributed import DEFAULT_TIMEOUT_S
+
+    p.add_argument(
+        "--dist-timeout",
+        type=float,
+        default=DEFAULT_TIMEOUT_S,
+        metavar="SECONDS",
+        help="under torchrun (`torchrun --nproc-per-node N --no-python tagi train ...`): how long a process waits in a "
+        "collective for the others before it fails; must exceed rank 0's evaluations and saves "
+        f"(default {DEFAULT_TIMEOUT_S:g})",
+    )
+
+
 def _add_train(sub: argparse._SubParsersAction) -> None:
     from training.stages import STAGES
 
@@ -382,6 +398,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         "reading earlier stages' results from --work.",
     )
     _recipe_args(train)
+    _dist_arg(train)
     train.add_argument("--out", metavar="DIR", help="output checkpoint directory (all stages)")
     train.add_argument(
         "--work", metavar="DIR", help="work directory for stage states, logs, plots (default: runs/train-<recipe name>)"
@@ -395,6 +412,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
             stage.name, help=stage.help, description=f"{stage.help}. Writes WORK/{stage.directory}/{stage.result}."
         )
         _recipe_args(p)
+        _dist_arg(p)
         p.add_argument("--work", required=True, metavar="DIR", help="work directory shared by the stages")
         p.add_argument(
             "--tasks",

@@ -27,10 +27,9 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, TypeVar
 
-import torch
-import torch.distributed as dist
-
 from hypernet.errors import UserError
+
+# torch is imported where it is used: the CLI reads DEFAULT_TIMEOUT_S to build --help without it.
 
 DEFAULT_TIMEOUT_S = 600.0
 """Seconds a collective (barrier, gradient all-reduce) may wait for a peer before it fails."""
@@ -70,10 +69,14 @@ def world() -> World:
 
 def active() -> bool:
     """True when this process is one of several joined in a process group."""
+    import torch.distributed as dist
+
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
 def _shutdown() -> None:
+    import torch.distributed as dist
+
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
 
@@ -83,6 +86,9 @@ def init_distributed(timeout_s: float = DEFAULT_TIMEOUT_S) -> World:
 
     Called by `tagi train` before anything else runs, so that every stage, the loop and the
     writes see the same World. The group is destroyed at exit, as torch asks."""
+    import torch
+    import torch.distributed as dist
+
     if timeout_s <= 0:
         raise UserError(f"--dist-timeout must be > 0 seconds, got {timeout_s}")
     current = world()
@@ -109,11 +115,16 @@ def barrier() -> None:
     """Wait until every process got here (no-op in one process): what rank 0 wrote before it
     is complete for whoever reads it after."""
     if active():
+        import torch.distributed as dist
+
         dist.barrier()
 
 
 def broadcast(value: T) -> T:
-    """Rank 0's `value` on every rank (JSON-like values: metrics, scores; no tensors of weights)."""
+    """Rank 0's `value` on every rank (JSON-like values: metrics, scores; torch pickles them on
+    the wire between our own processes; never weights)."""
+    import torch.distributed as dist
+
     if not active():
         return value
     box: list[Any] = [value if is_main() else None]
@@ -123,6 +134,8 @@ def broadcast(value: T) -> T:
 
 def all_gather(value: T) -> list[T]:
     """Every rank's `value`, in rank order (one process: [value])."""
+    import torch.distributed as dist
+
     if not active():
         return [value]
     out: list[Any] = [None] * dist.get_world_size()
