@@ -240,7 +240,7 @@ def cmd_bench_encoders(args: argparse.Namespace) -> None:
 
 def add_bench(sub: argparse._SubParsersAction) -> argparse._SubParsersAction:
     p = sub.add_parser("bench", help="benchmarks that print figures")
-    bench = p.add_subparsers(dest="bench", required=True, metavar="{core,export,encoders,serve}")
+    bench = p.add_subparsers(dest="bench", required=True, metavar="{core,export,encoders,serve,train}")
     core = bench.add_parser(
         "core",
         help="mixed-adapter forward vs base vs PEFT, adapter generation, swap time",

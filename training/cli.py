@@ -443,6 +443,10 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 
 def register(sub: argparse._SubParsersAction, bench: argparse._SubParsersAction | None = None) -> None:
+    if bench is not None:
+        from training.bench import add_bench_train
+
+        add_bench_train(bench)
     _add_init(sub)
     data = sub.add_parser("data", help="build training data", description="Build training data.")
     data_sub = data.add_subparsers(dest="data_command", required=True, metavar="{synth}")

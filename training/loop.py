@@ -461,15 +461,13 @@ class _LossModule(nn.Module):
 def _data_parallel(runner: _LossModule, device: torch.device) -> nn.Module:
     """`runner` under torch DDP. find_unused_parameters: a batch may leave trainable parameters out
     (stage 3's batches without fusion never touch fusion's); DDP then all-reduces what they
-    accumulated in earlier micro-batches, or leaves them untouched when no rank used them.
-    broadcast_buffers off: every rank holds the same buffers (same seed, same steps)."""
+    accumulated in earlier micro-batches, or leaves them untouched when no rank used them."""
     from torch.nn.parallel import DistributedDataParallel
 
     return DistributedDataParallel(
         runner,
         device_ids=[device] if device.type == "cuda" else None,
         find_unused_parameters=True,
-        broadcast_buffers=False,
     )
 
 
