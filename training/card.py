@@ -102,6 +102,47 @@ def _map_section(out: Path) -> list[str]:
     return lines
 
 
+def _own_base_card(info: dict, results: dict, command: str, size: int) -> list[str]:
+    """The card of a run on a given base (`tagi train --base`, an `sni` recipe): what it was
+    trained from and on, and the SNI test scores."""
+    preset, sni = info["preset"], info["preset"]["sni"]
+    distill = preset["distill"]
+    meta = info.get("meta_teacher_given")
+    corpus = preset["hypernet_pretrain"].get("corpus") or "the training tasks' instructions and instances"
+    lines = [
+        f"# tagi checkpoint: recipe `{preset['name']}` on {info['base']['path']}",
+        "",
+        "A TAGI hypernetwork over a frozen local T5, trained with one command:",
+        "",
+        f"    {command}",
+        "",
+        f"Training time: {info['train_seconds'] / 60:.1f} min (stages: "
+        + ", ".join(f"{k} {v / 60:.1f} min" for k, v in info["stage_seconds"].items())
+        + f"). Size on disk: {size / 1e6:.1f} MB.",
+        "",
+        "## Data",
+        f"- Super-Natural Instructions, split `{sni['split']}`: {len(info['train_tasks'])} training tasks, the first "
+        f"{sni['max_instances_per_task']} instances of each ({info.get('train_pairs', '?')} training pairs), "
+        f"{info['held_back_per_task']} per task held back; prompts `{sni['prompt_format']}`.",
+        f"- Stage 2 text: {corpus}.",
+        "",
+        "## What each part saw",
+        f"- Instance teachers: PEFT LoRA per {preset['teachers']['per']} (r={preset['teachers']['rank']}), input only.",
+        "- Meta-trained teacher: "
+        + (f"given ({meta}), not trained here." if meta else "the base finetuned on instruction + input (Tk-Instruct)."),
+        f"- Distillation: L_ce + {distill['lambda_kl']} L_kl + {distill['lambda_ins']} L_ins "
+        f"(lambda2 = sigmoid(L_ins) when `sigmoid`).",
+        "",
+        f"## Evaluation: the split's test tasks, first {sni['test_instances']} instances each (exact match / Rouge-L)",
+        "",
+        *_overall_table(results),
+        "",
+    ]
+    for name, result in results.items():
+        lines += [f"### {name}", "", "```", format_table(result), "```", ""]
+    return lines
+
+
 def write_card(out: Path, command: str | None = None) -> Path:
     """README.md of `out`. The command is recorded in pipeline.json, so a later rewrite (e.g.
     after the curriculum ablation) can omit it."""
@@ -115,6 +156,9 @@ def write_card(out: Path, command: str | None = None) -> Path:
     results = json.loads((out / "eval.json").read_text()) if (out / "eval.json").exists() else {}
     preset = info["preset"]
     size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
+    if preset.get("sni") is not None:
+        atomic_write_text(out / "README.md", "\n".join(_own_base_card(info, results, command, size)))
+        return out / "README.md"
     base = info.get("base", {})
     base_model = preset["base"].get("model", preset["base"])  # inline in pipeline.json before configs/ (checkpoints/tiny)
     lines = [

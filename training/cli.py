@@ -77,6 +77,24 @@ def init_corpus(paths: list[str] | None) -> list[str]:
     return texts
 
 
+def cmd_init_base(args: argparse.Namespace) -> None:
+    from hypernet.tiny import PRESETS, build_tiny_base
+    from training.data import load_task
+    from training.sni import TRAIN_LIST, split_tasks
+
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()) and not args.overwrite:
+        raise UserError(f"{out} already exists; pass --overwrite to replace it")
+    texts: list[str] = []
+    for path in split_tasks(Path(args.sni), args.split, TRAIN_LIST):
+        task = load_task(path, args.max_instances)
+        texts.append(task.definition)
+        texts += [text for e in task.positive_examples for text in (e.input, e.output)]
+        texts += [text for i in task.instances for text in (i.input, *i.outputs)]
+    build_tiny_base(texts, out, PRESETS[args.preset], seed=args.seed)
+    print(f"wrote a random-initialised {args.preset} T5 with a tokenizer of split {args.split!r}'s training texts to {out}")
+
+
 # ---- data ------------------------------------------------------------------------------------
 
 
@@ -140,12 +158,33 @@ def _sni_dir(args: argparse.Namespace) -> Path | None:
     return sni
 
 
+def _with_corpus(args: argparse.Namespace, recipe):
+    """--corpus FILE as the recipe's stage-2 corpus (recorded in that stage's config)."""
+    from training.presets import replace_path
+
+    if not getattr(args, "corpus", None):
+        return recipe
+    corpus = Path(args.corpus)
+    if not corpus.is_file():
+        raise UserError(f"--corpus {corpus}: no such file")
+    return replace_path(recipe, "hypernet_pretrain.corpus", str(corpus.resolve()))
+
+
+def _training_sni(args: argparse.Namespace, recipe) -> Path | None:
+    """The SNI directory: the training data of an `sni` recipe, else the synthetic world's extra test set."""
+    if recipe.sni is None:
+        return _sni_dir(args)
+    if getattr(args, "no_sni", False):
+        raise UserError(f"recipe {recipe.name} trains on Super-Natural Instructions: --no-sni does not apply")
+    return Path(args.sni)
+
+
 def cmd_train(args: argparse.Namespace) -> None:
     from training.distributed import init_distributed
     from training.pipeline import run_pipeline
 
     init_distributed(args.dist_timeout)  # under torchrun: join the process group once, before any stage
-    recipe = _recipe(args)
+    recipe = _with_corpus(args, _recipe(args))
     if args.stage is not None:
         return cmd_train_stage(args, recipe)
     if not args.out:
@@ -153,11 +192,22 @@ def cmd_train(args: argparse.Namespace) -> None:
     out = Path(args.out)
     if out.exists() and any(out.iterdir()) and not args.overwrite:
         raise UserError(f"{out} exists; pass --overwrite to replace it")
-    sni = _sni_dir(args)
+    sni = _training_sni(args, recipe)
     work = Path(args.work) if args.work else Path("runs") / f"train-{recipe.name}"
     info = run_pipeline(
-        recipe, out, work, device=args.device, resume=not args.no_resume, overwrite=True, evaluate=not args.no_eval, sni_dir=sni
+        recipe,
+        out,
+        work,
+        device=args.device,
+        resume=not args.no_resume,
+        overwrite=True,
+        evaluate=not args.no_eval,
+        sni_dir=sni,
+        base=Path(args.base) if args.base else None,
+        meta_teacher=Path(args.meta_teacher) if args.meta_teacher else None,
     )
+    if info is None:  # not rank 0: rank 0 writes and reports
+        return
     from training.card import write_card
 
     write_card(out, "tagi " + " ".join(shlex.quote(a) for a in sys.argv[1:]))
@@ -187,7 +237,10 @@ def cmd_train_stage(args: argparse.Namespace, recipe) -> None:
         if not path.exists():
             raise UserError(f"the result of stage {name} is not at {path}; run `tagi train {name}` first (same --work)")
         results[name] = path
-    task_set = load_task_set(args.tasks, recipe.held_back, recipe.seed) if args.tasks else work_task_set(recipe, work)
+    if args.tasks:
+        task_set = load_task_set(args.tasks, recipe.held_back, recipe.seed)
+    else:
+        task_set = work_task_set(recipe, work, Path(args.sni) if recipe.sni is not None else None)
     out = Path(args.stage_dir) if getattr(args, "stage_dir", None) else work / stage.directory
     path = run_stage(stage, recipe, StageInputs(task_set, results, args.device, not args.no_resume), out)
     print(f"stage {stage.name} done: {path}")
@@ -310,6 +363,15 @@ def _recipe_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _corpus_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--corpus",
+        metavar="FILE",
+        help="stage 2's pretraining text (the paper used C4): plain text, one document per line, or JSONL with a "
+        '"text" field (*.jsonl); read lazily (default: the recipe\'s hypernet_pretrain.corpus, else the training tasks\' texts)',
+    )
+
+
 def _sni_args(p: argparse.ArgumentParser, what: str) -> None:
     p.add_argument(
         "--sni", default=str(SNI_DIR), metavar="DIR", help=f"SNI subset directory for {what} (default: the repository's data/sni)"
@@ -373,6 +435,30 @@ def _add_init(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_init)
 
 
+def _add_init_base(sub: argparse._SubParsersAction) -> None:
+    from hypernet.tiny import PRESETS
+
+    p = sub.add_parser(
+        "init-base",
+        help="write a small random-initialised T5 + tokenizer for `tagi train --base` (smoke tests, CI)",
+        description="Write a Hugging Face T5 directory with random weights and a SentencePiece tokenizer trained on "
+        "the training tasks of an SNI split: a stand-in for a real base (t5-lm-adapt) that needs no download, "
+        "e.g. for `tagi train --recipe configs/sni-smoke.yaml --base DIR`.",
+    )
+    p.add_argument("--out", required=True, metavar="DIR", help="base directory to create")
+    p.add_argument("--sni", default=str(SNI_DIR), metavar="DIR", help="natural-instructions directory (default: data/sni)")
+    p.add_argument("--split", default="subset", help="split whose training tasks the tokenizer reads (default: subset)")
+    p.add_argument(
+        "--max-instances", type=int, default=100, metavar="N", help="instances read per task for the tokenizer (default 100)"
+    )
+    p.add_argument(
+        "--preset", choices=sorted(PRESETS), default="micro", help="size (hypernet.tiny.PRESETS; default: micro, 0.2M)"
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the weights (default 0)")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p.set_defaults(func=cmd_init_base)
+
+
 def _dist_arg(p: argparse.ArgumentParser) -> None:
     from training.distributed import DEFAULT_TIMEOUT_S
 
@@ -401,11 +487,23 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     _dist_arg(train)
     train.add_argument("--out", metavar="DIR", help="output checkpoint directory (all stages)")
     train.add_argument(
+        "--base",
+        metavar="DIR",
+        help="a local Hugging Face T5 directory (t5-lm-adapt, flan-t5, mt5; safetensors) to train on instead of stage 0's "
+        "from-scratch base; needs a recipe with an `sni` section (configs/sni-smoke.yaml, configs/t5-lm-adapt-base.yaml)",
+    )
+    train.add_argument(
+        "--meta-teacher",
+        metavar="DIR",
+        help="a local HF T5 directory (e.g. Tk-Instruct) used as stage 1's meta-trained teacher instead of training one",
+    )
+    _corpus_arg(train)
+    train.add_argument(
         "--work", metavar="DIR", help="work directory for stage states, logs, plots (default: runs/train-<recipe name>)"
     )
     train.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     train.add_argument("--no-eval", action="store_true", help="skip the final evaluation (eval.json)")
-    _sni_args(train, "the sni_test evaluation")
+    _sni_args(train, "the training tasks of an `sni` recipe, else the sni_test evaluation")
     stages = train.add_subparsers(dest="stage", required=False, metavar="{" + ",".join(s.name for s in STAGES) + "}")
     for stage in STAGES:
         p = stages.add_parser(
@@ -421,6 +519,14 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
             help="training task files/directories (default: the synthetic suite's train split in --work)",
         )
         p.add_argument("--steps", type=int, help=f"override the recipe's number of optimizer steps ({stage.loop}.steps)")
+        p.add_argument(
+            "--sni",
+            default=str(SNI_DIR),
+            metavar="DIR",
+            help="with an `sni` recipe: the natural-instructions directory the tasks come from (default: data/sni)",
+        )
+        if stage.name == "hypernet-pretrain":
+            _corpus_arg(p)
         if stage.name == "distill":
             p.add_argument("--no-ce", action="store_true", help="switch off L_ce")
             p.add_argument(
@@ -448,6 +554,7 @@ def register(sub: argparse._SubParsersAction, bench: argparse._SubParsersAction 
 
         add_bench_train(bench)
     _add_init(sub)
+    _add_init_base(sub)
     data = sub.add_parser("data", help="build training data", description="Build training data.")
     data_sub = data.add_subparsers(dest="data_command", required=True, metavar="{synth}")
     synth = data_sub.add_parser(

@@ -1,6 +1,6 @@
 """Stage 3: finetuning the generator with instructions ("learning with instruction").
 
-    L = L_ce + lambda1 * L_kl + lambda2 * L_ins      (each term switchable)
+    L = L_ce + lambda1 * L_kl + lambda2 * L_ins      (each term switchable; lambda2 may be sigmoid(L_ins))
 
 - L_ce: gold targets; the student is base + generated LoRA, its input WITHOUT the
   instruction (the instruction reaches it only through the generator and fusion).
@@ -22,7 +22,9 @@ itself: `distill(model, task_set, out_dir, config, loop, meta_teacher_dir, teach
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -47,7 +49,7 @@ from training.common import (
     spread,
 )
 from training.curriculum import TapirSampler, em_by_task, split_probes
-from training.data import exact_match, instruction_text
+from training.data import PromptFormat, exact_match, instruction_text
 from training.distributed import is_main
 from training.loop import LoopConfig, resolve_device, train
 from training.losses import alignment_loss, cross_entropy, distill_kl, target_mask
@@ -92,19 +94,62 @@ def load_teachers(
     return Teachers(meta, loras, [names.index(task_to_teacher[t.name]) for t in task_set.tasks])
 
 
+def fit_instruction(model: TagiModel, text: str) -> str:
+    """`text` cut so that, in the checkpoint's template, it fits max_instruction_tokens (Tk-Instruct
+    cuts its 1024-token prompts the same way); a text that fits is returned as it is."""
+    tokenizer, limit = model.instruction_tokenizer, model.config.max_instruction_tokens
+
+    def overflow(candidate: str) -> int:
+        return len(tokenizer(model.format_instruction(candidate))["input_ids"]) - limit
+
+    over = overflow(text)
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"] if over > 0 else []
+    while over > 0:  # re-tokenising a decoded cut may merge pieces: cut again until it fits
+        ids = ids[: len(ids) - over]
+        text = tokenizer.decode(ids, skip_special_tokens=True)
+        over = overflow(text)
+    return text
+
+
 class Distillation:
     """Stage 3's pieces over one student: the loop calls `make_batch` and `loss`, its
     evaluation hook `evaluate`, and the TAPIR sampler `probe_em` once per round."""
 
-    def __init__(self, model: TagiModel, task_set: TaskSet, pairs: list[Pair], config: DistillConfig, teachers: Teachers) -> None:
+    def __init__(
+        self,
+        model: TagiModel,
+        task_set: TaskSet,
+        pairs: Sequence[Pair],
+        config: DistillConfig,
+        teachers: Teachers,
+        prompt_format: PromptFormat = "def",
+    ) -> None:
         self.model, self.task_set, self.pairs, self.config, self.teachers = model, task_set, pairs, config, teachers
+        self.cut: dict[str, str] = {}
+        """Each prompt that was cut -> what the generator reads instead."""
         # The generator reads each task's definition (evaluation) or one of its wordings
-        # (training), in the checkpoint's one instruction template.
-        self.instructions = [instruction_text(task, "def") for task in task_set.tasks]
-        self.wordings = [task.wordings for task in task_set.tasks]
+        # (training), in the checkpoint's one instruction template; with def+2pos (SNI), each
+        # followed by the task's first two positive examples, as the evaluation shows them.
+        # A def+2pos prompt longer than the checkpoint's limit loses the end of its examples, as
+        # Tk-Instruct cuts its 1024-token prompts and as the evaluation cuts it (counted in `cut`,
+        # reported by distill()); a bare definition is never cut: too long is an error (InputTooLong).
+        self.fits = prompt_format == "def+2pos"
+        self.instructions = [self._fit(instruction_text(task, prompt_format)) for task in task_set.tasks]
+        self.wordings = [
+            tuple(self._fit(instruction_text(replace(task, definition=wording), prompt_format)) for wording in task.wordings)
+            for task in task_set.tasks
+        ]
         self.encodings = InstructionCache(model)
         self.groups = task_set.categories()
         self.scored = spread(task_set.held_back, config.eval_instances)
+
+    def _fit(self, text: str) -> str:
+        if not self.fits:
+            return text
+        fitted = fit_instruction(self.model, text)
+        if fitted != text:
+            self.cut[text] = fitted
+        return fitted
 
     def make_batch(self, indices: list[int], batch_seed: int) -> dict:
         """Tensors only (no model call): inputs, targets, one wording of each distinct task
@@ -155,8 +200,11 @@ class Distillation:
         if config.use_ins:  # load_teachers refuses a config with L_ins and no teachers
             rows = torch.tensor([teachers.row_of_task[t] for t in batch["tasks"].tolist()])
             ins = alignment_loss(lora, teachers.loras.select(rows))
-            total = total + config.lambda_ins * ins
+            weight = lambda_ins(config, ins)
+            total = total + weight * ins
             metrics["ins"] = float(ins.detach())
+            if config.lambda_ins == "sigmoid":
+                metrics["lambda_ins"] = float(weight)
         metrics["fusion"] = float(batch["fusion"])
         return total, metrics
 
@@ -194,6 +242,14 @@ class Distillation:
         return scores
 
 
+def lambda_ins(config: DistillConfig, ins: torch.Tensor) -> torch.Tensor | float:
+    """lambda2 of this batch: the recipe's number, or with "sigmoid" the paper's sigmoid(L_ins),
+    detached: it is a weight that grows with the misalignment (from 0.5 at L_ins = 0 towards 1),
+    not part of the objective, so the gradient stays lambda2 * dL_ins rather than also pushing
+    through the weight (which would add sigmoid'(L_ins) * L_ins)."""
+    return torch.sigmoid(ins.detach()) if config.lambda_ins == "sigmoid" else config.lambda_ins
+
+
 def tapir_sampler(work: Distillation, probes: list[Pair], loop: LoopConfig, out_dir: Path) -> TapirSampler:
     """The curriculum's sampler: the teacher is scored on the probes once, the student per round."""
     config, task_set = work.config, work.task_set
@@ -228,13 +284,19 @@ def distill(
     meta_teacher_dir: Path | None,
     teachers_dir: Path | None,
     resume: bool = True,
+    prompt_format: PromptFormat = "def",
 ) -> None:
     """Train model.generator (and fusion) in place; `out_dir` holds the loop state, log, plot and,
     with the tapir curriculum, its plans (curriculum.jsonl)."""
     teachers = load_teachers(model, task_set, config, meta_teacher_dir, teachers_dir)
     tapir = config.curriculum.kind == "tapir"
     pairs, probes = split_probes(task_set, config.curriculum.probe_instances, loop.seed) if tapir else (task_set.train, [])
-    work = Distillation(model, task_set, pairs, config, teachers)
+    work = Distillation(model, task_set, pairs, config, teachers, prompt_format)
+    if work.cut and is_main():
+        print(
+            f"stage 3: {len(work.cut)} instruction(s) cut to the checkpoint's {model.config.max_instruction_tokens} tokens",
+            file=sys.stderr,
+        )
     sampler = tapir_sampler(work, probes, loop, out_dir) if tapir else None
     train(
         model,
@@ -265,6 +327,7 @@ def run(recipe: Preset, inputs: StageInputs, out: Path) -> None:
         inputs.results.get("meta-teacher"),
         inputs.results.get("teachers"),
         resume=inputs.resume,
+        prompt_format=recipe.prompt_format,
     )
     if is_main():
         save_checkpoint(model.to("cpu"), out / "checkpoint", overwrite=True)

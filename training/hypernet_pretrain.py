@@ -2,9 +2,10 @@
 
 A text is split into three segments a / b / c: a goes through the frozen encoder to the
 generator (and to fusion), b is the adapted base's input, c its target; the loss is the
-cross-entropy of c. Texts are built from the training corpus only (a few of its texts
-joined), so pretraining teaches the generator to turn "context" into an adapter that helps
-continue it, without any task labels.
+cross-entropy of c. Texts come from a corpus file (`tagi train --corpus`, plain text or JSONL,
+read lazily; the paper used C4) or else the training tasks' own texts, a few of them joined
+when one is too short, so pretraining teaches the generator to turn "context" into an adapter
+that helps continue it, without any task labels.
 
 Entry point: `run(recipe, inputs, out)` (the stage table, training.stages): creates the
 checkpoint from stage 0's base (once) and trains its generator into out/checkpoint.
@@ -12,14 +13,19 @@ checkpoint from stage 0's base (once) and trains its generator into out/checkpoi
 
 from __future__ import annotations
 
+import json
 import random
+from array import array
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 
 import torch
+from tqdm.auto import tqdm
 
 from hypernet.config import CheckpointConfig, InstructionEncoderConfig
 from hypernet.encoders import sentence_encoder_config
+from hypernet.errors import UserError
 from hypernet.files import CONFIG_FILE
 from hypernet.io import create_checkpoint, load_checkpoint, save_checkpoint
 from hypernet.model import TagiModel
@@ -39,18 +45,106 @@ def _pad(rows: list[list[int]], value: int) -> torch.Tensor:
     return torch.tensor([r + [value] * (width - len(r)) for r in rows])
 
 
-def corpus(task_set: TaskSet) -> list[str]:
-    return [*task_set.instructions, *(f"{p.input} {p.output}" for p in task_set.train)]
+class TaskTexts(Sequence[str]):
+    """The training tasks' texts: every instruction, then every training pair as "input output".
+    A view, not a list: an SNI task set's pairs stay on disk until a batch reads them."""
+
+    def __init__(self, task_set: TaskSet) -> None:
+        self.instructions, self.pairs = task_set.instructions, task_set.train
+
+    def __len__(self) -> int:
+        return len(self.instructions) + len(self.pairs)
+
+    def __getitem__(self, index: int) -> str:  # type: ignore[override]  # no slices: the loop asks by index
+        if not -len(self) <= index < len(self):
+            raise IndexError(index)
+        index %= len(self)
+        if index < len(self.instructions):
+            return self.instructions[index]
+        pair = self.pairs[index - len(self.instructions)]
+        return f"{pair.input} {pair.output}"
+
+
+def corpus(task_set: TaskSet) -> Sequence[str]:
+    return TaskTexts(task_set)
+
+
+class TextCorpus(Sequence[str]):
+    """A corpus file read lazily: plain text (one document per line) or JSONL (*.jsonl, *.json;
+    one object with a string "text" per line). Only the byte offset of each non-empty line is
+    kept (8 bytes a document, found in one pass with a progress bar); a document is read from
+    disk when a batch asks for it, so a C4-size file never sits in memory."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.jsonl = self.path.suffix.lower() in (".jsonl", ".json")
+        try:
+            size = self.path.stat().st_size
+            offsets = array("q")
+            with self.path.open("rb") as file, tqdm(
+                total=size, unit="B", unit_scale=True, desc=f"indexing {self.path.name}", disable=size < 2**26
+            ) as bar:
+                position = 0
+                for line in file:
+                    if line.strip():
+                        offsets.append(position)
+                    position += len(line)
+                    bar.update(len(line))
+        except OSError as error:
+            raise UserError(f"cannot read corpus {self.path}: {error.strerror}") from None
+        if not offsets:
+            raise UserError(f"corpus {self.path} holds no text")
+        self.offsets = offsets
+        self._file: BinaryIO | None = None
+
+    def __len__(self) -> int:
+        return len(self.offsets)
+
+    def __getitem__(self, index: int) -> str:  # type: ignore[override]  # no slices: the loop asks by index
+        if self._file is None:
+            self._file = self.path.open("rb")
+        self._file.seek(self.offsets[index])
+        line = self._file.readline()
+        try:
+            text = line.decode("utf-8").strip()
+            if self.jsonl:
+                text = json.loads(text)["text"] if text.startswith("{") else None
+        except (UnicodeDecodeError, json.JSONDecodeError, KeyError) as error:
+            raise UserError(f"corpus {self.path}, byte {self.offsets[index]}: not {self._kind} ({error})") from None
+        if not isinstance(text, str):
+            raise UserError(f"corpus {self.path}, byte {self.offsets[index]}: not {self._kind}")
+        return text
+
+    @property
+    def _kind(self) -> str:
+        return 'a JSON object with a string "text"' if self.jsonl else "UTF-8 text"
+
+
+def training_texts(task_set: TaskSet, config: HypernetPretrainConfig) -> Sequence[str]:
+    """Stage 2's texts: the recipe's corpus file, else the training tasks' own texts."""
+    return TextCorpus(config.corpus) if config.corpus is not None else corpus(task_set)
+
+
+PIECE_CHARS = 32
+"""Characters of a text read per wanted token: a corpus document (a C4 page) may be thousands of
+tokens long and only 3 segments are used, so a text is cut (at a space) before it is tokenized.
+A SentencePiece piece is at most 16 characters (its default limit), so the cut never shortens what
+the segments take."""
+
+
+def _piece(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[:limit].rsplit(" ", 1)[0]
 
 
 def pretrain_hypernet(
     model: TagiModel, task_set: TaskSet, out_dir: Path, config: HypernetPretrainConfig, loop: LoopConfig, resume: bool = True
 ) -> None:
     """Train model.generator in place; `out_dir` holds the loop state, log and plot."""
-    texts = corpus(task_set)
+    texts = training_texts(task_set, config)
     tokenizer = model.tokenizer
     eos = tokenizer.eos_token_id
     n = config.segment_tokens
+    limit = PIECE_CHARS * 3 * n
 
     def segment_a(rows: list[list[int]]) -> dict[str, torch.Tensor]:
         """Segment a for the instruction encoder: its ids as they are when it reads the base's
@@ -67,10 +161,10 @@ def pretrain_hypernet(
         a_rows, b_rows, c_rows = [], [], []
         for index in indices:
             ids: list[int] = []
-            pieces = [texts[index]]
+            pieces = [_piece(texts[index], limit)]
             while len(ids) < 3 * n:
                 ids = tokenizer(" ".join(pieces), add_special_tokens=False)["input_ids"]
-                pieces.append(rng.choice(texts))
+                pieces.append(_piece(texts[rng.randrange(len(texts))], limit))
             ids = ids[: 3 * n]
             a_rows.append(ids[:n] + [eos])
             b_rows.append(ids[n : 2 * n] + [eos])

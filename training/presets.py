@@ -28,6 +28,7 @@ from hypernet.config import GeneratorConfig
 from hypernet.errors import UserError
 from hypernet.tiny import TinyPreset
 from training.curriculum import CurriculumConfig
+from training.data import PromptFormat
 from training.loop import LoopConfig
 from training.suite import SuiteConfig
 
@@ -128,6 +129,10 @@ class HypernetPretrainConfig:
 
     segment_tokens: int = 12
     """Tokens per segment (a, b, c each)."""
+    corpus: str | None = None
+    """A text file to pretrain on (`tagi train --corpus`): plain text, one document per line, or
+    JSONL with a "text" field per line (*.jsonl, *.json); the paper used C4. None: the training
+    tasks' own instructions and instances."""
     loop: LoopConfig = field(default_factory=lambda: LoopConfig(steps=300, batch_size=32, lr=1e-3, warmup_steps=30))
 
     def __post_init__(self) -> None:
@@ -142,7 +147,9 @@ class DistillConfig:
     use_kl: bool = True
     use_ins: bool = True
     lambda_kl: float = 1.0
-    lambda_ins: float = 0.5
+    lambda_ins: float | Literal["sigmoid"] = 0.5
+    """A fixed weight, or "sigmoid": the paper's lambda2 = sigmoid(L_ins), a weight that follows the
+    loss (in [0.5, 1) as L_ins >= 0) and is not itself differentiated (training.distill)."""
     temperature: float = 2.0
     no_fusion_prob: float = 0.3
     """Share of batches trained without fusion, so the adapter alone (a PEFT export) works too."""
@@ -158,13 +165,40 @@ class DistillConfig:
     def __post_init__(self) -> None:
         if not (self.use_ce or self.use_kl or self.use_ins):
             raise ValueError("at least one of use_ce, use_kl, use_ins must be true")
-        for name in ("lambda_kl", "lambda_ins"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.lambda_kl < 0:
+            raise ValueError(f"lambda_kl must be >= 0, got {self.lambda_kl}")
+        if isinstance(self.lambda_ins, str) and self.lambda_ins != "sigmoid":
+            raise ValueError(f"lambda_ins must be a number >= 0 or 'sigmoid', got {self.lambda_ins!r}")
+        if not isinstance(self.lambda_ins, str) and self.lambda_ins < 0:
+            raise ValueError(f"lambda_ins must be >= 0, got {self.lambda_ins}")
         if self.temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
         _share(self, "no_fusion_prob")
         _positive(self, "max_input_tokens", "max_output_tokens", "eval_instances")
+
+
+@dataclass(frozen=True)
+class SniConfig:
+    """Training data of a real base: one split of Super-Natural Instructions (training.sni).
+
+    Stages 1-3 train on the split's training tasks (ROOT/splits/<split>/train_tasks.txt, minus
+    excluded_tasks.txt), each capped as Tk-Instruct does and with the recipe's `held_back`
+    instances set apart; the final evaluation scores the split's test tasks."""
+
+    split: str = "default"
+    """ROOT/splits/<split>/: `default` is the official split (756 training, 119 test tasks)."""
+    prompt_format: PromptFormat = "def+2pos"
+    """What the generator and the meta teacher read: the definition (`def`), or the definition and
+    two positive examples (`def+2pos`, the paper's main setting)."""
+    max_instances_per_task: int = 100
+    """Tk-Instruct's cap: the first N instances of each training task (file order)."""
+    test_instances: int = 100
+    """The first N instances of each test task scored by the final evaluation (Tk-Instruct's 100)."""
+
+    def __post_init__(self) -> None:
+        if not self.split.strip() or "/" in self.split or self.split.startswith("."):
+            raise ValueError(f"split must be a directory name under splits/, got {self.split!r}")
+        _positive(self, "max_instances_per_task", "test_instances")
 
 
 @dataclass(frozen=True)
@@ -191,6 +225,9 @@ class Preset:
     distill: DistillConfig = field(default_factory=DistillConfig)
     eval_instances: int = 20
     """Instances per task scored by the final `tagi eval` of each task set."""
+    sni: SniConfig | None = None
+    """Train a local base on Super-Natural Instructions (`tagi train --base DIR --sni DIR`; stage 0
+    is skipped). None: the synthetic list world on stage 0's from-scratch base."""
 
     def __post_init__(self) -> None:
         if not self.name.strip():
@@ -200,6 +237,12 @@ class Preset:
         if "{instruction}" not in self.instruction_template:
             raise ValueError(f"instruction_template must contain '{{instruction}}', got {self.instruction_template!r}")
         _positive(self, "eval_instances")
+
+    @property
+    def prompt_format(self) -> PromptFormat:
+        """How the stages show a task's instruction: the SNI section's format, else `def` (a
+        synthetic task's wordings are definitions; it has no examples worth showing)."""
+        return self.sni.prompt_format if self.sni is not None else "def"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -216,8 +259,14 @@ def _convert(kind: Any, value: Any, where: str, default: Any) -> Any:
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
-        (inner,) = [a for a in args if a is not type(None)]
-        return _convert(inner, value, where, None)
+        arms = [a for a in args if a is not type(None)]
+        for arm in arms:
+            try:
+                return _convert(arm, value, where, default if len(arms) == 1 else None)
+            except UserError:
+                if len(arms) == 1:
+                    raise
+        raise UserError(f"{where}: must be {' or '.join(_kind_name(a) for a in arms)}, got {value!r}")
     if origin is Literal:
         if value not in args:
             raise UserError(f"{where}: must be one of {list(args)}, got {value!r}")
@@ -235,6 +284,12 @@ def _convert(kind: Any, value: Any, where: str, default: Any) -> Any:
     if kind in (bool, int, float, str) and type(value) is kind:
         return value
     raise UserError(f"{where}: must be {getattr(kind, '__name__', kind)}, got {value!r}")
+
+
+def _kind_name(kind: Any) -> str:
+    if typing.get_origin(kind) is Literal:
+        return " or ".join(repr(a) for a in typing.get_args(kind))
+    return getattr(kind, "__name__", str(kind))
 
 
 def _field_default(f: dataclasses.Field) -> Any:

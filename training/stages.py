@@ -38,6 +38,8 @@ from training.loop import LoopConfig, config_differences, resume_view
 from training.presets import Preset, get_path
 
 DONE = "DONE"
+GIVEN = "given.json"
+"""What a stage directory holds instead of DONE when the user gave that stage's result."""
 
 
 @dataclass(frozen=True)
@@ -147,7 +149,7 @@ STAGES: tuple[Stage, ...] = (
         "teachers",
         "stage1_teachers",
         ("base",),
-        ("seed", "held_back", *INSTANCE_TEACHERS),
+        ("seed", "held_back", "sni", *INSTANCE_TEACHERS),
         "teachers.teacher_loop",
         "teachers",
         "training.stages.run_teachers",
@@ -157,7 +159,7 @@ STAGES: tuple[Stage, ...] = (
         "meta-teacher",
         "stage1_meta_teacher",
         ("base",),
-        ("seed", "held_back", *META_TEACHER),
+        ("seed", "held_back", "sni", *META_TEACHER),
         "teachers.meta_loop",
         "model",
         "training.stages.run_meta_teacher",
@@ -167,7 +169,7 @@ STAGES: tuple[Stage, ...] = (
         "hypernet-pretrain",
         "stage2_hypernet",
         ("base",),
-        ("seed", "held_back", "generator", "instruction_encoder", "instruction_template", "hypernet_pretrain"),
+        ("seed", "held_back", "sni", "generator", "instruction_encoder", "instruction_template", "hypernet_pretrain"),
         "hypernet_pretrain.loop",
         "checkpoint",
         "training.hypernet_pretrain.run",
@@ -177,7 +179,7 @@ STAGES: tuple[Stage, ...] = (
         "distill",
         "stage3_distill",
         ("hypernet-pretrain", "meta-teacher", "teachers"),
-        ("seed", "held_back", "distill"),
+        ("seed", "held_back", "sni", "distill"),
         "distill.loop",
         "checkpoint",
         "training.distill.run",
@@ -195,6 +197,10 @@ def stage_config(stage: Stage, recipe: Preset) -> dict:
 
 
 def result_path(stage: Stage, work: Path) -> Path:
+    """Where `stage`'s result is: the one given for it (record_given), else its own product."""
+    given = Path(work) / stage.directory / GIVEN
+    if given.exists():
+        return Path(json.loads(given.read_text())["result"])
     return Path(work) / stage.directory / stage.result
 
 
@@ -202,6 +208,9 @@ def run_stage(stage: Stage, recipe: Preset, inputs: StageInputs, out: Path) -> P
     """Run `stage` in `out` unless it finished there under the same config; returns its result."""
     out = Path(out)
     config = stage_config(stage, recipe)
+    if (out / GIVEN).exists():
+        used = json.loads((out / GIVEN).read_text())["result"]
+        raise UserError(f"{out} was run with the {stage.name} {used} given; give it again or use another --work")
     if (out / DONE).exists():
         changed = config_differences(json.loads((out / DONE).read_text()).get("config"), config)
         if changed:
@@ -220,6 +229,21 @@ def run_stage(stage: Stage, recipe: Preset, inputs: StageInputs, out: Path) -> P
     return out / stage.result
 
 
+def record_given(stage: Stage, result: Path, out: Path) -> Path:
+    """A stage whose result the user supplies (`tagi train --base DIR`, `--meta-teacher DIR`) is not
+    run: its directory records what was used, and the later stages, trained on it, are not reused
+    with another one."""
+    out, record = Path(out), {"stage": stage.name, "result": str(Path(result).resolve())}
+    if (out / DONE).exists():
+        raise UserError(f"{out} holds a `{stage.name}` stage trained here; use another --work to give one instead")
+    if (out / GIVEN).exists() and json.loads((out / GIVEN).read_text()) != record:
+        used = json.loads((out / GIVEN).read_text())["result"]
+        raise UserError(f"{out} was run with {stage.name} {used}, not {result}; use another --work")
+    if is_main():  # every rank uses the given path itself; only the record is rank 0's to write
+        write_json(out / GIVEN, record)
+    return Path(result)
+
+
 def run_all(
     recipe: Preset,
     work: Path,
@@ -227,10 +251,15 @@ def run_all(
     device: str = "auto",
     resume: bool = True,
     timings: dict[str, float] | None = None,
+    given: dict[str, Path] | None = None,
 ) -> dict[str, Path]:
-    """Every stage in table order in `work`; returns each stage's result by name."""
+    """Every stage in table order in `work`; returns each stage's result by name. A stage named in
+    `given` is not run: its result is the given path, recorded in its directory (record_given)."""
     results: dict[str, Path] = {}
     for stage in STAGES:
+        if given and stage.name in given:
+            results[stage.name] = record_given(stage, given[stage.name], Path(work) / stage.directory)
+            continue
         began = time.time()
         results[stage.name] = run_stage(
             stage, recipe, StageInputs(task_set, dict(results), device, resume), Path(work) / stage.directory
