@@ -255,6 +255,9 @@ def cmd_eval(args: argparse.Namespace) -> None:
     checkpoint = resolve_checkpoint(args.checkpoint)
     if args.max_new_tokens < 1:
         raise UserError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+    for option, path in (("--json", args.json), ("--predictions", args.predictions)):
+        if path is not None and Path(path).is_dir():
+            raise UserError(f"{option} {path} is a directory; give a file name")
     result = run_eval(
         checkpoint,
         args.tasks,
@@ -267,11 +270,14 @@ def cmd_eval(args: argparse.Namespace) -> None:
         batch_size=args.batch_size,
         device=args.device,
         split_file=args.split,
+        predictions_file=None if args.predictions is None else Path(args.predictions),
     )
     print(format_table(result))
     if args.json:
         write_json(Path(args.json), result)
         print(f"wrote {args.json}")
+    if args.predictions:
+        print(f"wrote {args.predictions}")
 
 
 # ---- curriculum ablation ---------------------------------------------------------------------
@@ -614,15 +620,22 @@ def register(sub: argparse._SubParsersAction, bench: argparse._SubParsersAction 
     ev = sub.add_parser(
         "eval",
         help="score every method side by side on task files",
-        description="Per task, per category and overall Rouge-L and exact match (SNI convention, percent) for "
-        "base_concat, meta_teacher, task_lora_oracle, tagi_no_fusion, tagi, tagi_wrong_instruction, plus "
-        "measured time per instance of TAGI vs instruction concatenation.",
+        description="Per task, per category and overall Rouge-L and exact match (percent; the official SNI "
+        "definitions of Tk-Instruct's compute_metrics.py) for base_concat, meta_teacher, task_lora_oracle, "
+        "tagi_no_fusion, tagi_fusion_only, tagi, tagi_wrong_instruction, plus measured time per instance of TAGI vs "
+        "instruction concatenation.",
     )
     add_checkpoint_argument(ev)
     ev.add_argument("--tasks", nargs="+", required=True, metavar="PATH", help="SNI task files or directories of them")
     ev.add_argument("--split", metavar="FILE", help="only the tasks named in this split file")
     ev.add_argument("--format", choices=("def", "def+2pos"), default="def", help="instruction format (default: def)")
     ev.add_argument("--json", metavar="FILE", help="also write the result as JSON")
+    ev.add_argument(
+        "--predictions",
+        metavar="FILE",
+        help="also write every prediction as JSONL, one line per instance and method, in Tk-Instruct's "
+        'predicted_examples.jsonl shape plus "Method" (rescorable with its compute_metrics.py)',
+    )
     ev.add_argument(
         "--held-back", type=int, metavar="N", help="score only each task's N held-back instances (for training tasks)"
     )

@@ -12,8 +12,11 @@ Methods (JSON names):
 - tagi_wrong_instruction: the control: each input run (with fusion) with the adapter and
   instruction of ANOTHER task of the set, so a score near `tagi` would mean the adapter
   carries no task.
-Scores are SNI's: Rouge-L and exact match (lowercased, normalised, max over references) in
-percent, averaged over a task's instances, then over tasks (per category and overall).
+Scores are SNI's official ones (Tk-Instruct's compute_metrics.py, training.data): exact match
+after lowercasing, dropping punctuation and collapsing spaces, and rouge_score's stemmed Rouge-L,
+each the best over the references, in percent, averaged over a task's instances, then over tasks
+(per category and overall). Every prediction can be written as JSONL in Tk-Instruct's
+predicted_examples.jsonl shape (plus "Method"), so the official script can rescore our outputs.
 
 Timing: a teacher-forced forward pass over the gold outputs, TAGI (adapter generation
 amortised over the task's inputs + adapted forward with fusion) vs instruction
@@ -23,6 +26,7 @@ Inputs longer than the limit are truncated (counted in the JSON) rather than ski
 
 from __future__ import annotations
 
+import json
 import time
 from collections import defaultdict
 from dataclasses import replace
@@ -40,6 +44,7 @@ from hypernet.model import Adapter, TagiModel
 from hypernet.targets import LoraWeights
 from training.common import encode, encode_labels, load_t5, primitive_group, read_teacher_index, shift_right
 from training.data import (
+    Instance,
     PromptFormat,
     Task,
     exact_match,
@@ -102,6 +107,7 @@ class Evaluator:
         meta = self.checkpoint / META_TEACHER_DIR
         self.meta_teacher = load_t5(meta, device).eval() if (meta / "config.json").exists() else None
         self.teacher_index = read_teacher_index(self.checkpoint / TEACHERS_DIR)
+        self.predictions: list[dict] = []  # the last evaluate()'s, one per instance and method (prediction_record)
 
     def _fit_instruction(self, text: str) -> str:
         """Cut an instruction so that, once the checkpoint's template is applied, it fits the
@@ -204,6 +210,7 @@ class Evaluator:
         adapters = [model.adapter(i) for i in instructions]
         teacher_of = self.teacher_index.get("task_to_teacher", {})
         per_task: dict[str, dict[str, dict[str, float]]] = {}
+        self.predictions = []
         times = defaultdict(float)
         timing_instances = 0
         for i, task in enumerate(tasks):
@@ -228,6 +235,7 @@ class Evaluator:
                     predictions = self.run_method("tagi", inputs, concat, rows, None)
                 else:
                     predictions = self.run_method(method, inputs, concat, [adapters[i]] * len(inputs), oracle)
+                self.predictions += [prediction_record(task, inst, p, method) for inst, p in zip(task.instances, predictions)]
                 scores[method] = {
                     "rougeL": 100 * sum(rouge_l(p, r) for p, r in zip(predictions, refs)) / len(refs),
                     "exact_match": 100 * sum(exact_match(p, r) for p, r in zip(predictions, refs)) / len(refs),
@@ -258,6 +266,25 @@ class Evaluator:
             "timing_tasks": min(len(tasks), self.timing_tasks),
             "metric_scale": "percent",
         }
+
+
+def prediction_record(task: Task, instance: Instance, prediction: str, method: str) -> dict:
+    """One line of Tk-Instruct's predicted_examples.jsonl (Task, Definition, Instance, Prediction), plus
+    the method that produced it. The definition is the task's, even for the wrong-instruction control."""
+    return {
+        "Task": task.name,
+        "Definition": [task.definition],
+        "Instance": {"id": instance.id, "input": instance.input, "output": list(instance.outputs)},
+        "Prediction": prediction,
+        "Method": method,
+    }
+
+
+def write_predictions(path: Path, records: list[dict]) -> None:
+    """JSONL, one record a line, written atomically (a reader never sees half a file)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    files.atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
 
 
 def _average(per_task: dict[str, dict[str, dict[str, float]]], names: list[str]) -> dict[str, dict[str, float]]:
@@ -297,7 +324,10 @@ def run_eval(
     split_file: str | None = None,
     methods: tuple[str, ...] = METHODS,
     timing_tasks: int = 8,
+    predictions_file: Path | None = None,
 ) -> dict:
+    """Evaluate `checkpoint` on the tasks; with `predictions_file`, also write every prediction there
+    (write_predictions)."""
     tasks = load_tasks(task_paths)
     if split_file is not None:
         wanted = set(read_split(split_file))
@@ -312,6 +342,8 @@ def run_eval(
         raise ValueError(f"unknown methods {sorted(unknown)}; choose from {METHODS}")
     evaluator = Evaluator(checkpoint, limit, max_new_tokens, batch_size, device, timing_tasks=timing_tasks)
     result = evaluator.evaluate(tasks, fmt, methods)
+    if predictions_file is not None:
+        write_predictions(predictions_file, evaluator.predictions)
     result["checkpoint"] = str(checkpoint)
     result["max_input_tokens"] = limit
     return result
