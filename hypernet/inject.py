@@ -12,7 +12,7 @@ references.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -106,6 +106,23 @@ class LoraSlots:
         finally:
             for layer, _ in attachment.layers:
                 _set_factors(layer, None)
+
+    def checkpoint_contexts(self) -> tuple[AbstractContextManager, AbstractContextManager]:
+        """torch.utils.checkpoint's context_fn: nothing around a checkpointed layer's forward, and
+        around its recomputation, which runs in the backward pass after `attached` has exited, the
+        factors that were attached when it first ran."""
+        return nullcontext(), self._restored(tuple((layer, layer.factors) for layer in self.layers))
+
+    @contextmanager
+    def _restored(self, factors: tuple[tuple[LoraLinear, Factors | None], ...]) -> Iterator[None]:
+        before = [(layer, layer.factors) for layer in self.layers]
+        try:
+            for layer, saved in factors:
+                _set_factors(layer, saved)
+            yield
+        finally:
+            for layer, saved in before:
+                _set_factors(layer, saved)
 
 
 def inject_lora(model: nn.Module, layout: TargetLayout) -> LoraSlots:

@@ -103,6 +103,23 @@ class TagiModel(nn.Module):
         self.generator.train(mode)
         return self
 
+    def activation_checkpointing_enable(self, activation_checkpointing_kwargs: dict | None = None) -> None:
+        """Recompute the base's layer activations in the backward pass instead of storing them while
+        the generator trains (memory for a big base; the same result).
+
+        A recomputation runs after forward's `slots.attached` block has exited, so each checkpoint
+        re-attaches the factors it first ran with (torch's context_fn, non-reentrant checkpoints
+        only). The base stays in eval mode (no dropout) and transformers only checkpoints a layer
+        whose own `training` flag is set: that flag alone is set on each layer (its dropout modules
+        keep theirs). Without grad (generation) nothing changes."""
+        from transformers.modeling_layers import GradientCheckpointingLayer
+
+        kwargs = {**(activation_checkpointing_kwargs or {}), "use_reentrant": False, "context_fn": self.slots.checkpoint_contexts}
+        self.base.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        for layer in self.base.modules():
+            if isinstance(layer, GradientCheckpointingLayer):
+                layer.training = True
+
     @property
     def device(self) -> torch.device:
         return self.base.device

@@ -472,22 +472,16 @@ def _data_parallel(runner: _LossModule, device: torch.device) -> nn.Module:
 
 
 def enable_gradient_checkpointing(module: nn.Module) -> None:
-    """Non-reentrant activation checkpointing on the HF model inside `module`: the module itself
-    (a T5, a PEFT model) or its frozen `base` (TagiModel). Non-reentrant, because a frozen base's
-    inputs need no grad (the reentrant variant would then drop the LoRA's gradients).
-
-    TagiModel keeps its base in eval mode (no dropout on the frozen path), and transformers only
-    checkpoints a layer whose own `training` flag is set; so that flag alone is set on each layer
-    (its dropout submodules keep theirs). Without grad (evaluation, generation) nothing changes."""
-    from transformers.modeling_layers import GradientCheckpointingLayer
-
-    hf = getattr(module, "base", module)
-    if not hasattr(hf, "gradient_checkpointing_enable"):
-        raise UserError(f"gradient_checkpointing: {type(module).__name__} holds no Hugging Face model to checkpoint")
-    hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    for layer in hf.modules():
-        if isinstance(layer, GradientCheckpointingLayer):
-            layer.training = True
+    """Non-reentrant activation checkpointing on `module`: a Hugging Face model (a T5, a PEFT model)
+    or a TagiModel (its frozen base's layers, hypernet.model). Non-reentrant, because a frozen
+    base's inputs need no grad (the reentrant variant would then drop the LoRA's gradients)."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(module, "activation_checkpointing_enable"):
+        module.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    elif hasattr(module, "gradient_checkpointing_enable"):  # transformers before activation_checkpointing_enable
+        module.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    else:
+        raise UserError(f"gradient_checkpointing: {type(module).__name__} is no Hugging Face model (nothing to checkpoint)")
 
 
 @contextlib.contextmanager

@@ -49,16 +49,26 @@ def pairs() -> list[tuple[int, str, str]]:
     return out
 
 
-def loop_config(steps: int, micro: int) -> LoopConfig:
+def loop_config(steps: int, micro: int, checkpointing: bool = False) -> LoopConfig:
     return LoopConfig(
-        steps=steps, batch_size=8, micro_batch_size=micro, lr=3e-3, warmup_steps=2, checkpoint_every=2, log_every=1, device="cpu"
+        steps=steps,
+        batch_size=8,
+        micro_batch_size=micro,
+        lr=3e-3,
+        warmup_steps=2,
+        checkpoint_every=2,
+        log_every=1,
+        device="cpu",
+        gradient_checkpointing=checkpointing,
     )
 
 
-def run(checkpoint: Path, out: Path, steps: int, micro: int) -> tuple[TagiModel, LoopResult]:
+def run(
+    checkpoint: Path, out: Path, steps: int, micro: int, checkpointing: bool = False, model: TagiModel | None = None
+) -> tuple[TagiModel, LoopResult]:
     """Train the checkpoint's generator `steps` steps in `out` (resuming what is there)."""
     torch.manual_seed(0)
-    model = load_checkpoint(checkpoint)
+    model = model or load_checkpoint(checkpoint)
     data = pairs()
 
     def make_batch(indices: list[int], seed: int) -> dict:
@@ -77,7 +87,7 @@ def run(checkpoint: Path, out: Path, steps: int, micro: int) -> tuple[TagiModel,
         loss = cross_entropy(logits, batch["labels"])
         return loss, {"fusion": float(batch["fusion"])}
 
-    result = train(model, len(data), make_batch, loss_fn, loop_config(steps, micro), out, name="distributed-test")
+    result = train(model, len(data), make_batch, loss_fn, loop_config(steps, micro, checkpointing), out, name="distributed-test")
     return model, result
 
 

@@ -19,6 +19,7 @@ import torch
 from safetensors.torch import load_file
 from support import make_checkpoint
 from torch import nn
+from transformers.models.t5.modeling_t5 import T5LayerFF
 
 from hypernet.errors import UserError
 from hypernet.io import load_checkpoint
@@ -87,6 +88,23 @@ def test_a_killed_rank_ends_the_run(checkpoint: Path, tmp_path: Path):
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
     assert "SIGKILL" in run.stderr or "Signal 9" in run.stderr, run.stderr[-3000:]
+
+
+def test_gradient_checkpointing_recomputes_and_changes_nothing(checkpoint: Path, tmp_path: Path):
+    plain, _ = worker.run(checkpoint, tmp_path / "plain", steps=2, micro=4)
+    model = load_checkpoint(checkpoint)
+    calls = []
+    for name, layer in model.base.named_modules():
+        if isinstance(layer, T5LayerFF):  # called from its block's forward: again when the block is recomputed
+            layer.register_forward_pre_hook(lambda *_, name=name: calls.append((name, torch.is_grad_enabled())))
+    checkpointed, _ = worker.run(checkpoint, tmp_path / "checkpointed", steps=2, micro=4, checkpointing=True, model=model)
+    # 2 steps x 2 micro-batches: the instruction through the encoder (no grad), then the input through the
+    # encoder and the decoder, every block of which runs again in the backward pass.
+    blocks = [name for name, layer in model.base.named_modules() if isinstance(layer, T5LayerFF)]
+    encoder = [name for name in blocks if name.startswith("encoder.")]
+    per_micro_batch = sorted([*((n, False) for n in encoder), *((n, True) for n in blocks), *((n, True) for n in blocks)])
+    assert sorted(calls) == sorted(per_micro_batch * 4)
+    assert _max_diff(worker.generator_weights(checkpointed), worker.generator_weights(plain)) < 1e-6
 
 
 # ---- accumulation within one process --------------------------------------------------------------
