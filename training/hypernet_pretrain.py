@@ -8,7 +8,8 @@ when one is too short, so pretraining teaches the generator to turn "context" in
 that helps continue it, without any task labels.
 
 Entry point: `run(recipe, inputs, out)` (the stage table, training.stages): creates the
-checkpoint from stage 0's base (once) and trains its generator into out/checkpoint.
+checkpoint from the base (stage 0's, or the one `--base` gives) once and trains its generator
+into out/checkpoint.
 """
 
 from __future__ import annotations
@@ -81,9 +82,10 @@ class TextCorpus(Sequence[str]):
         try:
             size = self.path.stat().st_size
             offsets = array("q")
-            with self.path.open("rb") as file, tqdm(
-                total=size, unit="B", unit_scale=True, desc=f"indexing {self.path.name}", disable=size < 2**26
-            ) as bar:
+            with (
+                self.path.open("rb") as file,
+                tqdm(total=size, unit="B", unit_scale=True, desc=f"indexing {self.path.name}", disable=size < 2**26) as bar,
+            ):
                 position = 0
                 for line in file:
                     if line.strip():
@@ -204,7 +206,7 @@ def checkpoint_config(recipe: Preset) -> CheckpointConfig:
 
 
 def run(recipe: Preset, inputs: StageInputs, out: Path) -> None:
-    """Stage 2 on stage 0's base; writes out/checkpoint, the checkpoint stage 3 starts from."""
+    """Stage 2 on the base; writes out/checkpoint, the checkpoint stage 3 starts from."""
     from training.stages import stage_loop
 
     checkpoint = out / "checkpoint"

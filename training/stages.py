@@ -6,15 +6,18 @@ the rows it names as inputs from the same work directory. Each stage is a functi
 stage 1, whose module trains both); it reads the recipe fields named in `reads` (its config)
 and the `inputs` results, and writes everything into `out`, its directory under the work
 directory. A stage that finished is marked DONE with the config it ran under, so a rerun
-reuses it, and refuses to when that config has changed.
+reuses it, and refuses to when that config has changed. A stage whose result the user gives
+(`tagi train --base DIR`, `--meta-teacher DIR`) is not run: its directory holds given.json.
 
 Under torchrun (training.distributed) every rank runs every stage; rank 0 alone writes what a
 stage produces (its checkpoints, its result, its DONE file), and the ranks meet at a barrier
 after each stage, so no rank reads a result that is not whole.
 
 Work directory layout:
-    data/                    the synthetic suite (only data/train/ reaches any stage)
+    data/                    the synthetic suite (only data/train/ reaches any stage), or data/sni/,
+                             the pair store of an SNI split (training.sni)
     stage0_base/             base pretraining state, log.jsonl, curves.png; model/ = the base
+                             (given.json instead with --base)
     stage1_teachers/         teachers/<name>/ PEFT dirs + index.json; teacher_states/
     stage1_meta_teacher/     state/ (log, plot); model/ = the meta-trained teacher
     stage2_hypernet/         hypernetwork pretraining state; checkpoint/ = tagi checkpoint

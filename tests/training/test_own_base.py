@@ -243,9 +243,10 @@ def test_a_def_2pos_prompt_over_the_limit_is_cut_and_counted_a_definition_is_not
     model = hypernet.load(trained["out"])
     model.config = replace(model.config, max_instruction_tokens=48)
     tasks = load_task_set([SNI_DIR / "tasks" / f"{name}.json" for name in read_split(SPLIT / "train_tasks.txt")[:3]], 2, 0)
-    work = Distillation(model, tasks, tasks.train, DistillConfig(use_kl=False, use_ins=False), Teachers(None, None, []), "def+2pos")
+    config, no_teachers = DistillConfig(use_kl=False, use_ins=False), Teachers(None, None, [])
+    work = Distillation(model, tasks, tasks.train, config, no_teachers, "def+2pos")
     assert len(work.cut) == 3  # every def+2pos prompt of these tasks is longer than 48 tokens
     assert list(work.cut.values()) == work.instructions
     for full, fitted in work.cut.items():
         assert full.startswith(fitted) and len(model.tokenizer(model.format_instruction(fitted))["input_ids"]) <= 48
-    assert Distillation(model, tasks, tasks.train, DistillConfig(use_kl=False, use_ins=False), Teachers(None, None, [])).cut == {}
+    assert Distillation(model, tasks, tasks.train, config, no_teachers).cut == {}  # "def": a definition is never cut
