@@ -197,9 +197,19 @@ def given_results(recipe: Preset, base: Path | None, meta_teacher: Path | None) 
         )
     if recipe.sni is not None and base is None:
         raise UserError(f"recipe {recipe.name} trains a local T5 on Super-Natural Instructions: pass --base DIR")
-    given = {} if base is None else {"base": check_t5_dir(base, "--base")}
+    if base is None:
+        if meta_teacher is not None:
+            raise UserError("--meta-teacher needs --base: the teacher must share the base's vocabulary")
+        return {}
+    given = {"base": check_t5_dir(base, "--base")}
     if meta_teacher is not None:
         given["meta-teacher"] = check_t5_dir(meta_teacher, "--meta-teacher")
+        sizes = [json.loads((given[name] / "config.json").read_text()).get("vocab_size") for name in ("base", "meta-teacher")]
+        if sizes[0] != sizes[1]:
+            raise UserError(
+                f"--meta-teacher {meta_teacher} has a vocabulary of {sizes[1]} tokens, the base {sizes[0]}: L_kl compares "
+                "their distributions token by token, so the teacher must be a finetune of the same base family"
+            )
     return given
 
 

@@ -172,6 +172,13 @@ def test_the_recipe_and_base_must_agree(tmp_path: Path, base: Path, capsys):
     assert "use a recipe with an `sni` section" in capsys.readouterr().err
     assert main(["train", "--recipe", str(SMOKE), "--base", str(tmp_path / "nowhere"), *out]) == 2
     assert "no such directory" in capsys.readouterr().err
+    # a given meta teacher must speak the base's vocabulary (L_kl compares token distributions)
+    other = _model_dir(tmp_path / "other", {"model_type": "t5", "vocab_size": 32128})
+    assert main(["train", "--recipe", str(SMOKE), "--base", str(base), "--meta-teacher", str(other), *out]) == 2
+    assert "has a vocabulary of 32128 tokens" in capsys.readouterr().err
+    assert main(["train", "--preset", "smoke", "--meta-teacher", str(other), *out]) == 2
+    assert "--meta-teacher needs --base" in capsys.readouterr().err
+    assert not (tmp_path / "w").exists()
 
 
 def _write(tmp_path: Path, text: str) -> Path:
