@@ -85,6 +85,8 @@ def cmd_init_base(args: argparse.Namespace) -> None:
     out = Path(args.out)
     if out.exists() and any(out.iterdir()) and not args.overwrite:
         raise UserError(f"{out} already exists; pass --overwrite to replace it")
+    if args.max_instances < 1:
+        raise UserError(f"--max-instances must be >= 1, got {args.max_instances}")
     texts: list[str] = []
     for path in split_tasks(Path(args.sni), args.split, TRAIN_LIST):
         task = load_task(path, args.max_instances)
@@ -92,7 +94,7 @@ def cmd_init_base(args: argparse.Namespace) -> None:
         texts += [text for e in task.positive_examples for text in (e.input, e.output)]
         texts += [text for i in task.instances for text in (i.input, *i.outputs)]
     build_tiny_base(texts, out, PRESETS[args.preset], seed=args.seed)
-    print(f"wrote a random-initialised {args.preset} T5 with a tokenizer of split {args.split!r}'s training texts to {out}")
+    print(f"wrote a random-initialised {args.preset} T5 to {out}, its tokenizer trained on the texts of split {args.split}")
 
 
 # ---- data ------------------------------------------------------------------------------------
