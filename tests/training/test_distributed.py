@@ -21,9 +21,14 @@ from support import make_checkpoint
 from torch import nn
 from transformers.models.t5.modeling_t5 import T5LayerFF
 
+from hypernet.cli import main
 from hypernet.errors import UserError
-from hypernet.io import load_checkpoint
-from training.loop import LOG_FILE, STATE_DIR, LoopConfig, read_log, train
+from hypernet.files import GENERATOR_FILE
+from hypernet.io import PEFT_WEIGHTS_FILE, load_checkpoint
+from training.data import SNI_DIR
+from training.loop import LOG_FILE, MODEL_FILE, STATE_DIR, LoopConfig, read_log, train
+from training.presets import CONFIGS_DIR
+from training.stages import STAGE
 
 WORKER = Path(__file__).with_name("distributed_worker.py")
 _spec = importlib.util.spec_from_file_location("distributed_worker", WORKER)
@@ -34,12 +39,15 @@ TOLERANCE = 2e-5
 """Max abs difference of generator weights between 1 and 2 processes: float sums in another order."""
 
 
-def torchrun(checkpoint: Path, out: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    """Two worker processes under torchrun (its own free port: --standalone), CPU, one thread each."""
+def torchrun(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    """`args` in two processes under torchrun (its own free port: --standalone), CPU, one thread each."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
-    command += [str(WORKER), str(checkpoint), str(out), *args]
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", *args]
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def two_workers(checkpoint: Path, out: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return torchrun(str(WORKER), str(checkpoint), str(out), *args, timeout=timeout)
 
 
 def _max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
@@ -63,12 +71,12 @@ def test_two_processes_equal_one_also_after_a_crash_and_resume(checkpoint: Path,
 
     # Both ranks stop as step 6 begins (state saved at step 4); a new torchrun resumes from it.
     two = tmp_path / "two"
-    crashed = torchrun(checkpoint, two, "--steps", "6", "--micro", "4", "--raise-at", "5")
+    crashed = two_workers(checkpoint, two, "--steps", "6", "--micro", "4", "--raise-at", "5")
     assert crashed.returncode != 0
     assert not (two / worker.WEIGHTS).exists()
     assert '"step": 4' in (two / STATE_DIR / "state.json").read_text()
     assert [r["step"] for r in read_log(two / LOG_FILE)] == [1, 2, 3, 4, 5]
-    resumed = torchrun(checkpoint, two, "--steps", "6", "--micro", "4")
+    resumed = two_workers(checkpoint, two, "--steps", "6", "--micro", "4")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert _max_diff(load_file(two / worker.WEIGHTS), reference) < TOLERANCE
     # Rank 0 alone logged, each step once, the mean over the micro-batches of both ranks: the one-process log.
@@ -80,7 +88,7 @@ def test_two_processes_equal_one_also_after_a_crash_and_resume(checkpoint: Path,
 
 def test_a_killed_rank_ends_the_run(checkpoint: Path, tmp_path: Path):
     began = time.monotonic()
-    run = torchrun(checkpoint, tmp_path, "--steps", "50", "--sigkill-rank", "1", "--sigkill-at", "2", timeout=90)
+    run = two_workers(checkpoint, tmp_path, "--steps", "50", "--sigkill-rank", "1", "--sigkill-at", "2", timeout=90)
     assert run.returncode != 0
     assert time.monotonic() - began < 60
     pids = [int((tmp_path / f"pid.{rank}").read_text()) for rank in (0, 1)]
@@ -88,6 +96,31 @@ def test_a_killed_rank_ends_the_run(checkpoint: Path, tmp_path: Path):
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
     assert "SIGKILL" in run.stderr or "Signal 9" in run.stderr, run.stderr[-3000:]
+
+
+def test_sni_smoke_two_processes_equal_one(tmp_path: Path):
+    """`tagi train --recipe configs/sni-smoke.yaml` end to end: under torchrun with 2 processes, the
+    same generator as in one process; every instance teacher (trained by one rank alone) bit for bit."""
+    base = tmp_path / "base"
+    assert main(["init-base", "--out", str(base)]) == 0
+    argv = ["train", "--recipe", str(CONFIGS_DIR / "sni-smoke.yaml"), "--base", str(base), "--sni", str(SNI_DIR)]
+    argv += ["--no-eval", "--threads", "1"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert main([*argv, "--out", str(one / "out"), "--work", str(one / "work")]) == 0
+    run = torchrun("-m", "hypernet.cli", *argv, "--out", str(two / "out"), "--work", str(two / "work"), timeout=240)
+    assert run.returncode == 0, run.stderr[-3000:]
+
+    generator = load_file(one / "out" / GENERATOR_FILE)
+    start = load_file(one / "work" / STAGE["hypernet-pretrain"].directory / "checkpoint" / GENERATOR_FILE)
+    assert _max_diff(generator, start) > 1e-4  # stage 3 moved it: the equality below is not trivial
+    assert _max_diff(load_file(two / "out" / GENERATOR_FILE), generator) < TOLERANCE
+    meta_state = Path(STAGE["meta-teacher"].directory) / "state" / STATE_DIR / MODEL_FILE
+    assert _max_diff(load_file(two / "work" / meta_state), load_file(one / "work" / meta_state)) < TOLERANCE
+    teachers = sorted(p.name for p in (one / "work" / "stage1_teachers" / "teachers").iterdir() if p.is_dir())
+    assert len(teachers) >= 4  # spread over both ranks
+    for name in teachers:
+        weights = [load_file(run / "work" / "stage1_teachers" / "teachers" / name / PEFT_WEIGHTS_FILE) for run in (one, two)]
+        assert _max_diff(*weights) == 0.0, name
 
 
 def test_gradient_checkpointing_recomputes_and_changes_nothing(checkpoint: Path, tmp_path: Path):
@@ -118,7 +151,11 @@ def _linear_run(out: Path, micro: int) -> dict[str, torch.Tensor]:
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 2))
     config = LoopConfig(steps=5, batch_size=8, micro_batch_size=micro, lr=1e-2, warmup_steps=1, log_every=1, device="cpu")
-    train(net, len(DATA), lambda i, _s: {"x": DATA[i], "y": TARGET[i]}, lambda b: (((net(b["x"]) - b["y"]) ** 2).mean(), {}), config, out)
+
+    def loss(batch: dict) -> tuple[torch.Tensor, dict]:
+        return ((net(batch["x"]) - batch["y"]) ** 2).mean(), {}
+
+    train(net, len(DATA), lambda indices, _seed: {"x": DATA[indices], "y": TARGET[indices]}, loss, config, out)
     return {k: v.clone() for k, v in net.state_dict().items()}
 
 
