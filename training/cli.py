@@ -221,6 +221,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 def cmd_train_stage(args: argparse.Namespace, recipe) -> None:
     from training.common import load_task_set
+    from training.distributed import is_main
     from training.pipeline import work_task_set
     from training.presets import get_path, replace_path, with_steps
     from training.stages import STAGE, StageInputs, result_path, run_stage
@@ -245,7 +246,8 @@ def cmd_train_stage(args: argparse.Namespace, recipe) -> None:
         task_set = work_task_set(recipe, work, Path(args.sni) if recipe.sni is not None else None)
     out = Path(args.stage_dir) if getattr(args, "stage_dir", None) else work / stage.directory
     path = run_stage(stage, recipe, StageInputs(task_set, results, args.device, not args.no_resume), out)
-    print(f"stage {stage.name} done: {path}")
+    if is_main():
+        print(f"stage {stage.name} done: {path}")
 
 
 # ---- eval ------------------------------------------------------------------------------------

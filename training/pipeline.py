@@ -83,8 +83,9 @@ def work_task_set(recipe: Preset, work: Path, sni_dir: Path | None = None) -> Ta
         built = task_set(rank0=True) if is_main() else None
         barrier()
         return built if built is not None else task_set(rank0=False)
-    if not (data / "splits" / "train.txt").exists():
+    if is_main() and not (data / "splits" / "train.txt").exists():
         write_synthetic(data, recipe.seed, recipe.suite)
+    barrier()  # the other ranks read the suite rank 0 wrote
     return load_task_set(train_tasks(work), recipe.held_back, recipe.seed)
 
 

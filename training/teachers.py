@@ -10,10 +10,12 @@
   has to match. It is saved as an HF directory in bfloat16 (half the bytes; it is cast back
   to float32 when loaded) so that the shipped checkpoint stays under 30 MB.
 
-Under torchrun the instance teachers are spread over the ranks (teacher i, in name order, on rank
-i % W), each trained by its rank alone and written by it into its own directories; rank 0 writes
-the index once every rank is done. A teacher's seed is the loop's, whatever rank trains it, so
-its weights do not depend on the number of processes. The meta teacher is one model: every rank
+Under torchrun the instance teachers are spread over the ranks: the i-th teacher still missing,
+in name order, goes to rank i % W (so a resumed run splits what is left evenly), trained by that
+rank alone and written by it into its own directories; rank 0 writes the index once every rank
+is done. A teacher's seed is the loop's, whatever rank trains it, so its weights do not depend on
+the number of processes. The ranks that finish first wait for the others at a barrier: with
+teachers that take long to train, --dist-timeout must exceed one teacher's training. The meta teacher is one model: every rank
 trains it together (training.loop), rank 0 writes it.
 """
 
@@ -79,11 +81,12 @@ def train_instance_teachers(
     tokenizer = load_tokenizer(base_dir)
     device = resolve_device(loop.device)
     groups = teacher_groups(task_set, config.per)
+    names = sorted(groups)
+    missing = [name for name in names if not (resume and is_peft_dir(out_dir / name))]
+    barrier()  # every rank has listed the missing teachers before any rank writes one
     place = world()
-    for position, (name, task_ids) in enumerate(sorted(groups.items())):
-        target = out_dir / name
-        if position % place.world_size != place.rank or (resume and is_peft_dir(target)):
-            continue
+    for name in missing[place.rank :: place.world_size]:
+        task_ids, target = groups[name], out_dir / name
         pairs = [p for p in task_set.train if p.task in set(task_ids)]
         seed_everything(loop.seed)
         base = load_t5(base_dir, device)
@@ -111,7 +114,7 @@ def train_instance_teachers(
             loss_fn,
             loop,
             state_dir,
-            name=f"teacher {position + 1}/{len(groups)}",
+            name=f"teacher {names.index(name) + 1}/{len(names)}",
             resume=resume,
             alone=True,
         )
