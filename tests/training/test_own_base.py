@@ -257,3 +257,14 @@ def test_a_def_2pos_prompt_over_the_limit_is_cut_and_counted_a_definition_is_not
     for full, fitted in work.cut.items():
         assert full.startswith(fitted) and len(model.tokenizer(model.format_instruction(fitted))["input_ids"]) <= 48
     assert Distillation(model, tasks, tasks.train, config, no_teachers).cut == {}  # "def": a definition is never cut
+
+
+def test_init_base_options_have_help():
+    import argparse
+
+    from hypernet.cli import build_parser
+
+    (sub,) = [a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    options = [a for a in sub.choices["init-base"]._actions if a.option_strings and a.dest != "help"]
+    assert {"--out", "--sni", "--split", "--preset", "--seed"} <= {o for a in options for o in a.option_strings}
+    assert all(a.help for a in options)
