@@ -254,7 +254,7 @@ def cmd_train_stage(args: argparse.Namespace, recipe) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
-    from training.evaluate import format_table, run_eval, write_json
+    from training.evaluate import TIMING_TASKS, format_table, run_eval, write_json
 
     checkpoint = resolve_checkpoint(args.checkpoint)
     if args.max_new_tokens < 1:
@@ -274,6 +274,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
         batch_size=args.batch_size,
         device=args.device,
         split_file=args.split,
+        timing_tasks=0 if args.no_timing else TIMING_TASKS,
         predictions_file=None if args.predictions is None else Path(args.predictions),
     )
     print(format_table(result))
@@ -656,4 +657,9 @@ def register(sub: argparse._SubParsersAction, bench: argparse._SubParsersAction 
     )
     ev.add_argument("--batch-size", type=int, default=64, help="instances per forward pass (default 64)")
     ev.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="device (default cpu)")
+    ev.add_argument(
+        "--no-timing",
+        action="store_true",
+        help="skip timing TAGI against instruction concatenation (on the first tasks otherwise; the JSON's ratio is then null)",
+    )
     ev.set_defaults(func=cmd_eval)

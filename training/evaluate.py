@@ -67,6 +67,8 @@ METHODS = (
     "tagi",
     "tagi_wrong_instruction",
 )
+TIMING_TASKS = 8
+"""How many tasks (the first ones) also time TAGI against instruction concatenation."""
 META_TEACHER_DIR = "meta_teacher"
 TEACHERS_DIR = "teachers"
 
@@ -93,7 +95,7 @@ class Evaluator:
         max_new_tokens: int,
         batch_size: int,
         device: str = "cpu",
-        timing_tasks: int = 8,
+        timing_tasks: int = TIMING_TASKS,
     ) -> None:
         self.checkpoint = Path(checkpoint)
         self.model = load_checkpoint(self.checkpoint, device=device)
@@ -323,7 +325,7 @@ def run_eval(
     device: str = "cpu",
     split_file: str | None = None,
     methods: tuple[str, ...] = METHODS,
-    timing_tasks: int = 8,
+    timing_tasks: int = TIMING_TASKS,
     predictions_file: Path | None = None,
 ) -> dict:
     """Evaluate `checkpoint` on the tasks; with `predictions_file`, also write every prediction there

@@ -106,10 +106,11 @@ def test_eval_writes_predictions_the_official_definitions_rescore(tmp_path: Path
     assert set(tasks) <= set(read_split(SNI_DIR / "splits" / "subset" / "test_tasks.txt"))
     predictions, report = tmp_path / "out" / "predicted_examples.jsonl", tmp_path / "eval.json"
     argv = ["eval", "--checkpoint", str(DEFAULT_CHECKPOINT), "--tasks", *(str(SNI_DIR / "tasks" / f"{t}.json") for t in tasks)]
-    argv += ["--format", "def", "--max-instances", "3", "--max-new-tokens", "8", "--json", str(report)]
+    argv += ["--format", "def", "--max-instances", "3", "--max-new-tokens", "8", "--no-timing", "--json", str(report)]
     assert main([*argv, "--predictions", str(predictions)]) == 0
     assert f"wrote {predictions}" in capsys.readouterr().out
     result = json.loads(report.read_text())
+    assert result["time_ratio_tagi_vs_concat"] is None and result["timing_tasks"] == 0  # --no-timing
     records = [json.loads(line) for line in predictions.read_text().splitlines()]
 
     loaded = {t.name: t for t in load_tasks([str(SNI_DIR / "tasks" / f"{t}.json") for t in tasks], max_instances=3)}
