@@ -288,12 +288,20 @@ def cmd_eval(args: argparse.Namespace) -> None:
 # ---- curriculum ablation ---------------------------------------------------------------------
 
 
+def _synthetic_recipe(args: argparse.Namespace):
+    """The recipe of an ablation: they compare arms on the synthetic world's held-out sets."""
+    recipe = _recipe(args)
+    if recipe.sni is not None:
+        raise UserError(f"recipe {recipe.name} trains a given base on SNI; the ablations compare on the synthetic world")
+    return recipe
+
+
 def cmd_ablate_curriculum(args: argparse.Namespace) -> None:
     from training.ablation import run_ablation
     from training.card import write_card
     from training.pipeline import PIPELINE_FILE
 
-    recipe = _recipe(args)
+    recipe = _synthetic_recipe(args)
     out = Path(args.out)
     if not (out / PIPELINE_FILE).exists():
         raise UserError(f"{out} is not a `tagi train` output (no {PIPELINE_FILE}); pass the checkpoint the pipeline wrote")
@@ -312,7 +320,7 @@ def cmd_ablate_encoder(args: argparse.Namespace) -> None:
     from training.card import write_card
     from training.pipeline import PIPELINE_FILE
 
-    recipe = _recipe(args)
+    recipe = _synthetic_recipe(args)
     out = Path(args.out)
     if not (out / PIPELINE_FILE).exists():
         raise UserError(f"{out} is not a `tagi train` output (no {PIPELINE_FILE}); pass the checkpoint the pipeline wrote")
@@ -379,7 +387,7 @@ def _corpus_arg(p: argparse.ArgumentParser) -> None:
         "--corpus",
         metavar="FILE",
         help="stage 2's pretraining text (the paper used C4): plain text, one document per line, or JSONL with a "
-        '"text" field (*.jsonl); read lazily (default: the recipe\'s hypernet_pretrain.corpus, else the training tasks\' texts)',
+        "\"text\" field (*.jsonl); read lazily (default: the recipe's hypernet_pretrain.corpus, else the training tasks' texts)",
     )
 
 
