@@ -57,9 +57,8 @@ class TaskTexts(Sequence[str]):
         return len(self.instructions) + len(self.pairs)
 
     def __getitem__(self, index: int) -> str:  # type: ignore[override]  # no slices: the loop asks by index
-        if not -len(self) <= index < len(self):
-            raise IndexError(index)
-        index %= len(self)
+        if not 0 <= index < len(self):
+            raise IndexError(index)  # also ends Sequence's iteration
         if index < len(self.instructions):
             return self.instructions[index]
         pair = self.pairs[index - len(self.instructions)]
