@@ -26,7 +26,7 @@ from hypernet.errors import UserError
 from hypernet.files import GENERATOR_FILE
 from hypernet.io import PEFT_WEIGHTS_FILE, load_checkpoint
 from training.data import SNI_DIR
-from training.loop import LOG_FILE, MODEL_FILE, STATE_DIR, LoopConfig, read_log, train
+from training.loop import LOG_FILE, MODEL_FILE, STATE_DIR, LoopConfig, micro_seed, read_log, step_seed, train
 from training.presets import CONFIGS_DIR
 from training.stages import STAGE
 
@@ -175,3 +175,9 @@ def test_micro_batches_must_divide_the_batch():
     assert config.micro_batches(2) == 2
     with pytest.raises(UserError, match=r"micro_batch_size \(4\) x processes \(3\) = 12"):
         config.micro_batches(3)
+
+
+def test_the_first_micro_batch_keeps_the_step_seed_the_others_get_their_own():
+    assert micro_seed(3, 7, 0) == step_seed(3, 7)  # a step of one micro-batch draws what it always drew
+    seeds = {micro_seed(3, step, m) for step in range(100) for m in range(8)}
+    assert len(seeds) == 800
