@@ -4,7 +4,9 @@ A recipe file (`configs/<name>.yaml`, or any file given to `tagi train --recipe`
 what it changes: every value it does not name is the default of its dataclass below, so each
 default lives in one place. The built-in presets ARE such files: `--preset tiny` reads
 `configs/tiny.yaml` (the shipped recipe, the 90-minute CPU budget), `--preset smoke` reads
-`configs/smoke.yaml` (every stage in about a minute on a micro model, for tests and CI).
+`configs/smoke.yaml` (every stage in about a minute on a micro model, for tests and CI). A recipe
+with an `sni` section (configs/sni-smoke.yaml, t5-lm-adapt-base.yaml, t5-xl.yaml) trains a given
+base on Super-Natural Instructions instead (`tagi train --base DIR --sni DIR`).
 
 Loading works like nanoGPT's configurator without its `exec`: an unknown key or a value of
 the wrong type is refused with the dotted name of the field, and each dataclass's
