@@ -10,8 +10,9 @@ vocabulary (--vocab, default 2000 instead of t5-base's 32128), which makes the e
 output layers ~10x smaller than t5-base's; the 24 transformer blocks, where the time goes, are
 t5-base's. Inputs are synthetic tasks of random words, each example --input-tokens long.
 
-Each measurement is a fresh `torch.distributed.run --standalone` launch of this module (also
-for one process, so both pay the same), with --threads torch threads per process. Examples per
+Each measurement runs in fresh processes: this module under `torch.distributed.run --standalone`
+for several, alone for one (the launcher's own process is in neither figure), with --threads
+torch threads per process. Examples per
 second are timed on rank 0 between the start of step --warmup and the start of the last step
 (DDP makes every step wait for every rank); peak RSS is each process's ru_maxrss. The figures are
 printed as one JSON object per line, then the ratios of N processes to one.
@@ -200,12 +201,14 @@ def _worker(config: BenchTrainConfig, device_name: str, checkpoint: Path, work: 
 
 
 def _measure(config: BenchTrainConfig, device: str, processes: int, checkpoint: Path, tmp: Path) -> dict:
-    """One fresh torchrun launch of `processes` workers; their figures."""
+    """Fresh worker processes (a torchrun launch for several); their figures."""
     result_file = tmp / f"result-{device}-{processes}.json"
     env = {**os.environ, "OMP_NUM_THREADS": str(config.threads)}
     if device == "cpu":
         env["CUDA_VISIBLE_DEVICES"] = ""  # gloo and CPU tensors, whatever GPUs the machine has
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(processes)]
+    command = [sys.executable]
+    if processes > 1:
+        command += ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(processes)]
     command += ["-m", "training.bench", json.dumps(asdict(config)), device, str(checkpoint), str(tmp / "work"), str(result_file)]
     began = time.time()
     run = subprocess.run(command, env=env, stdout=subprocess.PIPE, stderr=None, text=True)

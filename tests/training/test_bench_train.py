@@ -1,4 +1,4 @@
-"""`tagi bench train` at a micro size: one real torchrun launch per process count, figures printed."""
+"""`tagi bench train` at a micro size: real worker processes (a torchrun launch for 2), figures printed."""
 
 from __future__ import annotations
 
