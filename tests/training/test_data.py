@@ -77,7 +77,8 @@ def test_every_shipped_sni_task_loads_with_expected_totals(sni_dir: Path) -> Non
     assert len(tasks) == 38
     assert sum(len(t.instances) for t in tasks) == 1954
     assert [t.name for t in tasks] == sorted(t.name for t in tasks)
-    subset = {name for split in ("train_tasks.txt", "test_tasks.txt") for name in read_split(sni_dir / "splits" / "subset" / split)}
+    splits = sni_dir / "splits" / "subset"
+    subset = {name for split in ("train_tasks.txt", "test_tasks.txt") for name in read_split(splits / split)}
     assert {t.name for t in tasks} == subset
     for task in tasks:
         assert task.definition.strip()
