@@ -121,6 +121,23 @@ class InstructionCache:
         return concat_instructions([self.cache[text] for text in instructions])
 
 
+def fit_instruction(model: TagiModel, text: str) -> str:
+    """`text` cut so that, in the checkpoint's template, it fits max_instruction_tokens (Tk-Instruct
+    cuts its 1024-token prompts the same way); a text that fits is returned as it is."""
+    tokenizer, limit = model.instruction_tokenizer, model.config.max_instruction_tokens
+
+    def overflow(candidate: str) -> int:
+        return len(tokenizer(model.format_instruction(candidate))["input_ids"]) - limit
+
+    over = overflow(text)
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"] if over > 0 else []
+    while over > 0:  # re-tokenising a decoded cut may merge pieces: cut again until it fits
+        ids = ids[: len(ids) - over]
+        text = tokenizer.decode(ids, skip_special_tokens=True)
+        over = overflow(text)
+    return text
+
+
 def encode(tokenizer: PreTrainedTokenizerBase, texts: list[str], max_tokens: int) -> dict[str, torch.Tensor]:
     """Padded ids + mask, truncated to max_tokens (the training stages' inputs are short;
     truncation only guards against an odd long text)."""

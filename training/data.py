@@ -37,6 +37,8 @@ POSITIVE_EXAMPLE_TEMPLATE = "Positive Example {index} -\nInput: {input}\nOutput:
 SECTION_SEPARATOR = "\n\n"
 CONCAT_TEMPLATE = "{instruction}\n\nNow complete the following example -\nInput: {input}\nOutput:"
 POSITIVE_EXAMPLES_IN_PROMPT = 2
+TK_TEST_INSTANCES = 100
+"""Tk-Instruct scores the first 100 instances of each test task (and caps training tasks at 100)."""
 
 
 @dataclass(frozen=True)

@@ -42,6 +42,7 @@ from training.common import (
     concat_inputs,
     encode,
     exact_match_by_group,
+    fit_instruction,
     greedy,
     load_frozen_t5,
     read_teacher_index,
@@ -92,23 +93,6 @@ def load_teachers(
     names = sorted(set(task_to_teacher.values()))
     loras = load_peft_loras([Path(teachers_dir) / name for name in names], model.layout).to(model.device)
     return Teachers(meta, loras, [names.index(task_to_teacher[t.name]) for t in task_set.tasks])
-
-
-def fit_instruction(model: TagiModel, text: str) -> str:
-    """`text` cut so that, in the checkpoint's template, it fits max_instruction_tokens (Tk-Instruct
-    cuts its 1024-token prompts the same way); a text that fits is returned as it is."""
-    tokenizer, limit = model.instruction_tokenizer, model.config.max_instruction_tokens
-
-    def overflow(candidate: str) -> int:
-        return len(tokenizer(model.format_instruction(candidate))["input_ids"]) - limit
-
-    over = overflow(text)
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"] if over > 0 else []
-    while over > 0:  # re-tokenising a decoded cut may merge pieces: cut again until it fits
-        ids = ids[: len(ids) - over]
-        text = tokenizer.decode(ids, skip_special_tokens=True)
-        over = overflow(text)
-    return text
 
 
 class Distillation:

@@ -42,7 +42,7 @@ from hypernet.fusion import InstructionEncoding, concat_instructions
 from hypernet.io import load_checkpoint
 from hypernet.model import Adapter, TagiModel
 from hypernet.targets import LoraWeights
-from training.common import encode, encode_labels, load_t5, primitive_group, read_teacher_index, shift_right
+from training.common import encode, encode_labels, fit_instruction, load_t5, primitive_group, read_teacher_index, shift_right
 from training.data import (
     Instance,
     PromptFormat,
@@ -112,23 +112,10 @@ class Evaluator:
         self.predictions: list[dict] = []  # the last evaluate()'s, one per instance and method (prediction_record)
 
     def _fit_instruction(self, text: str) -> str:
-        """Cut an instruction so that, once the checkpoint's template is applied, it fits the
-        checkpoint's limit (counted), rather than refuse the task."""
-        tokenizer, limit = self.model.instruction_tokenizer, self.model.config.max_instruction_tokens
-
-        def overflow(candidate: str) -> int:
-            return len(tokenizer(self.model.format_instruction(candidate))["input_ids"]) - limit
-
-        over = overflow(text)
-        if over <= 0:
-            return text
-        self.truncated_instructions += 1
-        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-        while over > 0:  # re-tokenising a decoded cut may merge pieces: cut again until it fits
-            ids = ids[: len(ids) - over]
-            text = tokenizer.decode(ids, skip_special_tokens=True)
-            over = overflow(text)
-        return text
+        """Cut an instruction to the checkpoint's limit (counted), rather than refuse the task."""
+        fitted = fit_instruction(self.model, text)
+        self.truncated_instructions += fitted != text
+        return fitted
 
     def _count_truncated(self, texts: list[str]) -> None:
         lengths = [len(ids) for ids in self.model.tokenizer(texts)["input_ids"]]

@@ -30,7 +30,7 @@ from hypernet.config import GeneratorConfig
 from hypernet.errors import UserError
 from hypernet.tiny import TinyPreset
 from training.curriculum import CurriculumConfig
-from training.data import PromptFormat
+from training.data import TK_TEST_INSTANCES, PromptFormat
 from training.loop import LoopConfig
 from training.suite import SuiteConfig
 
@@ -192,9 +192,9 @@ class SniConfig:
     prompt_format: PromptFormat = "def+2pos"
     """What the generator and the meta teacher read: the definition (`def`), or the definition and
     two positive examples (`def+2pos`, the paper's main setting)."""
-    max_instances_per_task: int = 100
+    max_instances_per_task: int = TK_TEST_INSTANCES
     """Tk-Instruct's cap: the first N instances of each training task (file order)."""
-    test_instances: int = 100
+    test_instances: int = TK_TEST_INSTANCES
     """The first N instances of each test task scored by the final evaluation (Tk-Instruct's 100)."""
 
     def __post_init__(self) -> None:

@@ -32,15 +32,13 @@ from tqdm.auto import tqdm
 from hypernet.errors import UserError
 from hypernet.files import atomic_directory, write_json
 from training.common import Pair, TaskSet, task_pairs
-from training.data import Example, PromptFormat, Task, format_instruction, load_task, read_split
+from training.data import TK_TEST_INSTANCES, Example, PromptFormat, Task, format_instruction, load_task, read_split
 
 TASKS_DIR = "tasks"
 SPLITS_DIR = "splits"
 TRAIN_LIST = "train_tasks.txt"
 TEST_LIST = "test_tasks.txt"
 EXCLUDED_LIST = "excluded_tasks.txt"
-TEST_INSTANCES = 100
-"""Tk-Instruct evaluates the first 100 instances of each test task."""
 
 STORE_VERSION = 1
 """Bumped whenever the store's files change shape, so an old store is rebuilt, never misread."""
@@ -83,7 +81,7 @@ def _read_task(path: Path, max_instances: int) -> Task:
         raise UserError(str(err)) from err
 
 
-def sni_test_tasks(root: Path, split: str, max_instances: int = TEST_INSTANCES) -> list[Task]:
+def sni_test_tasks(root: Path, split: str, max_instances: int = TK_TEST_INSTANCES) -> list[Task]:
     """The test tasks of a split with their first `max_instances` instances (Tk-Instruct's
     evaluation set): 119 tasks x 100 instances is small, so these are loaded eagerly."""
     paths = split_tasks(root, split, TEST_LIST)
