@@ -45,3 +45,10 @@ def make_checkpoint(root: Path, targets: tuple[str, ...], trained: bool) -> Path
         randomize_generator(model, seed=1)
         save_checkpoint(model, out, overwrite=True)
     return out
+
+
+def recipe_file(tmp_path: Path, text: str) -> Path:
+    """A recipe YAML file holding `text` (for training.presets.load_recipe)."""
+    path = tmp_path / "recipe.yaml"
+    path.write_text(text)
+    return path

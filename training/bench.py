@@ -104,9 +104,10 @@ def build_checkpoint(config: BenchTrainConfig, out: Path) -> Path:
     from hypernet.config import CheckpointConfig
     from hypernet.io import create_checkpoint
     from hypernet.tiny import TinyPreset, build_tiny_base
+    from training.hypernet_pretrain import corpus
 
     tasks = task_set(config)
-    texts = [*tasks.instructions, *(f"{p.input} {p.output}" for p in tasks.train)]
+    texts = list(corpus(tasks))  # stage 2's texts of a task set: what the tokenizer must cover
     preset = TinyPreset(
         d_model=config.d_model,
         d_ff=config.d_ff,

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from support import recipe_file
 
 import hypernet
 from hypernet.cli import main
@@ -181,12 +182,6 @@ def test_the_recipe_and_base_must_agree(tmp_path: Path, base: Path, capsys):
     assert not (tmp_path / "w").exists()
 
 
-def _write(tmp_path: Path, text: str) -> Path:
-    path = tmp_path / "recipe.yaml"
-    path.write_text(text)
-    return path
-
-
 @pytest.mark.parametrize(
     "text, message",
     [
@@ -203,15 +198,15 @@ def _write(tmp_path: Path, text: str) -> Path:
 )
 def test_bad_own_base_fields_are_refused_naming_the_field(tmp_path: Path, text: str, message: str):
     with pytest.raises(UserError, match="recipe.yaml") as info:
-        load_recipe(_write(tmp_path, text))
+        load_recipe(recipe_file(tmp_path, text))
     assert message in str(info.value) and "\n" not in str(info.value)
 
 
 def test_own_base_fields_take_their_defaults_and_values(tmp_path: Path):
-    assert load_recipe(_write(tmp_path, "name: x\n")).sni is None  # the synthetic world
-    recipe = load_recipe(_write(tmp_path, "name: x\nsni: {}\ndistill:\n  lambda_ins: sigmoid\n"))
+    assert load_recipe(recipe_file(tmp_path, "name: x\n")).sni is None  # the synthetic world
+    recipe = load_recipe(recipe_file(tmp_path, "name: x\nsni: {}\ndistill:\n  lambda_ins: sigmoid\n"))
     assert recipe.sni == SniConfig() and recipe.prompt_format == "def+2pos" and recipe.distill.lambda_ins == "sigmoid"
-    recipe = load_recipe(_write(tmp_path, "name: x\nsni: {split: subset, prompt_format: def}\ndistill:\n  lambda_ins: 2\n"))
+    recipe = load_recipe(recipe_file(tmp_path, "name: x\nsni: {split: subset, prompt_format: def}\ndistill:\n  lambda_ins: 2\n"))
     assert recipe.sni.split == "subset" and recipe.prompt_format == "def"
     assert recipe.distill.lambda_ins == 2.0 and isinstance(recipe.distill.lambda_ins, float)
 

@@ -9,6 +9,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import pytest
+from support import recipe_file
 
 from hypernet.errors import UserError
 from training.presets import CONFIGS_DIR, BaseConfig, Preset, from_mapping, get_preset, load_recipe, preset_names
@@ -53,12 +54,6 @@ def test_the_shipped_recipe_reads_instructions_with_the_packaged_sentence_encode
     assert config["generator"]["attention_heads"] == recipe.generator.attention_heads
 
 
-def _write(tmp_path: Path, text: str) -> Path:
-    path = tmp_path / "recipe.yaml"
-    path.write_text(text)
-    return path
-
-
 @pytest.mark.parametrize(
     "text, message",
     [
@@ -79,14 +74,14 @@ def _write(tmp_path: Path, text: str) -> Path:
     ],
 )
 def test_bad_recipes_are_refused_naming_the_field(tmp_path: Path, text: str, message: str):
-    path = _write(tmp_path, text)
+    path = recipe_file(tmp_path, text)
     with pytest.raises(UserError, match="recipe.yaml") as info:
         load_recipe(path)
     assert message in str(info.value) and "\n" not in str(info.value)
 
 
 def test_a_recipe_changes_only_what_it_names(tmp_path: Path):
-    recipe = load_recipe(_write(tmp_path, "name: mine\ndistill:\n  lambda_kl: 2\n  loop:\n    steps: 7\n"))
+    recipe = load_recipe(recipe_file(tmp_path, "name: mine\ndistill:\n  lambda_kl: 2\n  loop:\n    steps: 7\n"))
     tiny = get_preset("tiny")
     assert recipe.distill.lambda_kl == 2.0 and isinstance(recipe.distill.lambda_kl, float)
     assert recipe.distill.loop.steps == 7 and recipe.distill.loop.batch_size == tiny.distill.loop.batch_size
