@@ -58,9 +58,7 @@ def input_template_for(tokenizer: PreTrainedTokenizerBase) -> str:
 
 def _render(tokenizer: PreTrainedTokenizerBase, text: str) -> str:
     try:
-        rendered = tokenizer.apply_chat_template(
-            [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
-        )
+        rendered = tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True)
     except (TemplateError, TypeError, ValueError) as err:  # the template's own raise_exception, or its bad Jinja
         raise UserError(f"the base's chat template cannot render one user message: {err}") from err
     if not isinstance(rendered, str):
