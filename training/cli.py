@@ -79,6 +79,7 @@ def init_corpus(paths: list[str] | None) -> list[str]:
 
 def cmd_init_base(args: argparse.Namespace) -> None:
     from hypernet.tiny import PRESETS, build_tiny_base
+    from hypernet.tiny_causal import CAUSAL_FAMILIES, CAUSAL_PRESETS, build_tiny_causal_base
     from training.data import load_task
     from training.sni import TRAIN_LIST, split_tasks
 
@@ -87,14 +88,19 @@ def cmd_init_base(args: argparse.Namespace) -> None:
         raise UserError(f"{out} already exists; pass --overwrite to replace it")
     if args.max_instances < 1:
         raise UserError(f"--max-instances must be >= 1, got {args.max_instances}")
+    if args.chat_template and args.family == "t5":
+        raise UserError(f"--chat-template needs a decoder-only --family ({', '.join(CAUSAL_FAMILIES)})")
     texts: list[str] = []
     for path in split_tasks(Path(args.sni), args.split, TRAIN_LIST):
         task = load_task(path, args.max_instances)
         texts.append(task.definition)
         texts += [text for e in task.positive_examples for text in (e.input, e.output)]
         texts += [text for i in task.instances for text in (i.input, *i.outputs)]
-    build_tiny_base(texts, out, PRESETS[args.preset], seed=args.seed)
-    print(f"wrote a random-initialised {args.preset} T5 to {out}, its tokenizer trained on the texts of split {args.split}")
+    if args.family == "t5":
+        build_tiny_base(texts, out, PRESETS[args.preset], seed=args.seed)
+    else:
+        build_tiny_causal_base(texts, out, args.family, CAUSAL_PRESETS[args.preset], args.seed, args.chat_template)
+    print(f"wrote a random-initialised {args.preset} {args.family} to {out}, its tokenizer trained on split {args.split}")
 
 
 # ---- data ------------------------------------------------------------------------------------
@@ -456,13 +462,15 @@ def _add_init(sub: argparse._SubParsersAction) -> None:
 
 def _add_init_base(sub: argparse._SubParsersAction) -> None:
     from hypernet.tiny import PRESETS
+    from hypernet.tiny_causal import CAUSAL_FAMILIES
 
     p = sub.add_parser(
         "init-base",
-        help="write a small random-initialised T5 + tokenizer for `tagi train --base` (smoke tests, CI)",
-        description="Write a Hugging Face T5 directory with random weights and a SentencePiece tokenizer trained on "
-        "the training tasks of an SNI split: a stand-in for a real base (t5-lm-adapt) that needs no download, "
-        "e.g. for `tagi train --recipe configs/sni-smoke.yaml --base DIR`.",
+        help="write a small random-initialised base + tokenizer for `tagi train --base` (smoke tests, CI)",
+        description="Write a Hugging Face model directory with random weights and a tokenizer trained on the training "
+        "tasks of an SNI split (T5: SentencePiece; decoder-only families: byte-level BPE): a stand-in for a real "
+        "base (t5-lm-adapt, Qwen2, ...) that needs no download, e.g. for "
+        "`tagi train --recipe configs/sni-smoke.yaml --base DIR`.",
     )
     p.add_argument("--out", required=True, metavar="DIR", help="base directory to create")
     p.add_argument("--sni", default=str(SNI_DIR), metavar="DIR", help="natural-instructions directory (default: data/sni)")
@@ -471,7 +479,22 @@ def _add_init_base(sub: argparse._SubParsersAction) -> None:
         "--max-instances", type=int, default=100, metavar="N", help="instances read per task for the tokenizer (default 100)"
     )
     p.add_argument(
-        "--preset", choices=sorted(PRESETS), default="micro", help="size (hypernet.tiny.PRESETS; default: micro, 0.2M)"
+        "--preset",
+        choices=sorted(PRESETS),
+        default="micro",
+        help="size (hypernet.tiny.PRESETS, for a decoder hypernet.tiny_causal.CAUSAL_PRESETS; default: micro)",
+    )
+    p.add_argument(
+        "--family",
+        choices=("t5", *CAUSAL_FAMILIES),
+        default="t5",
+        help="model family: t5 (encoder-decoder, the default) or a decoder-only layout in its own transformers class",
+    )
+    p.add_argument(
+        "--chat-template",
+        action="store_true",
+        help="give a decoder's tokenizer a ChatML chat template (as Qwen2/Qwen3 chat models have), to stand in for "
+        "an instruct checkpoint",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the weights (default 0)")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
