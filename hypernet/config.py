@@ -10,10 +10,10 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from hypernet.errors import UserError
+from hypernet.families import ALL_MODULE_NAMES
 
-# Module names of T5 blocks that LoRA can target. `wi_0`/`wi_1` exist in gated (flan-t5 / t5 v1.1)
-# feed-forward layers, `wi` in the original T5 layout.
-KNOWN_TARGETS = ("q", "k", "v", "o", "wi", "wi_0", "wi_1", "wo")
+KNOWN_TARGETS = ALL_MODULE_NAMES
+"""Module names LoRA can target in any supported family (hypernet.families); the base decides which apply."""
 
 CHECKPOINT_FORMAT = "tagi-checkpoint"
 CHECKPOINT_VERSION = 2
@@ -33,7 +33,9 @@ class GeneratorConfig:
     alpha: float = 16.0
     """LoRA alpha; the update is scaled by alpha / rank, as in PEFT."""
     target_modules: tuple[str, ...] = ("q", "v")
-    """T5 module names to adapt, in every attention block (self and cross) or feed-forward layer."""
+    """Module names to adapt in every layer that has them (T5: every attention block, self and
+    cross, or feed-forward layer; a decoder: its attention and MLP projections). The base's
+    family decides which names exist (hypernet.families)."""
     hidden_dim: int | None = None
     """Width of the generator MLP. None means d_model // 2: a real fraction of the model width,
     unlike the 8-wide bottleneck of the authors' code that confines every A to 8 dimensions."""
@@ -93,8 +95,15 @@ class InstructionEncoderConfig:
     """For `sentence`: a packaged encoder's name (hypernet.encoders.PACKAGED_ENCODERS) or a label."""
     fingerprint: str = ""
     """sha256 over the encoder's weight and tokenizer files; loading refuses another encoder."""
+    layer: int | None = None
+    """For `base` on a decoder-only model: which hidden state the generator reads (0: the token
+    embeddings, N: after layer N, negative from the end); None: the last, after the final norm.
+    A middle layer of a causal LM often carries more of a text's meaning than its last, which is
+    shaped to predict the next token."""
 
     def __post_init__(self) -> None:
+        if self.layer is not None and self.kind != "base":
+            raise UserError("instruction encoder layer applies to the base encoder only")
         if self.kind not in ENCODER_KINDS:
             raise UserError(f"instruction encoder kind must be one of {list(ENCODER_KINDS)}, got {self.kind!r}")
         if self.kind == "sentence" and not self.name:
@@ -144,6 +153,8 @@ class CheckpointConfig:
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["generator"]["target_modules"] = list(self.generator.target_modules)
+        if self.instruction_encoder.layer is None:
+            del data["instruction_encoder"]["layer"]  # checkpoints written before it existed keep their bytes
         return {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **data}
 
     @classmethod

@@ -2,12 +2,13 @@
 
 `transformers`' `generate` returns when the whole batch is done and samples every row from one
 random stream, so a server could neither stream text, nor give a row its own seed, nor answer
-a short request before its long batch-mates. This loop drives the T5 decoder itself, one token
-per step with the key/value cache, and reports after every step what each row added
+a short request before its long batch-mates. This loop drives the model itself, one token per
+step with the key/value cache (a `Stepper`: T5's decoder here, a decoder-only model in
+hypernet.causal), and reports after every step what each row added
 (`RowUpdate`). Greedy rows pick the argmax, exactly as `generate(do_sample=False)` does, so
 their tokens equal it; a row's choice reads only its own logits and its own random stream, so
 a request gets the same tokens whatever it is batched with. No logits processors of the
-checkpoint's generation_config are applied (T5 checkpoints set none; only its start, EOS and pad ids
+checkpoint's generation_config are applied (tagi's bases set none; only its start, EOS and pad ids
 are read).
 
 Finished rows leave the batch once they are half of it (cache, memory and adapter rows are
@@ -20,16 +21,18 @@ from __future__ import annotations
 import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Protocol
 
 import torch
-from transformers import PreTrainedTokenizerBase, T5ForConditionalGeneration
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, T5ForConditionalGeneration
 from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 from transformers.modeling_outputs import BaseModelOutput
 
 from hypernet.inject import Attachment, LoraSlots
 
 FinishReason = Literal["stop", "length"]
+REPLACEMENT = "\ufffd"
+"""What a tokenizer decodes an incomplete UTF-8 sequence to."""
 
 
 @dataclass(frozen=True)
@@ -86,7 +89,8 @@ class RowText:
     each step: decoding tokens one by one would lose SentencePiece's word-boundary spaces. What
     is released is a prefix of every later text, so the deltas add up to the final text exactly:
     a tail that could still become a stop string is held back, and so is the last word when the
-    tokenizer's clean-up may still remove the space before it (" ." -> ".")."""
+    tokenizer's clean-up may still remove the space before it (" ." -> "."), and so is a
+    character whose bytes have not all arrived."""
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase, stop: tuple[str, ...]) -> None:
         self.tokenizer = tokenizer
@@ -105,6 +109,9 @@ class RowText:
             self.stopped = True
             return self._release(text[:cut])
         end = len(text) - max((self._pending(text, s) for s in self.stop), default=0)
+        # A byte-level tokenizer (GPT-2, Qwen2, Llama 3) may split a character over tokens: until
+        # its last byte arrives the text ends in U+FFFD, which the next token replaces.
+        end = min(end, len(text.rstrip(REPLACEMENT)))
         if self.tokenizer.clean_up_tokenization_spaces:
             end = min(end, max(text.rfind(" ", len(self.sent)), len(self.sent)))
         return self._release(text[:end])
@@ -154,49 +161,102 @@ def pick_tokens(logits: torch.Tensor, samplings: list[Sampling], generators: lis
     return tokens
 
 
-@torch.no_grad()  # on a generator function, torch sets the mode around each step only, not while the caller runs
-def decode(
-    base: T5ForConditionalGeneration,
-    slots: LoraSlots,
-    tokenizer: PreTrainedTokenizerBase,
-    memory: torch.Tensor,
-    memory_mask: torch.Tensor,
-    attachment: Attachment | None,
-    prompt_tokens: list[int],
-    limits: list[int],
-    samplings: list[Sampling],
-) -> Iterator[list[RowUpdate]]:
-    """The decode loop: one list of updates per step, rows with news only; every row gets
-    exactly one update with finish_reason set, at the step it finishes.
+class Stepper(Protocol):
+    """One model's side of the decode loop: the next-token logits of every row still in the batch."""
+
+    device: torch.device
+
+    def logits(self, tokens: torch.Tensor | None) -> torch.Tensor:
+        """(b, vocab) logits of the next token, after feeding each row's last token (b,) (None:
+        the first step, from the prompt alone)."""
+        ...
+
+    def keep(self, positions: torch.Tensor) -> None:
+        """Drop every row but those at `positions` (cache, memory, adapter rows)."""
+        ...
+
+
+class T5Stepper:
+    """A T5 decoder over a fixed encoder memory, with the self-attention key/value cache.
 
     memory (b, s, d) and memory_mask (b, s): what the decoder attends to (encoder output, fused).
     Row i runs with adapter row i of `attachment` (LoraSlots.prepare, done once by the caller and
     again here only when rows leave, so a step's attach only sets references), attached around
     each forward only, so the shared model holds no adapter while the caller has control between
-    steps. Weights that view an AdapterBatcher's workspace must not be reassembled before the
-    stream ends."""
-    config = base.generation_config
-    eos = config.eos_token_id
-    eos_ids = torch.tensor(eos if isinstance(eos, list) else [eos], device=memory.device)
-    pad = config.pad_token_id if config.pad_token_id is not None else config.decoder_start_token_id
+    steps."""
+
+    def __init__(
+        self,
+        base: T5ForConditionalGeneration,
+        slots: LoraSlots,
+        memory: torch.Tensor,
+        memory_mask: torch.Tensor,
+        attachment: Attachment | None,
+    ) -> None:
+        self.base, self.slots, self.memory, self.memory_mask, self.attachment = base, slots, memory, memory_mask, attachment
+        self.device = memory.device
+        self.cache = EncoderDecoderCache(DynamicCache(config=base.config), DynamicCache(config=base.config))
+
+    def logits(self, tokens: torch.Tensor | None) -> torch.Tensor:
+        if tokens is None:
+            tokens = torch.full((self.memory.shape[0],), self.base.generation_config.decoder_start_token_id, device=self.device)
+        with self.slots.attached(self.attachment):
+            out = self.base(
+                encoder_outputs=BaseModelOutput(last_hidden_state=self.memory),
+                attention_mask=self.memory_mask,
+                decoder_input_ids=tokens[:, None],
+                cache=self.cache,
+                use_cache=True,
+            )
+        return out.logits[:, -1, :]
+
+    def keep(self, positions: torch.Tensor) -> None:
+        self.cache.batch_select_indices(positions)
+        self.memory, self.memory_mask = self.memory[positions], self.memory_mask[positions]
+        self.attachment = keep_rows(self.slots, self.attachment, positions)
+
+
+def keep_rows(slots: LoraSlots, attachment: Attachment | None, positions: torch.Tensor) -> Attachment | None:
+    """The attachment of the rows at `positions` only."""
+    return slots.prepare(attachment.weights.select(positions)) if attachment is not None else None
+
+
+def stop_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> tuple[list[int], int]:
+    """(EOS ids, the id fed to finished rows) of a model: its generation config's, else the tokenizer's."""
+    config = model.generation_config
+    eos = config.eos_token_id if config.eos_token_id is not None else tokenizer.eos_token_id
+    pad = next(
+        p
+        for p in (config.pad_token_id, tokenizer.pad_token_id, getattr(config, "decoder_start_token_id", None), 0)
+        if p is not None
+    )
+    return (eos if isinstance(eos, list) else [eos]), pad
+
+
+@torch.no_grad()  # on a generator function, torch sets the mode around each step only, not while the caller runs
+def decode(
+    stepper: Stepper,
+    tokenizer: PreTrainedTokenizerBase,
+    eos: list[int],
+    pad: int,
+    prompt_tokens: list[int],
+    limits: list[int],
+    samplings: list[Sampling],
+) -> Iterator[list[RowUpdate]]:
+    """The decode loop: one list of updates per step, rows with news only; every row gets
+    exactly one update with finish_reason set, at the step it finishes. Weights that view an
+    AdapterBatcher's workspace must not be reassembled before the stream ends."""
+    device = stepper.device
+    eos_ids = torch.tensor(eos, device=device)
     n = len(limits)
-    generators = [_generator(s, memory.device) for s in samplings]
+    generators = [_generator(s, device) for s in samplings]
     texts = [RowText(tokenizer, s.stop) for s in samplings]
     counts = [0] * n
     done = [False] * n
     rows = list(range(n))  # the original row at each batch position
-    cache = EncoderDecoderCache(DynamicCache(config=base.config), DynamicCache(config=base.config))
-    step_input = torch.full((n, 1), config.decoder_start_token_id, dtype=torch.long, device=memory.device)
+    step_input = None
     while True:
-        with slots.attached(attachment):
-            out = base(
-                encoder_outputs=BaseModelOutput(last_hidden_state=memory),
-                attention_mask=memory_mask,
-                decoder_input_ids=step_input,
-                cache=cache,
-                use_cache=True,
-            )
-        logits = out.logits[:, -1, :].float()  # (b, vocab)
+        logits = stepper.logits(step_input).float()  # (b, vocab)
         tokens = pick_tokens(logits, [samplings[r] for r in rows], [generators[r] for r in rows])
         is_eos = torch.isin(tokens, eos_ids).tolist()
         updates = []
@@ -219,12 +279,11 @@ def decode(
         finished = [done[r] for r in rows]
         if all(finished):
             return
-        step_input = torch.where(torch.tensor(finished, device=tokens.device), pad, tokens)[:, None]
+        step_input = torch.where(torch.tensor(finished, device=tokens.device), pad, tokens)
         if 2 * sum(finished) >= len(rows):
-            keep = torch.tensor([p for p, f in enumerate(finished) if not f], device=memory.device)
-            cache.batch_select_indices(keep)
-            memory, memory_mask, step_input = memory[keep], memory_mask[keep], step_input[keep]
-            attachment = slots.prepare(attachment.weights.select(keep)) if attachment is not None else None
+            keep = torch.tensor([p for p, f in enumerate(finished) if not f], device=device)
+            stepper.keep(keep)
+            step_input = step_input[keep]
             rows = [rows[p] for p in keep.tolist()]
 
 

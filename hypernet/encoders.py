@@ -60,8 +60,11 @@ class InstructionEncoder(nn.Module):
 
 
 def base_encoder(base: nn.Module, tokenizer: PreTrainedTokenizerBase) -> InstructionEncoder:
-    """The base model's encoder stack. Shared with the base, not copied: frozen either way."""
-    return InstructionEncoder(base.encoder, tokenizer, base.config.d_model)
+    """The base model's own reader: a T5's encoder stack, a decoder-only model's transformer (its
+    last hidden states; hypernet.causal reads a chosen layer and the prefix in the same pass).
+    Shared with the base, not copied: frozen either way."""
+    module = base.encoder if hasattr(base, "encoder") else base.base_model
+    return InstructionEncoder(module, tokenizer, base.config.hidden_size)
 
 
 def _cache_root() -> Path:

@@ -18,7 +18,7 @@ import math
 import torch
 from torch import nn
 
-from hypernet.config import KNOWN_TARGETS, GeneratorConfig
+from hypernet.config import GeneratorConfig
 from hypernet.fusion import InstructionEncoding, masked_mean
 from hypernet.targets import LoraWeights, TargetLayout
 
@@ -47,12 +47,14 @@ class AdapterGenerator(nn.Module):
         max_layer = max(t.layer for t in layout.targets) + 1
 
         self.position_embedding = nn.Embedding(len(_STACK_IDS) * max_layer, config.embed_dim)
-        self.module_embedding = nn.Embedding(len(KNOWN_TARGETS), config.embed_dim)
+        self.module_embedding = nn.Embedding(len(layout.module_names), config.embed_dim)
         self.block_embedding = nn.Embedding(len(_BLOCK_IDS), config.embed_dim)
         self.register_buffer(
             "position_ids", torch.tensor([_STACK_IDS[t.stack] * max_layer + t.layer for t in layout.targets]), persistent=False
         )
-        self.register_buffer("module_ids", torch.tensor([KNOWN_TARGETS.index(t.name) for t in layout.targets]), persistent=False)
+        self.register_buffer(
+            "module_ids", torch.tensor([layout.module_names.index(t.name) for t in layout.targets]), persistent=False
+        )
         self.register_buffer("block_ids", torch.tensor([_BLOCK_IDS[t.block] for t in layout.targets]), persistent=False)
 
         self.instruction_proj = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, hidden))

@@ -1,4 +1,4 @@
-"""Attaching per-example LoRA factors to a frozen T5 without copying or changing its weights.
+"""Attaching per-example LoRA factors to a frozen base without copying or changing its weights.
 
 `inject_lora` swaps each target Linear for a `LoraLinear` that holds the original layer.
 Factors are attached for the duration of a `with slots.attached(weights):` block and are
@@ -20,7 +20,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from hypernet.lora import add_lora
-from hypernet.targets import LoraWeights, TargetLayout
+from hypernet.targets import LoraWeights, TargetLayout, TargetModule
 
 Factors = tuple[torch.Tensor, torch.Tensor, float]
 """One layer's (lora_A (b, r, in), lora_B (b, out, r), scale)."""
@@ -32,12 +32,15 @@ class LoraLinear(nn.Module):
     It takes over the Linear's own `weight` and `bias` parameters, so state-dict keys do not
     change: an injected model still saves with `save_pretrained` and loads its checkpoints.
     T5's feed-forward reads `self.wo.weight.dtype`, another reason to look like a Linear.
+    GPT-2's Conv1D keeps its weight as (in, out) (`fan_in_fan_out`); the factors are laid out as
+    for a Linear either way, as PEFT lays them out.
     """
 
-    def __init__(self, base: nn.Linear, group: str, index: int) -> None:
+    def __init__(self, base: nn.Module, target: TargetModule, group: str, index: int) -> None:
         super().__init__()
-        self.in_features = base.in_features
-        self.out_features = base.out_features
+        self.in_features = target.in_features
+        self.out_features = target.out_features
+        self.fan_in_fan_out = not isinstance(base, nn.Linear)
         self.weight = base.weight
         self.bias = base.bias
         self.group = group
@@ -45,7 +48,7 @@ class LoraLinear(nn.Module):
         self.factors: Factors | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.linear(x, self.weight, self.bias)
+        y = F.linear(x, self.weight.T if self.fan_in_fan_out else self.weight, self.bias)
         if self.factors is None:
             return y
         lora_A, lora_B, scale = self.factors
@@ -135,7 +138,7 @@ def inject_lora(model: nn.Module, layout: TargetLayout) -> LoraSlots:
         if isinstance(current, LoraLinear):
             layers.append(current)
             continue
-        wrapper = LoraLinear(current, group, index)
+        wrapper = LoraLinear(current, target, group, index)
         setattr(parent, child, wrapper)
         layers.append(wrapper)
     return LoraSlots(layers)

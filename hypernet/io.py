@@ -3,7 +3,7 @@
 A checkpoint is one directory:
     config.json              CheckpointConfig (versioned), including the base fingerprint
     generator.safetensors    the adapter generator's weights
-    base/                    an HF T5 directory with tokenizer files and spiece.model
+    base/                    the base's HF directory with its tokenizer files (a T5's spiece.model too)
 An export is a standard PEFT LoRA directory plus `tagi.json`. All writes go to a temporary
 sibling directory that is renamed into place, so a crash never leaves half a checkpoint.
 No pickle: weights are safetensors only, and the base is loaded with use_safetensors=True.
@@ -22,11 +22,13 @@ from pathlib import Path
 import torch
 from peft import LoraConfig, PeftModel
 from safetensors.torch import load_file, save_file
-from transformers import T5ForConditionalGeneration
 
+from hypernet.causal import CausalTagiModel
+from hypernet.chat import input_template_for
 from hypernet.config import CheckpointConfig
 from hypernet.encoders import load_instruction_encoder
-from hypernet.errors import CheckpointError
+from hypernet.errors import CheckpointError, UserError
+from hypernet.families import Family, load_base, load_base_tokenizer, read_family
 from hypernet.files import (
     BASE_DIR,
     CONFIG_FILE,
@@ -41,7 +43,6 @@ from hypernet.files import (
 )
 from hypernet.model import Adapter, TagiModel
 from hypernet.targets import LoraWeights, TargetLayout
-from hypernet.tiny import load_tokenizer
 
 PEFT_CONFIG_FILE = "adapter_config.json"
 PEFT_WEIGHTS_FILE = "adapter_model.safetensors"
@@ -72,16 +73,26 @@ def create_checkpoint(
     overwrite: bool = False,
     encoder_dir: str | Path | None = None,
 ) -> None:
-    """An untrained checkpoint (zero-update generator) around any local HF T5 directory; a sentence
-    instruction encoder is found as at load time (`encoder_dir`, or see hypernet.encoders)."""
+    """An untrained checkpoint (zero-update generator) around any local HF base of a supported
+    family (hypernet.families; anything else is refused in one line); a sentence instruction
+    encoder is found as at load time (`encoder_dir`, or see hypernet.encoders). A decoder-only
+    base whose config keeps the default input template gets the one its chat template implies."""
+    family = read_family(Path(base_dir))
+    check_export_rank(config.generator.rank, family)
     try:
-        base = T5ForConditionalGeneration.from_pretrained(base_dir, use_safetensors=True)
-        tokenizer = load_tokenizer(Path(base_dir))
+        base = load_base(Path(base_dir), family)
+        tokenizer = load_base_tokenizer(Path(base_dir), family)
     except (OSError, ValueError) as err:
-        raise CheckpointError(f"cannot load a T5 model with tokenizer from {base_dir}: {err}") from err
+        raise CheckpointError(f"cannot load a {family.name} model with tokenizer from {base_dir}: {err}") from err
+    if family.causal and config.input_template == CheckpointConfig.input_template:
+        config = dataclasses.replace(config, input_template=input_template_for(tokenizer))
     encoder = load_instruction_encoder(config.instruction_encoder, base, tokenizer, encoder_dir)
     torch.manual_seed(seed)
-    save_checkpoint(TagiModel(base, tokenizer, config, instruction_encoder=encoder), out_dir, overwrite=overwrite)
+    save_checkpoint(model_class(family)(base, tokenizer, config, instruction_encoder=encoder), out_dir, overwrite=overwrite)
+
+
+def model_class(family: Family) -> type[TagiModel]:
+    return CausalTagiModel if family.causal else TagiModel
 
 
 def load(
@@ -117,14 +128,15 @@ def load_checkpoint(
             f"the base model in {path / BASE_DIR} does not match the one this generator was trained on "
             "(fingerprint mismatch); use the base it was saved with"
         )
+    family = read_family(path / BASE_DIR, "checkpoint base")
     try:
-        base = T5ForConditionalGeneration.from_pretrained(path / BASE_DIR, use_safetensors=True, dtype=dtype)
-        tokenizer = load_tokenizer(path / BASE_DIR)
+        base = load_base(path / BASE_DIR, family, dtype)
+        tokenizer = load_base_tokenizer(path / BASE_DIR, family)
         state = load_file(path / GENERATOR_FILE)
     except (OSError, ValueError) as err:
         raise CheckpointError(f"cannot load {path}: {err}") from err
     encoder = load_instruction_encoder(config.instruction_encoder, base, tokenizer, encoder_dir)
-    model = TagiModel(base, tokenizer, config, fingerprint=checkpoint_fingerprint(path), instruction_encoder=encoder)
+    model = model_class(family)(base, tokenizer, config, fingerprint=checkpoint_fingerprint(path), instruction_encoder=encoder)
     missing, unexpected = model.generator.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise CheckpointError(f"{path / GENERATOR_FILE} does not fit the config: missing {missing}, unexpected {unexpected}")
@@ -139,17 +151,43 @@ def peft_key(module_path: str, factor: str) -> str:
     return f"base_model.model.{module_path}.lora_{factor}.weight"
 
 
+VLLM_MAX_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+"""The values vLLM accepts for `--max-lora-rank` (its LoRAConfig; default 16). It loads an adapter
+whose r is at most the server's max_lora_rank (a smaller r is zero-padded), so any r up to the
+largest of these loads with the smallest value >= r; a larger r loads nowhere in vLLM."""
+
+
+def vllm_max_lora_rank(rank: int) -> int:
+    """The smallest `--max-lora-rank` with which vLLM loads rank-`rank` adapters."""
+    return next(value for value in VLLM_MAX_LORA_RANKS if value >= rank)
+
+
+def check_export_rank(rank: int, family: Family) -> None:
+    """Refuse, at `tagi init`, a causal checkpoint whose adapters no vLLM server could load: the
+    point of a decoder-only base is that its exports run in vLLM, SGLang and LoRAX, and a rank
+    found unservable only at deployment would mean training again."""
+    if family.causal and rank > VLLM_MAX_LORA_RANKS[-1]:
+        raise UserError(
+            f"rank {rank} is above {VLLM_MAX_LORA_RANKS[-1]}, the largest LoRA rank vLLM serves; "
+            f"choose a rank of at most {VLLM_MAX_LORA_RANKS[-1]}"
+        )
+
+
 def peft_lora_config(
-    rank: int, alpha: float, target_modules: tuple[str, ...] | list[str], base_name: str | None = None
+    rank: int, alpha: float, target_modules: tuple[str, ...] | list[str], family: Family, base_name: str | None = None
 ) -> LoraConfig:
-    """The LoRA config of every adapter we write: no dropout, no bias, seq2seq."""
+    """The LoRA config of every adapter we write: no dropout, no bias, nothing saved besides
+    the LoRA factors (what vLLM requires of an adapter), the family's task type, and
+    `fan_in_fan_out` where the base stores weights (in, out) (GPT-2's Conv1D)."""
     return LoraConfig(
         r=rank,
         lora_alpha=alpha,
         target_modules=list(target_modules),
         lora_dropout=0.0,
         bias="none",
-        task_type="SEQ_2_SEQ_LM",
+        modules_to_save=None,
+        fan_in_fan_out=family.fan_in_fan_out,
+        task_type=family.peft_task_type,
         base_model_name_or_path=base_name,
     )
 
@@ -213,7 +251,7 @@ def export_peft(adapter: Adapter, out_dir: Path, overwrite: bool = False, base_n
     """Write a PEFT LoRA directory that `PeftModel.from_pretrained(ckpt/base, out_dir)` loads.
 
     PEFT matches `target_modules` by name suffix in every block, which is exactly what the
-    generator targets (all self- and cross-attention blocks, or all feed-forward layers).
+    generator targets (every attention block or feed-forward layer that has such a module).
     `base_name` is the config's base_model_name_or_path (default: where this process loaded the
     base from; a server passes a name that does not reveal its paths). The files depend on the
     adapter only: PEFT keeps target_modules as a set, whose order varies between processes, so
@@ -221,7 +259,7 @@ def export_peft(adapter: Adapter, out_dir: Path, overwrite: bool = False, base_n
     model = adapter.model
     generator = model.config.generator
     base_name = base_name or str(getattr(model.base, "name_or_path", "") or BASE_DIR)
-    peft_config = peft_lora_config(generator.rank, generator.alpha, generator.target_modules, base_name)
+    peft_config = peft_lora_config(generator.rank, generator.alpha, generator.target_modules, model.family, base_name)
     with atomic_directory(Path(out_dir), overwrite=overwrite) as tmp:
         peft_config.save_pretrained(tmp)
         saved = json.loads((tmp / PEFT_CONFIG_FILE).read_text())

@@ -22,12 +22,13 @@ from transformers.modeling_outputs import BaseModelOutput
 
 from hypernet.batching import AdapterBatcher, stack_adapters
 from hypernet.config import DEFAULT_MAX_NEW_TOKENS, CheckpointConfig
-from hypernet.decoding import GREEDY, RowUpdate, Sampling, decode
+from hypernet.decoding import GREEDY, RowUpdate, Sampling, Stepper, T5Stepper, decode, stop_ids
 from hypernet.encoders import InstructionEncoder, base_encoder
 from hypernet.errors import EmptyInstruction, InputTooLong
+from hypernet.families import family_of
 from hypernet.fusion import InstructionEncoding, concat_instructions, fuse, masked_mean
 from hypernet.generator import AdapterGenerator
-from hypernet.inject import inject_lora
+from hypernet.inject import Attachment, inject_lora
 from hypernet.targets import LoraWeights, find_targets
 
 
@@ -45,8 +46,7 @@ class Adapter:
 
     @property
     def nbytes(self) -> int:
-        states = self.instruction_encoding.states
-        return self.weights.nbytes + states.numel() * states.element_size()
+        return self.weights.nbytes + self.instruction_encoding.nbytes
 
     def save_peft(self, out_dir: str | Path, overwrite: bool = False) -> None:
         """Write a standard PEFT LoRA directory (what `tagi adapter` writes)."""
@@ -83,19 +83,26 @@ class TagiModel(nn.Module):
         self.base = base
         self.tokenizer = tokenizer
         self.config = config
+        self.family = family_of(base)
         self.instruction_encoder = instruction_encoder or base_encoder(base, tokenizer)
         """Frozen; reads instructions in its own tokenizer (`instruction_tokenizer`)."""
         self.layout = find_targets(base, config.generator.target_modules)
         self.generator = generator or AdapterGenerator(
             self.layout,
-            base.config.d_model,
+            base.config.hidden_size,
             config.generator,
             self.instruction_encoder.width,
-            project_fusion=config.instruction_encoder.kind != "base",
+            project_fusion=self.projects_fusion,
         )
         self.slots = inject_lora(base, self.layout)
         self.fingerprint = fingerprint
         """Checkpoint fingerprint (base + generator + config); adapter ids derive from it."""
+
+    @property
+    def projects_fusion(self) -> bool:
+        """Whether fusion attends to a trained projection of the instruction's states (an external
+        encoder speaks another space than the decoder's cross-attention)."""
+        return self.config.instruction_encoder.kind != "base"
 
     def train(self, mode: bool = True) -> TagiModel:
         # The base stays in eval mode (no dropout on the frozen path); only the generator trains.
@@ -286,12 +293,22 @@ class TagiModel(nn.Module):
         weights = [a.weights if a else None for a in rows]
         lora = None if not any(rows) else workspace.assemble(weights) if workspace else stack_adapters(weights)
         instruction = concat_instructions([a.instruction_encoding if a and f else None for a, f in zip(rows, fusions)])
-        attachment = self.slots.prepare(lora)  # once for the encoder pass and every decode step
-        with self.slots.attached(attachment):
-            memory, memory_mask = self.encode_inputs(batch["input_ids"], batch["attention_mask"], instruction)
+        attachment = self.slots.prepare(lora)  # once for the prompt pass and every decode step
+        stepper = self.stepper(batch["input_ids"], batch["attention_mask"], instruction, attachment)
         prompt_tokens = batch["attention_mask"].sum(dim=1).tolist()
-        memory = memory.last_hidden_state
-        return decode(self.base, self.slots, self.tokenizer, memory, memory_mask, attachment, prompt_tokens, limits, samplings)
+        return decode(stepper, self.tokenizer, *stop_ids(self.base, self.tokenizer), prompt_tokens, limits, samplings)
+
+    def stepper(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        instruction: InstructionEncoding | None,
+        attachment: Attachment | None,
+    ) -> Stepper:
+        """The decode loop's model side for a batch of tokenized inputs (the encoder runs here, once)."""
+        with self.slots.attached(attachment):
+            memory, memory_mask = self.encode_inputs(input_ids, attention_mask, instruction)
+        return T5Stepper(self.base, self.slots, memory.last_hidden_state, memory_mask, attachment)
 
     def new_workspace(self) -> AdapterBatcher:
         """An AdapterBatcher matching this model's layout, dtype and device, for `generate(workspace=)`."""

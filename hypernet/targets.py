@@ -1,7 +1,8 @@
-"""Which Linear layers of a T5 model receive LoRA, and how their factors are laid out.
+"""Which Linear layers of a base model receive LoRA, and how their factors are laid out.
 
-A target is named by (stack, layer, block, module): e.g. ("decoder", 3, "cross", "v") is
-`decoder.block.3.layer.1.EncDecAttention.v`. Targets with the same (in, out) shape form a
+A target is named by (stack, layer, block, module): e.g. ("decoder", 3, "cross", "v") is T5's
+`decoder.block.3.layer.1.EncDecAttention.v`; a decoder-only model has one stack, "decoder", and
+("decoder", 3, "self", "q_proj") is Llama's `model.layers.3.self_attn.q_proj`. Targets with the same (in, out) shape form a
 group; the factors of a group are stored as one tensor, so that a batch of adapters is a
 handful of tensors rather than hundreds, and batching adapters costs a few `cat` calls.
 """
@@ -14,14 +15,27 @@ from typing import Literal
 
 import torch
 from torch import nn
+from transformers.pytorch_utils import Conv1D
 
 from hypernet.errors import UserError
+from hypernet.families import T5_MODULES, Family, family_of
 
 Stack = Literal["encoder", "decoder"]
 Block = Literal["self", "cross", "ffn"]
 
-_BLOCKS: dict[str, Block] = {"SelfAttention": "self", "EncDecAttention": "cross", "DenseReluDense": "ffn"}
-_PATH = re.compile(r"^(encoder|decoder)\.block\.(\d+)\.layer\.\d+\.(SelfAttention|EncDecAttention|DenseReluDense)\.(\w+)$")
+_BLOCKS: dict[str, Block] = {
+    "SelfAttention": "self",
+    "EncDecAttention": "cross",
+    "DenseReluDense": "ffn",
+    "self_attn": "self",
+    "attn": "self",
+    "mlp": "ffn",
+}
+_T5_PATH = re.compile(r"^(encoder|decoder)\.block\.(\d+)\.layer\.\d+\.(SelfAttention|EncDecAttention|DenseReluDense)\.(\w+)$")
+_DECODER_PATHS = {
+    "model": re.compile(r"^model\.layers\.(\d+)\.(self_attn|mlp)\.(\w+)$"),  # Llama, Mistral, Qwen2, Qwen3
+    "gpt2": re.compile(r"^transformer\.h\.(\d+)\.(attn|mlp)\.(\w+)$"),
+}
 
 
 @dataclass(frozen=True)
@@ -44,6 +58,8 @@ class TargetLayout:
     """All targets of a model in a fixed order, and each one's slot in its group tensor."""
 
     targets: tuple[TargetModule, ...]
+    module_names: tuple[str, ...] = T5_MODULES
+    """The family's targetable names (the generator embeds a target's name by its index here)."""
 
     @property
     def groups(self) -> dict[str, tuple[int, int, int]]:
@@ -65,22 +81,50 @@ class TargetLayout:
         return result
 
 
+def _parse(path: str, family: Family) -> tuple[Stack, int, Block, str] | None:
+    """(stack, layer, block, name) of a module path of `family`'s layout, or None."""
+    if not family.causal:
+        match = _T5_PATH.match(path)
+        if match is None:
+            return None
+        stack, layer, block, name = match.groups()
+        return stack, int(layer), _BLOCKS[block], name  # type: ignore[return-value]
+    match = _DECODER_PATHS["gpt2" if family.fan_in_fan_out else "model"].match(path)
+    if match is None:
+        return None
+    layer, block, name = match.groups()
+    return "decoder", int(layer), _BLOCKS[block], name
+
+
+def _shape(module: nn.Module, family: Family) -> tuple[int, int] | None:
+    """(in_features, out_features) of a layer LoRA can wrap, or None. GPT-2's Conv1D stores its
+    weight as (in, out)."""
+    if isinstance(module, nn.Linear) and not family.fan_in_fan_out:
+        return module.in_features, module.out_features
+    if family.fan_in_fan_out and isinstance(module, Conv1D):
+        d_in, d_out = module.weight.shape
+        return d_in, d_out
+    return None
+
+
 def find_targets(model: nn.Module, module_names: tuple[str, ...]) -> TargetLayout:
-    """Every Linear of a (not yet injected) T5 encoder-decoder whose last name is in `module_names`."""
+    """Every layer of a (not yet injected) base model whose last name is in `module_names`, in the
+    layout of the model's family."""
+    family = family_of(model)
     wanted = set(module_names)
+    foreign = sorted(wanted - set(family.module_names))
+    if foreign:
+        raise UserError(f"target modules {foreign} are not {family.name} module names; choose from {list(family.module_names)}")
     targets = []
     for path, module in model.named_modules():
-        match = _PATH.match(path)
-        if match is None or match.group(4) not in wanted or not isinstance(module, nn.Linear):
+        parsed, shape = _parse(path, family), _shape(module, family)
+        if parsed is None or shape is None or parsed[3] not in wanted:
             continue
-        stack, layer, block, name = match.groups()
-        targets.append(TargetModule(stack, int(layer), _BLOCKS[block], name, path, module.in_features, module.out_features))
-    if not targets:
-        raise UserError(f"no T5 modules named {sorted(wanted)} found: is this a T5 encoder-decoder?")
+        targets.append(TargetModule(*parsed, path, *shape))
     missing = wanted - {t.name for t in targets}
     if missing:
-        raise UserError(f"target modules {sorted(missing)} do not exist in this model")
-    return TargetLayout(tuple(targets))
+        raise UserError(f"target modules {sorted(missing)} do not exist in this {family.name} model")
+    return TargetLayout(tuple(targets), family.module_names)
 
 
 @dataclass(frozen=True)

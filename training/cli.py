@@ -27,15 +27,17 @@ def cmd_init(args: argparse.Namespace) -> None:
 
     from hypernet.config import CheckpointConfig, GeneratorConfig, InstructionEncoderConfig
     from hypernet.encoders import sentence_encoder_config
+    from hypernet.families import FAMILIES, read_family
     from hypernet.io import create_checkpoint
     from hypernet.tiny import PRESETS, build_tiny_base
 
     out = Path(args.out)
     if out.exists() and not args.overwrite:
         raise UserError(f"{out} already exists; pass --overwrite to replace it")
+    targets = args.target_modules or (read_family(Path(args.base)) if args.base else FAMILIES["t5"]).default_targets
     try:
         generator = GeneratorConfig(
-            rank=args.rank, alpha=args.alpha, target_modules=tuple(args.target_modules), attention_heads=args.attention_heads
+            rank=args.rank, alpha=args.alpha, target_modules=tuple(targets), attention_heads=args.attention_heads
         )
     except ValueError as error:
         raise UserError(str(error)) from None
@@ -406,6 +408,7 @@ def _sni_args(p: argparse.ArgumentParser, what: str) -> None:
 
 def _add_init(sub: argparse._SubParsersAction) -> None:
     from hypernet.config import KNOWN_TARGETS, GeneratorConfig
+    from hypernet.families import FAMILIES
     from hypernet.tiny import PRESETS
 
     p = sub.add_parser(
@@ -418,7 +421,12 @@ def _add_init(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--preset", choices=sorted(PRESETS), default="tiny", help="size of the from-scratch base (default: tiny, 7.6M)"
     )
-    p.add_argument("--base", metavar="DIR", help="use this local HF T5 directory (t5-lm-adapt, flan-t5) instead of a tiny base")
+    p.add_argument(
+        "--base",
+        metavar="DIR",
+        help="use this local HF model directory instead of a tiny base: a T5 (t5-lm-adapt, flan-t5, mt5) or a decoder-only "
+        "Llama, Mistral, Qwen2/Qwen3 or GPT-2 (safetensors weights)",
+    )
     p.add_argument(
         "--corpus",
         nargs="+",
@@ -431,9 +439,10 @@ def _add_init(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--target-modules",
         nargs="+",
-        default=list(defaults.target_modules),
         choices=KNOWN_TARGETS,
-        help="T5 modules to adapt in every block (default: q v)",
+        help="modules to adapt in every layer that has them (default: the base family's, "
+        + "; ".join(f"{f.name}: {' '.join(f.default_targets)}" for f in FAMILIES.values() if f.name in ("t5", "llama", "gpt2"))
+        + "; see hypernet.families)",
     )
     p.add_argument(
         "--attention-heads",

@@ -10,7 +10,8 @@ from support import randomize_generator
 from transformers import AutoModelForSeq2SeqLM, T5Config, T5ForConditionalGeneration
 
 from hypernet.config import CheckpointConfig, GeneratorConfig
-from hypernet.io import CheckpointError, create_checkpoint, export_peft, load_checkpoint
+from hypernet.errors import UserError
+from hypernet.io import create_checkpoint, export_peft, load_checkpoint
 from hypernet.tiny import load_tokenizer
 
 
@@ -61,5 +62,5 @@ def test_flan_layout_checkpoint_matches_peft(flan_dir, tmp_path):
 
 
 def test_a_directory_without_a_model_is_refused(tmp_path):
-    with pytest.raises(CheckpointError, match="cannot load a T5 model"):
+    with pytest.raises(UserError, match="not a Hugging Face model directory"):
         create_checkpoint(tmp_path, tmp_path / "ckpt", CheckpointConfig())
