@@ -30,7 +30,7 @@ from pathlib import Path
 from peft import get_peft_model, set_peft_model_state_dict
 from safetensors import SafetensorError, safe_open
 from tqdm import tqdm
-from transformers import T5ForConditionalGeneration
+from transformers import PreTrainedModel
 
 from hypernet.errors import UserError
 from hypernet.files import SPIECE, atomic_directory, atomic_write_text, directory_bytes, write_json
@@ -144,7 +144,7 @@ class Exporter:
         self.model = model
         self.merge = merge
         self.format = "merged" if merge else "peft"
-        self._clean_base: T5ForConditionalGeneration | None = None
+        self._clean_base: PreTrainedModel | None = None
 
     # ---- verification ------------------------------------------------------------------------
 
@@ -184,25 +184,25 @@ class Exporter:
                     "adapter_id": adapter.adapter_id,
                     "checkpoint_fingerprint": self.model.fingerprint,
                     "input_template": self.model.config.input_template,
-                    "note": "A plain T5 with the adapter merged (load without PEFT). Format inputs with input_template; "
-                    "fusion cannot be merged: outputs match `tagi run --no-fusion`.",
+                    "note": "The base model with the adapter merged (load it without PEFT). Format inputs with "
+                    "input_template; fusion cannot be merged: outputs match `tagi run --no-fusion`.",
                 },
             )
 
-    def merged_model(self, adapter: Adapter) -> T5ForConditionalGeneration:
+    def merged_model(self, adapter: Adapter) -> PreTrainedModel:
         """PEFT's own merge_and_unload on a PeftModel holding exactly what `export_peft` writes."""
         generator = self.model.config.generator
-        peft = get_peft_model(
-            copy.deepcopy(self.clean_base()), peft_lora_config(generator.rank, generator.alpha, generator.target_modules)
-        )
+        config = peft_lora_config(generator.rank, generator.alpha, generator.target_modules, self.model.family)
+        peft = get_peft_model(copy.deepcopy(self.clean_base()), config)
         set_peft_model_state_dict(peft, peft_state_dict(adapter))
         return peft.merge_and_unload()
 
-    def clean_base(self) -> T5ForConditionalGeneration:
-        """A plain copy of the base (ours has LoRA slots injected; its state-dict keys are unchanged)."""
+    def clean_base(self) -> PreTrainedModel:
+        """A plain copy of the base, of the base's own class (ours has LoRA slots injected; its
+        class and state-dict keys are unchanged)."""
         if self._clean_base is None:
             base = self.model.base
-            clean = T5ForConditionalGeneration(base.config)
+            clean = type(base)(base.config)
             clean.load_state_dict(base.state_dict())
             self._clean_base = clean.to(dtype=base.dtype).eval()
         return self._clean_base

@@ -5,8 +5,9 @@ has seen, and each request runs alone after `set_adapter` selects its adapter. I
 the same worker, queue, registry and HTTP routes as the real engine, so a benchmark compares
 only the engines. PEFT has no instruction fusion, so neither does this engine, and it decodes
 greedily with `transformers`' generate (one random stream per batch could not give each row
-its own seed). It streams a whole request at a time: each request is generated alone, so its
-result goes out as soon as it is done, but its text arrives in one piece.
+its own seed; a causal base's prompts are padded on the left, as that generate needs). It
+streams a whole request at a time: each request is generated alone, so its result goes out as
+soon as it is done, but its text arrives in one piece.
 """
 
 from __future__ import annotations
@@ -17,9 +18,11 @@ from pathlib import Path
 
 import torch
 from peft import PeftModel
-from transformers import T5ForConditionalGeneration
 
-from hypernet.decoding import RowUpdate
+from hypernet.causal import left_align
+from hypernet.decoding import RowUpdate, stop_ids
+from hypernet.families import load_base
+from hypernet.files import BASE_DIR
 from hypernet.io import export_peft
 from hypernet.model import Adapter, TagiModel
 from serving.service import RowGroup
@@ -32,7 +35,7 @@ class SwapPerRequestEngine:
 
     def __init__(self, model: TagiModel, checkpoint: Path) -> None:
         self.model = model
-        self.base = T5ForConditionalGeneration.from_pretrained(Path(checkpoint) / "base", use_safetensors=True).eval()
+        self.base = load_base(Path(checkpoint) / BASE_DIR, model.family, dtype=model.base.dtype)
         self.peft: PeftModel | None = None
 
     def stream(self, groups: Sequence[RowGroup]) -> Iterator[list[RowUpdate]]:
@@ -47,21 +50,26 @@ class SwapPerRequestEngine:
         tokenizer = self.model.tokenizer
         # The model's own tokenization, so the same input token limit applies (InputTooLong).
         batch = self.model.tokenize(self.model.format_inputs(group.inputs), self.model.config.max_input_tokens, "input")
-        kwargs = {"max_new_tokens": group.max_new_tokens, "do_sample": False, "num_beams": 1}
+        eos, pad = stop_ids(self.base, tokenizer)
+        if self.model.family.causal:
+            batch = dict(zip(("input_ids", "attention_mask"), left_align(batch["input_ids"], batch["attention_mask"])))
+        kwargs = {"max_new_tokens": group.max_new_tokens, "do_sample": False, "num_beams": 1, "pad_token_id": pad}
         if group.adapter is None:
             tokens = self.base.generate(**batch, **kwargs) if self.peft is None else self._generate_plain(batch, kwargs)
         else:
             peft = self._load(group.adapter)
             peft.set_adapter(group.adapter.adapter_id)  # the swap this baseline measures
             tokens = peft.generate(**batch, **kwargs)
-        texts = tokenizer.batch_decode(tokens, skip_special_tokens=True)
+        # What generate adds after the prompt: a causal model returns the prompt too, T5 its decoder start.
+        new = tokens[:, batch["input_ids"].shape[1] :] if self.model.family.causal else tokens[:, 1:]
         prompts = batch["attention_mask"].sum(dim=1).tolist()
         updates = []
-        for i, (row, text, prompt) in enumerate(zip(tokens[:, 1:].tolist(), texts, prompts, strict=True)):
+        for i, (row, prompt) in enumerate(zip(new.tolist(), prompts, strict=True)):
             # Counted as hypernet.decoding counts: new tokens up to and including the EOS.
-            ended = tokenizer.eos_token_id in row
-            count = row.index(tokenizer.eos_token_id) + 1 if ended else len(row)
-            updates.append(RowUpdate(first_row + i, text, "stop" if ended else "length", prompt, count))
+            end = next((t for t, token in enumerate(row) if token in eos), None)
+            row = row if end is None else row[: end + 1]
+            text = tokenizer.decode(row, skip_special_tokens=True)
+            updates.append(RowUpdate(first_row + i, text, "length" if end is None else "stop", prompt, len(row)))
         return updates
 
     def _generate_plain(self, batch: dict, kwargs: dict) -> torch.Tensor:
@@ -80,3 +88,4 @@ class SwapPerRequestEngine:
             else:
                 self.peft.load_adapter(Path(tmp) / name, adapter_name=name)
         return self.peft
+

@@ -7,9 +7,11 @@ from pathlib import Path
 import torch
 
 from hypernet.config import CheckpointConfig, GeneratorConfig
+from hypernet.families import FAMILIES
 from hypernet.io import create_checkpoint, load_checkpoint, save_checkpoint
 from hypernet.model import TagiModel
 from hypernet.tiny import PRESETS, build_tiny_base
+from hypernet.tiny_causal import CAUSAL_PRESETS, build_tiny_causal_base
 
 WORDS = "apple river stone green house cloud seven bright table window music paper garden silver".split()
 ALL_TARGETS = ("q", "k", "v", "o", "wi", "wo")
@@ -44,6 +46,21 @@ def make_checkpoint(root: Path, targets: tuple[str, ...], trained: bool) -> Path
         model = load_checkpoint(out)
         randomize_generator(model, seed=1)
         save_checkpoint(model, out, overwrite=True)
+    return out
+
+
+def make_causal_checkpoint(root: Path, family: str, chat_template: bool) -> Path:
+    """A micro checkpoint on a tiny `family` decoder (with a ChatML chat template, which becomes
+    its input_template, or none), adapting every module the family has, with non-zero adapters."""
+    base = root / f"{family}-base"
+    build_tiny_causal_base(corpus(), base, family, CAUSAL_PRESETS["micro"], chat_template=chat_template)
+    out = root / family
+    targets = FAMILIES[family].module_names
+    config = CheckpointConfig(generator=GeneratorConfig(target_modules=targets), max_instruction_tokens=128, max_input_tokens=64)
+    create_checkpoint(base, out, config, seed=0)
+    model = load_checkpoint(out)
+    randomize_generator(model, seed=1)
+    save_checkpoint(model, out, overwrite=True)
     return out
 
 
