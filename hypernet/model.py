@@ -24,7 +24,7 @@ from hypernet.batching import AdapterBatcher, stack_adapters
 from hypernet.config import DEFAULT_MAX_NEW_TOKENS, CheckpointConfig
 from hypernet.decoding import GREEDY, RowUpdate, Sampling, Stepper, T5Stepper, decode, stop_ids
 from hypernet.encoders import InstructionEncoder, base_encoder
-from hypernet.errors import EmptyInstruction, InputTooLong
+from hypernet.errors import EmptyInstruction, InputTooLong, UserError
 from hypernet.families import family_of
 from hypernet.fusion import InstructionEncoding, concat_instructions, fuse, masked_mean
 from hypernet.generator import AdapterGenerator
@@ -84,6 +84,11 @@ class TagiModel(nn.Module):
         self.tokenizer = tokenizer
         self.config = config
         self.family = family_of(base)
+        layer, layers = config.instruction_encoder.layer, base.config.num_hidden_layers
+        if layer is not None and not self.family.causal:
+            raise UserError("an instruction encoder layer applies to a decoder-only base (a T5 reads its encoder's output)")
+        if layer is not None and not -layers - 1 <= layer <= layers:
+            raise UserError(f"instruction encoder layer {layer} does not exist: this base has hidden states 0..{layers}")
         self.instruction_encoder = instruction_encoder or base_encoder(base, tokenizer)
         """Frozen; reads instructions in its own tokenizer (`instruction_tokenizer`)."""
         self.layout = find_targets(base, config.generator.target_modules)

@@ -44,8 +44,10 @@ def cmd_init(args: argparse.Namespace) -> None:
     if args.instruction_encoder == "base":
         if args.instruction_encoder_dir:
             raise UserError("--instruction-encoder-dir needs a sentence encoder (--instruction-encoder NAME)")
-        encoder = InstructionEncoderConfig()
+        encoder = InstructionEncoderConfig(layer=args.instruction_layer)
     else:
+        if args.instruction_layer is not None:
+            raise UserError("--instruction-layer applies to the base encoder only")
         encoder = sentence_encoder_config(args.instruction_encoder, args.instruction_encoder_dir)
     config = CheckpointConfig(generator=generator, instruction_encoder=encoder)
     directory = args.instruction_encoder_dir
@@ -463,6 +465,13 @@ def _add_init(sub: argparse._SubParsersAction) -> None:
         metavar="DIR",
         help="a local BERT-style sentence-transformers directory to use as the sentence encoder (not copied into "
         "the checkpoint: at load time it is found through $TAGI_INSTRUCTION_ENCODER_DIR)",
+    )
+    p.add_argument(
+        "--instruction-layer",
+        type=int,
+        metavar="N",
+        help="with the base encoder of a decoder-only base: read the hidden state after layer N (0: the embeddings, "
+        "negative: from the end) instead of the last one",
     )
     p.add_argument("--seed", type=int, default=0, help="seed for weights and generator init (default 0)")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")

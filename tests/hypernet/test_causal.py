@@ -14,7 +14,7 @@ from transformers import AutoModelForCausalLM
 
 from hypernet.batching import stack_adapters
 from hypernet.causal import CausalTagiModel
-from hypernet.config import CheckpointConfig, GeneratorConfig
+from hypernet.config import CheckpointConfig, GeneratorConfig, InstructionEncoderConfig
 from hypernet.errors import UserError
 from hypernet.families import FAMILIES, answer_ids
 from hypernet.fusion import concat_instructions
@@ -71,9 +71,7 @@ def test_family_and_targets(causal):
     names = {t.name for t in model.layout.targets}
     assert names == set(model.family.module_names)
     assert {t.stack for t in model.layout.targets} == {"decoder"}
-    assert len(model.layout.targets) == 2 * (
-        4 if model.family.fan_in_fan_out else 7
-    )
+    assert len(model.layout.targets) == 2 * (4 if model.family.fan_in_fan_out else 7)
 
 
 def test_mixed_batch_with_kv_cache_matches_peft_alone(causal):
@@ -165,3 +163,54 @@ def test_target_names_of_another_family_are_refused(causal, tmp_path):
     config = CheckpointConfig(generator=GeneratorConfig(target_modules=("q", "v")))
     with pytest.raises(UserError, match="not .* module names"):
         create_checkpoint(root / "base", tmp_path / "bad", config)
+
+
+@pytest.mark.parametrize("family", ["mistral", "qwen3"])
+def test_other_llama_layouts_run_with_adapters_and_fusion(family, tmp_path):
+    build_tiny_causal_base(TEXTS, tmp_path / "base", family, CAUSAL_PRESETS["micro"], seed=0)
+    generator = GeneratorConfig(rank=8, target_modules=FAMILIES[family].module_names, embed_dim=16, attention_heads=2)
+    create_checkpoint(tmp_path / "base", tmp_path / "ckpt", CheckpointConfig(generator=generator), seed=0)
+    model = load_checkpoint(tmp_path / "ckpt")
+    assert len(model.layout.targets) == 2 * 7
+    adapter = model.adapter(INSTRUCTIONS[0])
+    assert model.generate(INPUTS[:2], [adapter, None], fusion=[True, False], max_new_tokens=3) == [
+        model.generate([text], row, fusion=fused, max_new_tokens=3)[0]
+        for text, row, fused in zip(INPUTS, [adapter, None], [True, False])
+    ]
+
+
+def test_instruction_layer_is_read_and_checked(causal, tmp_path):
+    model, root = causal
+    generator = model.config.generator
+    config = CheckpointConfig(generator=generator, instruction_encoder=InstructionEncoderConfig(layer=1))
+    create_checkpoint(root / "base", tmp_path / "layer1", config, seed=0)
+    middle = load_checkpoint(tmp_path / "layer1").encode_instructions(INSTRUCTIONS[:1])
+    last = model.encode_instructions(INSTRUCTIONS[:1])
+    assert middle.states.shape == last.states.shape and not torch.allclose(middle.states, last.states)
+    assert torch.equal(middle.prefix.keys[0], last.prefix.keys[0])  # the prefix does not depend on the layer read
+    bad = CheckpointConfig(generator=generator, instruction_encoder=InstructionEncoderConfig(layer=9))
+    with pytest.raises(UserError, match="layer 9 does not exist"):
+        create_checkpoint(root / "base", tmp_path / "layer9", bad)
+
+
+def test_init_refuses_an_unsupported_family_in_one_line(tmp_path, capsys):
+    from hypernet.cli import main
+
+    (tmp_path / "bert").mkdir()
+    (tmp_path / "bert" / "config.json").write_text('{"model_type": "bert", "architectures": ["BertModel"]}')
+    assert main(["init", "--base", str(tmp_path / "bert"), "--out", str(tmp_path / "ckpt")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "bert" in err and "qwen2" in err
+    assert not (tmp_path / "ckpt").exists()
+
+
+def test_init_on_a_qwen2_base_writes_a_causal_checkpoint_with_the_family_targets(tmp_path):
+    from hypernet.cli import main
+
+    build_tiny_causal_base(TEXTS, tmp_path / "base", "qwen2", CAUSAL_PRESETS["micro"], seed=0, chat_template=True)
+    assert main(["init", "--base", str(tmp_path / "base"), "--out", str(tmp_path / "ckpt")]) == 0
+    model = load_checkpoint(tmp_path / "ckpt")
+    assert isinstance(model, CausalTagiModel)
+    assert model.config.generator.target_modules == FAMILIES["qwen2"].default_targets
+    assert model.config.input_template.startswith("<|im_start|>user\n{input}")
+    assert model.generate(["apple, pear"], model.adapter(INSTRUCTIONS[0]), max_new_tokens=2)[0] is not None
