@@ -1,4 +1,5 @@
-"""tagi's model: a frozen T5 plus a hypernetwork that turns an instruction into a LoRA adapter.
+"""tagi's model: a frozen base (T5, or a decoder-only Llama / Mistral / Qwen2 / Qwen3 / GPT-2) plus
+a hypernetwork that turns an instruction into a LoRA adapter.
 
 The public API:
 
@@ -13,19 +14,23 @@ The public API:
 Where things are:
     config.py     GeneratorConfig, CheckpointConfig (config.json), DEFAULT_MAX_NEW_TOKENS
     errors.py     UserError and its kinds: what front ends report as one line / HTTP 4xx
-    targets.py    which T5 Linears get LoRA; LoraWeights, the batched factor layout
+    families.py   the supported base families: module names, default targets, PEFT task type, loading
+    targets.py    which Linears (GPT-2: Conv1D) of a base get LoRA; LoraWeights, the batched factor layout
     lora.py       per-example LoRA math (bmm)
     inject.py     LoraLinear and attach/detach of factors
     batching.py   per-request adapters laid out as one batch (AdapterBatcher, stack_adapters)
     generator.py  AdapterGenerator, the hypernetwork
-    fusion.py     instruction fusion (fusion-in-decoder), masked pooling
-    model.py      TagiModel: instruction -> adapter -> outputs; Adapter
+    fusion.py     instruction fusion (fusion-in-decoder; a decoder's prefix key/values), masked pooling
+    model.py      TagiModel (T5): instruction -> adapter -> outputs; Adapter
+    causal.py     CausalTagiModel: the same on a decoder-only base (prompt + answer, prefix fusion)
     decoding.py   the step-wise decode loop: Sampling, RowUpdate, stop strings, early finish
+    chat.py       a chat template turned into the checkpoint's input_template
     files.py      checkpoint file names, config reading, fingerprints, atomic writes (no torch)
     io.py         loading and saving checkpoints; the PEFT format (exports, teachers)
     export.py     batch export of many instructions (manifest, resume), merged models
     adapter_map.py  the adapter space in two dimensions (PCA of delta-W), same- vs other-task similarity
     tiny.py       a from-scratch tiny T5 and SentencePiece tokenizer
+    tiny_causal.py  from-scratch tiny decoder-only bases and a byte-level BPE tokenizer
     cli.py        the `tagi` command (cli_common.py: helpers the serving and training commands share)
     bench.py      `tagi bench core`; bench_export.py: `tagi bench export`
 """
