@@ -173,7 +173,8 @@ def run_core_benchmark(
     # Eight adapters from eight different (random-token) instructions of 256 tokens.
     instructions = torch.randint(3, vocab, (BATCH, INSTRUCTION_TOKENS), generator=g)
     instruction_mask = torch.ones(1, INSTRUCTION_TOKENS, dtype=torch.long)
-    adapters = [ours.generate_lora(ours.encode_instruction_ids(row[None], instruction_mask)) for row in instructions]
+    rows = tqdm(instructions, desc="bench core: 8 adapters", leave=False)
+    adapters = [ours.generate_lora(ours.encode_instruction_ids(row[None], instruction_mask)) for row in rows]
     names = load_into_peft(peft, ours, adapters)
 
     input_ids = torch.randint(3, vocab, (BATCH, INPUT_TOKENS), generator=g)
