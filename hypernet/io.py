@@ -275,5 +275,7 @@ def export_peft(adapter: Adapter, out_dir: Path, overwrite: bool = False, base_n
                 "base_fingerprint": model.config.base_fingerprint,
                 "input_template": model.config.input_template,
                 "note": "Format inputs with input_template. Fusion cannot be exported: outputs match `tagi run --no-fusion`.",
+                # The one flag a vLLM server needs for it (T5 exports load in PEFT only).
+                **({"vllm_max_lora_rank": vllm_max_lora_rank(generator.rank)} if model.family.causal else {}),
             },
         )

@@ -3,7 +3,8 @@
 Only inference workers load the model. The main process forks LitServe's HTTP servers and
 should neither pay the ~3.5 s torch/transformers import nor hand a torch runtime to forked
 children; it needs the config (limits, /info) and the fingerprint (registry keys), both read by
-`hypernet.files`, which does not import torch.
+`hypernet.files`, and the base's family (/info), read by `hypernet.families` from config.json;
+neither imports torch.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hypernet.config import CheckpointConfig
-from hypernet.files import checkpoint_fingerprint, read_checkpoint_config
+from hypernet.families import Family, read_family
+from hypernet.files import BASE_DIR, checkpoint_fingerprint, read_checkpoint_config
 
 
 @dataclass(frozen=True)
@@ -20,6 +22,7 @@ class CheckpointInfo:
     path: Path
     config: CheckpointConfig
     fingerprint: str
+    family: Family
 
     def describe(self) -> dict:
         """The checkpoint part of /info: named, never located (no server paths leave the server)."""
@@ -27,6 +30,9 @@ class CheckpointInfo:
         return {
             "checkpoint": self.path.name,
             "fingerprint": self.fingerprint,
+            # Which runtimes load the PEFT archives: a decoder-only base's load in vLLM, SGLang and LoRAX too.
+            "base_family": self.family.name,
+            "base_kind": self.family.kind,
             "rank": generator.rank,
             "alpha": generator.alpha,
             "target_modules": list(generator.target_modules),
@@ -38,6 +44,8 @@ class CheckpointInfo:
 
 
 def read_checkpoint(path: Path) -> CheckpointInfo:
-    """Raises hypernet.errors.CheckpointError (one line) for anything that is not a checkpoint."""
+    """Raises hypernet.errors.UserError (one line) for anything that is not a checkpoint, or one
+    whose base is of no supported family."""
     config = read_checkpoint_config(path)
-    return CheckpointInfo(Path(path).resolve(), config, checkpoint_fingerprint(Path(path)))
+    family = read_family(Path(path) / BASE_DIR, "checkpoint base")
+    return CheckpointInfo(Path(path).resolve(), config, checkpoint_fingerprint(Path(path)), family)

@@ -81,7 +81,7 @@ def test_peft_export_reproduces_generation_without_fusion(checkpoints, family, t
     assert saved["r"] == model.config.generator.rank <= VLLM_MAX_LORA_RANKS[-1]
     info = json.loads((export / "tagi.json").read_text())
     template = info["input_template"]
-    assert template == model.config.input_template
+    assert template == model.config.input_template and info["vllm_max_lora_rank"] == 8
     assert template.startswith("<|im_start|>user\n") if CHAT[family] else template == "{input}\n"
 
     peft = peft_model(checkpoint, export)

@@ -57,6 +57,7 @@ def test_mixed_batch_of_two_adapters_and_the_base_equals_generate_row_by_row(cau
     with causal_server.client() as client:
         info = client.get("/info").json()["model"]
         assert info["input_template"] == local.config.input_template != "{input}\n"
+        assert (info["base_family"], info["base_kind"]) == ("qwen2", "causal")
         before = client.get("/metrics").text
         results: dict[str, object] = {}
         barrier = threading.Barrier(3)
