@@ -8,6 +8,7 @@ from transformers import PreTrainedTokenizerFast
 
 from hypernet.chat import PLAIN_INPUT_TEMPLATE, adds_bos, input_template_for
 from hypernet.errors import UserError
+from hypernet.tiny_causal import train_tokenizer
 
 CHATML = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
@@ -50,6 +51,15 @@ def test_chatml_template_wraps_the_input_in_one_user_turn_and_the_generation_pro
     assert template == "<|im_start|>user\n{input}<|im_end|>\n<|im_start|>assistant\n"
     text = "apple, {river} stone"  # braces in an input are text, not a format field
     assert tok(template.replace("{input}", text))["input_ids"] == chat_ids(tok, text)
+
+
+def test_the_tiny_causal_chatml_tokenizer_gets_its_template_and_a_plain_one_the_newline():
+    texts = ["Reverse the list: apple, river, stone.", "Count the words: seven bright table."] * 20
+    chat = train_tokenizer(texts, 300, 512, chat_template=True)
+    template = input_template_for(chat)
+    assert template == "<|im_start|>user\n{input}<|im_end|>\n<|im_start|>assistant\n"
+    assert chat(template.replace("{input}", texts[0]))["input_ids"] == chat_ids(chat, texts[0])
+    assert input_template_for(train_tokenizer(texts, 300, 512, chat_template=False)) == PLAIN_INPUT_TEMPLATE
 
 
 def test_leading_bos_is_dropped_when_the_tokenizer_adds_one_itself():

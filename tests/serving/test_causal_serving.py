@@ -4,7 +4,10 @@ checkpoint's input_template (the base's chat template)."""
 
 from __future__ import annotations
 
+import io
+import json
 import signal
+import tarfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +20,7 @@ import hypernet
 from hypernet.chat import input_template_for
 from hypernet.families import load_base_tokenizer, read_family
 from hypernet.files import BASE_DIR
+from hypernet.io import PEFT_CONFIG_FILE
 from serving.registry import Registry
 from serving.schemas import BASE_MODEL_ID, GenerateRequest
 from serving.service import AdapterService
@@ -109,6 +113,16 @@ def test_openai_chat_renders_the_message_through_the_chat_template(causal_server
     stream = api.chat.completions.create(model=adapter.adapter_id, messages=messages[1:], max_tokens=NEW_TOKENS, stream=True)
     assert "".join(chunk.choices[0].delta.content or "" for chunk in stream) == expected
     assert adapter.adapter_id in [m.id for m in api.models.list()]
+
+    # The server's PEFT archive of a causal adapter is the causal export.
+    with causal_server.client() as client:
+        response = client.get(f"/v1/adapters/{adapter.adapter_id}/peft")
+    assert response.status_code == 200
+    with tarfile.open(fileobj=io.BytesIO(response.content), mode="r:gz") as archive:
+        config = json.load(archive.extractfile(f"{adapter.adapter_id}/{PEFT_CONFIG_FILE}"))
+        tagi = json.load(archive.extractfile(f"{adapter.adapter_id}/tagi.json"))
+    assert config["task_type"] == "CAUSAL_LM" and config["target_modules"] == sorted(local.config.generator.target_modules)
+    assert tagi["input_template"] == local.config.input_template and config["base_model_name_or_path"] == BASE_DIR
 
 
 def test_the_peft_swap_baseline_serves_a_causal_checkpoint(causal_checkpoint, tmp_path):
