@@ -20,6 +20,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from hypernet.cli import main
 from hypernet.config import CheckpointConfig, GeneratorConfig
 from hypernet.errors import UserError
+from hypernet.export import MANIFEST_FILE
 from hypernet.families import FAMILIES
 from hypernet.files import BASE_DIR
 from hypernet.io import (
@@ -30,6 +31,7 @@ from hypernet.io import (
     create_checkpoint,
     export_peft,
     load_checkpoint,
+    peft_state_dict,
     vllm_max_lora_rank,
 )
 
@@ -147,6 +149,23 @@ def test_merged_gpt2_export_loads_without_peft_and_equals_peft(checkpoints, tmp_
     ids = tokenizer(template.replace("{input}", INPUTS[0]), return_tensors="pt")["input_ids"]
     with torch.no_grad():
         assert (merged(ids).logits - peft(input_ids=ids).logits).abs().max().item() <= 1e-4
+
+
+def test_batch_export_of_a_causal_checkpoint_writes_each_adapter_and_the_manifest(checkpoints, tmp_path):
+    checkpoint = checkpoints["llama"]
+    instructions = [INSTRUCTION, "Count the words in the list.", "Sort the items."]
+    source = tmp_path / "in.jsonl"
+    source.write_text("".join(json.dumps({"instruction": text, "name": f"a{i}"}) + "\n" for i, text in enumerate(instructions)))
+    out = tmp_path / "many"
+    assert main(["adapter", "--checkpoint", str(checkpoint), "--instructions", str(source), "--out-dir", str(out)]) == 0
+    rows = [json.loads(line) for line in (out / MANIFEST_FILE).read_text().splitlines()]
+    assert [row["name"] for row in rows] == ["a0", "a1", "a2"]
+    model = load_checkpoint(checkpoint)
+    for row, text in zip(rows, instructions, strict=True):
+        expected = peft_state_dict(model.adapter(text))
+        written = load_file(out / row["name"] / PEFT_WEIGHTS_FILE)
+        assert written.keys() == expected.keys() and all(torch.equal(written[k], expected[k]) for k in expected)
+        assert json.loads((out / row["name"] / PEFT_CONFIG_FILE).read_text())["task_type"] == "CAUSAL_LM"
 
 
 def test_ranks_vllm_cannot_serve_are_refused_for_causal_bases_only(checkpoints, tmp_path):
