@@ -157,9 +157,9 @@ whose r is at most the server's max_lora_rank (a smaller r is zero-padded), so a
 largest of these loads with the smallest value >= r; a larger r loads nowhere in vLLM."""
 
 
-def vllm_max_lora_rank(rank: int) -> int:
-    """The smallest `--max-lora-rank` with which vLLM loads rank-`rank` adapters."""
-    return next(value for value in VLLM_MAX_LORA_RANKS if value >= rank)
+def vllm_max_lora_rank(rank: int) -> int | None:
+    """The smallest `--max-lora-rank` with which vLLM loads rank-`rank` adapters; None above them all."""
+    return next((value for value in VLLM_MAX_LORA_RANKS if value >= rank), None)
 
 
 def check_export_rank(rank: int, family: Family) -> None:

@@ -170,7 +170,7 @@ def test_batch_export_of_a_causal_checkpoint_writes_each_adapter_and_the_manifes
 
 def test_ranks_vllm_cannot_serve_are_refused_for_causal_bases_only(checkpoints, tmp_path):
     assert vllm_max_lora_rank(4) == 8 and vllm_max_lora_rank(8) == 8 and vllm_max_lora_rank(300) == 320
-    assert vllm_max_lora_rank(1) == 1 and vllm_max_lora_rank(512) == 512
+    assert vllm_max_lora_rank(1) == 1 and vllm_max_lora_rank(512) == 512 and vllm_max_lora_rank(513) is None
     check_export_rank(512, FAMILIES["llama"])
     check_export_rank(1024, FAMILIES["t5"])  # a T5 export loads in PEFT only: vLLM's limit is not its
     with pytest.raises(UserError, match="largest LoRA rank vLLM serves"):
