@@ -10,7 +10,9 @@ without that runtime needing our code or even the chat template.
 A chat template is a Jinja program and may do anything with a message; we accept it only when
 it writes the message text verbatim, exactly once, and the text around it does not depend on
 the message (checked with two different placeholders). Anything else could not be expressed
-as a string with one "{input}" in it, and is refused rather than approximated.
+as a string with one "{input}" in it, and is refused rather than approximated. A template that
+trims the message (Llama 3's does) passes: tagi writes an input as given, which is what the
+template renders for any input without leading or trailing whitespace.
 
 BOS: many chat templates start with `{{ bos_token }}`, and a tokenizer that adds BOS by itself
 would then give two of them (the rendered text is tokenized like any input, with the special
