@@ -88,4 +88,3 @@ class SwapPerRequestEngine:
             else:
                 self.peft.load_adapter(Path(tmp) / name, adapter_name=name)
         return self.peft
-
