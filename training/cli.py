@@ -436,7 +436,12 @@ def _add_init(sub: argparse._SubParsersAction) -> None:
         help="text files (one text per line) to train the tokenizer on (default: the texts of the built-in synthetic task suite)",
     )
     defaults = GeneratorConfig()
-    p.add_argument("--rank", type=int, default=defaults.rank, help=f"LoRA rank (default {defaults.rank})")
+    p.add_argument(
+        "--rank",
+        type=int,
+        default=defaults.rank,
+        help=f"LoRA rank (default {defaults.rank}; at most 512 on a decoder-only base, the largest vLLM serves)",
+    )
     p.add_argument("--alpha", type=float, default=defaults.alpha, help=f"LoRA alpha (default {defaults.alpha})")
     p.add_argument(
         "--target-modules",
