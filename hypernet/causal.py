@@ -18,11 +18,13 @@ token states the generator reads (of the configured layer) and the prefix.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from transformers import PreTrainedModel
 from transformers.cache_utils import DynamicCache
 
-from hypernet.decoding import Stepper, keep_rows
+from hypernet.decoding import Stepper, keep_rows, stop_ids
 from hypernet.errors import UserError
 from hypernet.fusion import InstructionEncoding, PrefixKV, masked_mean
 from hypernet.inject import Attachment, LoraSlots
@@ -110,6 +112,14 @@ class CausalStepper:
 class CausalTagiModel(TagiModel):
     """A TagiModel whose base is a decoder-only causal LM (hypernet.families)."""
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.config.fusion and self.config.instruction_encoder.kind != "base":
+            raise UserError(
+                "on a decoder-only base fusion is the instruction's prefix, which only the base's own instruction "
+                "encoder computes: use the base encoder or a config with fusion off"
+            )
+
     @property
     def projects_fusion(self) -> bool:
         return False  # fusion is the base's own key/value states: nothing to project
@@ -177,8 +187,6 @@ class CausalTagiModel(TagiModel):
     ) -> torch.Tensor:
         """Greedy token ids (b, new tokens; the pad id after a row's EOS), by the same stepper the
         stream uses (transformers' generate cannot attend to a per-row prefix)."""
-        from hypernet.decoding import stop_ids
-
         eos, pad = stop_ids(self.base, self.tokenizer)
         stepper = self.stepper(batch["input_ids"], batch["attention_mask"], instruction, self.slots.prepare(lora))
         done = torch.zeros(batch["input_ids"].shape[0], dtype=torch.bool, device=self.device)

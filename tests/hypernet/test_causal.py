@@ -214,3 +214,21 @@ def test_init_on_a_qwen2_base_writes_a_causal_checkpoint_with_the_family_targets
     assert model.config.generator.target_modules == FAMILIES["qwen2"].default_targets
     assert model.config.input_template.startswith("<|im_start|>user\n{input}")
     assert model.generate(["apple, pear"], model.adapter(INSTRUCTIONS[0]), max_new_tokens=2)[0] is not None
+
+
+def test_a_sentence_encoder_on_a_decoder_needs_fusion_off(tmp_path):
+    """Fusion's prefix is the base's own pass over the instruction: with a sentence encoder there is
+    none, so a config that asks for fusion is refused, and one without fusion works."""
+    from hypernet.encoders import sentence_encoder_config
+
+    build_tiny_causal_base(TEXTS, tmp_path / "base", "llama", CAUSAL_PRESETS["micro"], seed=0)
+    generator = GeneratorConfig(rank=8, target_modules=("q_proj", "v_proj"), embed_dim=16, attention_heads=2)
+    encoder = sentence_encoder_config("all-minilm-l6-v2")
+    with pytest.raises(UserError, match="fusion"):
+        create_checkpoint(
+            tmp_path / "base", tmp_path / "fused", CheckpointConfig(generator=generator, instruction_encoder=encoder)
+        )
+    config = CheckpointConfig(generator=generator, instruction_encoder=encoder, fusion=False)
+    create_checkpoint(tmp_path / "base", tmp_path / "plain", config)
+    sentence = load_checkpoint(tmp_path / "plain")
+    assert sentence.generate(INPUTS[:1], sentence.adapter(INSTRUCTIONS[0]), max_new_tokens=2)[0] is not None
