@@ -16,10 +16,32 @@ from pathlib import Path
 from hypernet.cli_common import add_checkpoint_argument, load_model, read_text_argument, refuse_existing
 from hypernet.config import DEFAULT_MAX_NEW_TOKENS
 from hypernet.errors import UserError
+from hypernet.rubric import with_rubric
 
 ENTRY_POINT_GROUP = "tagi.commands"
 DEFAULT_EXPORT_BATCH_SIZE = 64
 log = logging.getLogger("tagi")
+
+
+# ---- rubric ----------------------------------------------------------------------------------
+
+
+def add_rubric_arguments(p: argparse.ArgumentParser) -> None:
+    rubric = p.add_mutually_exclusive_group()
+    rubric.add_argument(
+        "--rubric",
+        metavar="TEXT",
+        help="what a good answer must satisfy (CITING), read by the hypernetwork with the instruction: another adapter",
+    )
+    rubric.add_argument(
+        "--rubric-file", metavar="FILE", help="read the rubric text from FILE (e.g. a rubric of `tagi rubrics`, edited)"
+    )
+
+
+def with_given_rubric(instruction: str, args: argparse.Namespace) -> str:
+    """The instruction as the generator reads it: with the rubric of --rubric / --rubric-file, if any."""
+    rubric = args.rubric if args.rubric_file is None else read_text_argument(f"@{args.rubric_file}", "rubric")
+    return instruction if rubric is None else with_rubric(instruction, rubric)
 
 
 # ---- adapter ---------------------------------------------------------------------------------
@@ -35,7 +57,7 @@ def cmd_adapter(args: argparse.Namespace) -> None:
 
     if args.out is None or args.out_dir is not None or args.strict:
         raise UserError("--instruction writes one adapter to --out DIR; --out-dir and --strict go with --instructions FILE")
-    instruction = read_text_argument(args.instruction, "instruction")
+    instruction = with_given_rubric(read_text_argument(args.instruction, "instruction"), args)
     out = Path(args.out)
     refuse_existing(out, args.overwrite)
     model = load_model(args.checkpoint)
@@ -51,6 +73,8 @@ def export_instructions_file(args: argparse.Namespace) -> None:
 
     if args.out_dir is None or args.out is not None:
         raise UserError("--instructions FILE writes into --out-dir DIR (one directory per instruction and manifest.jsonl)")
+    if args.rubric is not None or args.rubric_file is not None:
+        raise UserError("--rubric and --rubric-file go with --instruction")
     path = Path(args.instructions)
     entries, bad = read_instructions(path)
     model = load_model(args.checkpoint)
@@ -78,6 +102,7 @@ def add_adapter(sub: argparse._SubParsersAction) -> None:
     add_checkpoint_argument(p)
     p.add_argument("--instruction", help="task instruction text, or @FILE to read it from a file")
     p.add_argument("--out", metavar="DIR", help="directory to write (atomically) for --instruction")
+    add_rubric_arguments(p)
     p.add_argument(
         "--instructions",
         metavar="FILE",
@@ -171,6 +196,7 @@ def cmd_run(args: argparse.Namespace) -> None:
     instruction = read_text_argument(args.instruction, "instruction")
     if args.max_new_tokens < 1:
         raise UserError("--max-new-tokens must be >= 1")
+    instruction = with_given_rubric(instruction, args)
     model = load_model(args.checkpoint)
     adapter = model.adapter(instruction)
     outputs = model.generate(args.input, adapter, fusion=not args.no_fusion, max_new_tokens=args.max_new_tokens)
@@ -187,6 +213,7 @@ def add_run(sub: argparse._SubParsersAction) -> None:
     add_checkpoint_argument(p)
     p.add_argument("--instruction", required=True, help="task instruction text, or @FILE to read it from a file")
     p.add_argument("--input", required=True, action="append", help="an input; repeat for several (one batch)")
+    add_rubric_arguments(p)
     p.add_argument("--no-fusion", action="store_true", help="adapter only, no instruction fusion: what a PEFT export reproduces")
     p.add_argument(
         "--max-new-tokens",

@@ -36,6 +36,7 @@ from serving.schemas import (
     MAX_PAGE_SIZE,
     ONE_ADAPTER,
     PAGE_SIZE,
+    RUBRIC_WITHOUT_INSTRUCTION,
     AdapterBatchCreated,
     AdapterCreated,
     AdapterCreateRequest,
@@ -154,6 +155,8 @@ def add_routes(app: FastAPI, jobs: JobQueue, registry: Registry) -> None:
                 f"or use model {BASE_MODEL_ID!r} with it",
                 422,
             )
+        if body.rubric is not None and instruction is None:
+            raise ServingError(f"{RUBRIC_WITHOUT_INSTRUCTION}: give the instruction as the system message", 422)
         adapter = None if body.model == BASE_MODEL_ID else body.model
         # A chat request is a generate job with one input. Its fields were validated as chat
         # fields (non-empty system message, token range, strict types): not validated again.
@@ -163,6 +166,7 @@ def add_routes(app: FastAPI, jobs: JobQueue, registry: Registry) -> None:
             inputs=[text],
             max_new_tokens=body.max_new_tokens,
             fusion=body.fusion,
+            rubric=body.rubric,
             **{name: getattr(body, name) for name in Decoding.model_fields},
         )
         completion_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())

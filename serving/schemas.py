@@ -24,6 +24,7 @@ from pydantic import (
 )
 
 from hypernet.config import DEFAULT_MAX_NEW_TOKENS
+from hypernet.rubric import MAX_RUBRIC_CHARS, with_rubric
 
 MAX_INPUTS = 32
 """Inputs per /v1/generate request; a batch of max_batch_size requests is at most this many rows each."""
@@ -36,6 +37,7 @@ MAX_STOP_STRINGS = 4
 MAX_REQUEST_TOKENS = MAX_INPUTS * MAX_NEW_TOKENS
 """Per-request budget of inputs x n x max_new_tokens: what one request may cost the batch it joins."""
 ONE_ADAPTER = "give exactly one of instruction and adapter_id"
+RUBRIC_WITHOUT_INSTRUCTION = "rubric goes with an instruction (an adapter id's adapter already has its rubric, or none)"
 BASE_MODEL_ID = "tagi-base"
 """The OpenAI `model` name of the base model; any other name must be an adapter id."""
 
@@ -94,11 +96,29 @@ NonBlankText = Annotated[
 ]
 """Instructions. The schema documents what _non_empty checks (the same set, tested); pydantic does
 not enforce it itself, so a blank instruction gets _non_empty's clearer message."""
+RubricText = Annotated[NonBlankText, Field(max_length=MAX_RUBRIC_CHARS)]
+"""A rubric (CITING): what a good answer must satisfy, read by the generator with the instruction
+(hypernet.rubric.with_rubric), so the adapter of instruction + rubric is another adapter, with its
+own id. Schemas that take one describe it with RUBRIC."""
+RUBRIC = (
+    f"what a good answer must satisfy (up to {MAX_RUBRIC_CHARS} characters), read with the instruction: "
+    "the adapter of instruction + rubric is another adapter, with its own id"
+)
 AdapterId = Annotated[
     StrictStr, Field(pattern=ADAPTER_ID_PATTERN, description="32 lowercase hex digits"), BeforeValidator(_valid_unicode)
 ]
 ModelName = Annotated[Text, Field(min_length=1, max_length=MAX_MODEL_CHARS)]
 StopText = Annotated[Text, Field(min_length=1)]
+
+
+def _only_with(field: str, condition: dict) -> dict:
+    """The JSON-schema form of "`field` (null counts as absent) only where `condition` holds"."""
+    return {"anyOf": [{"not": {"required": [field]}}, {"properties": {field: {"type": "null"}}}, condition]}
+
+
+RUBRIC_NEEDS_INSTRUCTION = _only_with(
+    "rubric", {"required": ["instruction"], "properties": {"instruction": {"not": {"type": "null"}}}}
+)
 
 
 def _exactly_one_of(first: str, second: str) -> dict:
@@ -126,6 +146,7 @@ class AdapterCreateRequest(_Body):
     instructions: list[NonBlankText] | None = Field(
         None, min_length=1, max_length=MAX_BATCH_INSTRUCTIONS, description=f"or 1..{MAX_BATCH_INSTRUCTIONS} instructions"
     )
+    rubric: RubricText | None = Field(None, description=f"{RUBRIC} (with `instructions`: the rubric of each)")
 
     @model_validator(mode="after")
     def _one_of(self) -> AdapterCreateRequest:
@@ -135,7 +156,9 @@ class AdapterCreateRequest(_Body):
 
     @property
     def texts(self) -> list[str]:
-        return [self.instruction] if self.instructions is None else list(self.instructions)
+        """The instructions as the generator reads them (with the rubric): what the adapter ids hash."""
+        texts = [self.instruction] if self.instructions is None else list(self.instructions)
+        return texts if self.rubric is None else [with_rubric(text, self.rubric) for text in texts]
 
 
 class AdapterInfo(BaseModel):
@@ -223,10 +246,11 @@ class GenerateRequest(_Body, Decoding):
     (a chat completion becomes one). Neither `instruction` nor `adapter_id` means the plain base
     model, which only the chat endpoint offers (model 'tagi-base' without a system message)."""
 
-    model_config = ConfigDict(json_schema_extra=_exactly_one_of("instruction", "adapter_id"))
+    model_config = ConfigDict(json_schema_extra={**_exactly_one_of("instruction", "adapter_id"), **RUBRIC_NEEDS_INSTRUCTION})
 
     instruction: NonBlankText | None = Field(None, description="task instruction; give this or adapter_id")
     adapter_id: AdapterId | None = Field(None, description="id returned by POST /v1/adapters; give this or instruction")
+    rubric: RubricText | None = Field(None, description=f"{RUBRIC}; only with instruction")
     inputs: list[Text] = Field(min_length=1, max_length=MAX_INPUTS, description=f"1..{MAX_INPUTS} inputs")
     max_new_tokens: NewTokens = DEFAULT_MAX_NEW_TOKENS
     fusion: StrictBool | None = Field(None, description="instruction fusion; default: the checkpoint's setting")
@@ -235,7 +259,16 @@ class GenerateRequest(_Body, Decoding):
     def _at_most_one_adapter(self) -> GenerateRequest:
         if self.instruction is not None and self.adapter_id is not None:
             raise ValueError(ONE_ADAPTER)
+        if self.rubric is not None and self.instruction is None:
+            raise ValueError(RUBRIC_WITHOUT_INSTRUCTION)
         return self
+
+    @property
+    def adapter_instruction(self) -> str | None:
+        """The instruction as the generator reads it (with the rubric): what the adapter id hashes."""
+        if self.instruction is None or self.rubric is None:
+            return self.instruction
+        return with_rubric(self.instruction, self.rubric)
 
     @model_validator(mode="after")
     def _within_budget(self) -> GenerateRequest:
@@ -332,6 +365,9 @@ CHAT_SCHEMA = {
 }
 """What instruction_and_input() enforces, in JSON-schema terms (with CHAT_MESSAGES_SCHEMA): one user
 message, at most one system (or developer) message, which is not blank and comes only with model 'tagi-base'."""
+RUBRIC_NEEDS_SYSTEM = _only_with("rubric", {"properties": {"messages": {"minItems": 2}}})
+"""A rubric goes with the instruction: two messages, which CHAT_MESSAGES_SCHEMA makes a system (or
+developer) message and the user's."""
 
 
 class StreamOptions(BaseModel):
@@ -358,7 +394,7 @@ class ChatCompletionRequest(Decoding):
     accepted and ignored, so that existing clients work unchanged, except those whose request
     tagi cannot fulfil (IGNORED_ONLY_WHEN_NEUTRAL), which are refused when set."""
 
-    model_config = ConfigDict(extra="allow", json_schema_extra=CHAT_SCHEMA)
+    model_config = ConfigDict(extra="allow", json_schema_extra={"allOf": [CHAT_SCHEMA, RUBRIC_NEEDS_SYSTEM]})
 
     model: ModelName
     messages: list[ChatMessage] = Field(min_length=1, json_schema_extra=CHAT_MESSAGES_SCHEMA)
@@ -368,6 +404,7 @@ class ChatCompletionRequest(Decoding):
     fusion: StrictBool | None = Field(
         None, description="tagi extension (openai client: extra_body={'fusion': False}); default: the checkpoint's"
     )
+    rubric: RubricText | None = Field(None, description=f"tagi extension: {RUBRIC}; only with a system message (the instruction)")
 
     @model_validator(mode="after")
     def _nothing_unfulfillable(self) -> ChatCompletionRequest:

@@ -228,7 +228,7 @@ class AdapterService:
         """The one place a job's adapter ids are computed ([]: the plain base model)."""
         if isinstance(job, ExportRequest) or getattr(job, "adapter_id", None) is not None:
             return [_Need(job.adapter_id, None)]
-        texts = job.texts if isinstance(job, AdapterCreateRequest) else [job.instruction] if job.instruction is not None else []
+        texts = job.texts if isinstance(job, AdapterCreateRequest) else [t for t in (job.adapter_instruction,) if t is not None]
         return [_Need(adapter_id(self.model.fingerprint, text), text) for text in texts]
 
     # ---- adapters ----------------------------------------------------------------------------

@@ -14,7 +14,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from hypernet.cli_common import add_checkpoint_argument, load_model, resolve_checkpoint
+from hypernet.cli_common import add_checkpoint_argument, load_model, refuse_existing, resolve_checkpoint
 from hypernet.config import DEFAULT_MAX_NEW_TOKENS
 from hypernet.errors import UserError
 from training.data import SNI_DIR
@@ -355,6 +355,59 @@ def cmd_ablate_encoder(args: argparse.Namespace) -> None:
     )
 
 
+# ---- rubrics ---------------------------------------------------------------------------------
+
+
+def cmd_rubrics(args: argparse.Namespace) -> None:
+    from training.common import load_task_set
+    from training.presets import get_preset
+    from training.rubrics import derive_rubrics, save_rubrics, synthetic_task_set
+
+    out = Path(args.out)
+    refuse_existing(out, args.overwrite)
+    recipe = get_preset(args.preset)
+    if args.tasks:
+        try:
+            task_set = load_task_set(args.tasks, recipe.held_back, recipe.seed, recipe.prompt_format)
+        except ValueError as err:
+            raise UserError(str(err)) from None
+    elif recipe.sni is not None:
+        raise UserError(f"preset {recipe.name} trains on SNI tasks: pass their files with --tasks PATH")
+    else:
+        task_set = synthetic_task_set(recipe.suite, recipe.seed, recipe.held_back)
+    rubrics = derive_rubrics(task_set)
+    save_rubrics(rubrics, out)
+    print(f"wrote the rubrics of {len(rubrics)} categories, from {len(task_set.train)} training pairs, to {out}")
+
+
+def _add_rubrics(sub: argparse._SubParsersAction) -> None:
+    from training.presets import preset_names
+
+    p = sub.add_parser(
+        "rubrics",
+        help="write the rubric of each task category, derived from the training pairs (CITING)",
+        description="Derive one rubric per task category from its training pairs only (the answer's type and the "
+        "relations every training answer keeps with its input; training.rubrics) and write them as JSON: edit them "
+        "and give them back, or give one to `tagi run --rubric-file`.",
+    )
+    p.add_argument("--out", required=True, metavar="FILE", help="JSON file to write (atomically)")
+    p.add_argument(
+        "--preset",
+        choices=preset_names(),
+        default="tiny",
+        help="recipe whose training data (its list-world suite, seed and held-back instances) the rubrics come from "
+        "(default: tiny)",
+    )
+    p.add_argument(
+        "--tasks",
+        nargs="+",
+        metavar="PATH",
+        help="training task files or directories (SNI format) instead of the preset's list-world suite",
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    p.set_defaults(func=cmd_rubrics)
+
+
 # ---- registration ----------------------------------------------------------------------------
 
 
@@ -639,6 +692,7 @@ def register(sub: argparse._SubParsersAction, bench: argparse._SubParsersAction 
     synth.set_defaults(func=cmd_data_synth)
 
     _add_train(sub)
+    _add_rubrics(sub)
 
     ablate = sub.add_parser(
         "ablate-curriculum",

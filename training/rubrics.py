@@ -41,6 +41,8 @@ LABEL_REPEATS = 4
 """...when its pairs are at least this many times as many as its labels (labels recur; a handful of
 free answers that happen to differ are not a label set)."""
 _INTEGER = re.compile(r"-?\d+")
+_PLAIN_LABEL = re.compile(r"[\w ]+")
+"""Labels written bare in a rubric's text; others (with punctuation: "Yes.") are quoted."""
 
 Params = dict[str, Any]
 
@@ -239,8 +241,16 @@ def _answer_type(pairs: list[tuple[str, str]]) -> Criterion | None:
         return Criterion("number", f"The answer is a whole number from {low} to {high}.", "number", {"min": low, "max": high})
     labels = sorted(set(answers))
     if len({normalize_answer(label) for label in labels}) <= MAX_LABELS and len(answers) >= LABEL_REPEATS * len(labels):
-        return Criterion("one_of", f"The answer is one of: {', '.join(labels)}.", "one_of", {"labels": labels})
+        plain = all(_PLAIN_LABEL.fullmatch(label) for label in labels)
+        listed = ", ".join(labels if plain else (json.dumps(label) for label in labels))
+        return Criterion("one_of", f"The answer is one of: {listed}.", "one_of", {"labels": labels})
     return None
+
+
+def _is_list(text: str) -> bool:
+    """Whether an input reads as a list of items (the list world's inputs): items are one word or
+    number each. Free text, split at its commas, is no list: relations to its "items" would be chance."""
+    return all(item and not any(c.isspace() for c in item) for item in _items(text))
 
 
 def _relations(pairs: list[tuple[str, str]], numeric: bool) -> list[Criterion]:
@@ -295,15 +305,16 @@ def derive_rubric(category: str, pairs: list[tuple[str, str]]) -> Rubric:
     criteria: list[Criterion] = []
     if answer_type is not None:
         criteria.append(answer_type)
-    if answer_type is None or answer_type.kind == "number":
+    relations: list[Criterion] = []
+    if all(_is_list(i) for i, _ in pairs) and (answer_type is None or answer_type.kind == "number"):
         relations = _relations(pairs, numeric=answer_type is not None)
-        criteria += relations
-        if answer_type is None:
-            unit = "items" if {"items_from_input", "same_items"} & {c.name for c in relations} else "words"
-            sizes = [len(a.split()) if unit == "words" else len(_items(a)) for _, a in pairs]
-            low, high = min(sizes), max(sizes)
-            text = f"The answer has {low} to {high} {unit}." if low != high else f"The answer has {low} {unit}."
-            criteria.append(Criterion("length", text, "length", {"unit": unit, "min": low, "max": high}))
+    criteria += relations
+    if answer_type is None:
+        unit = "items" if {"items_from_input", "same_items"} & {c.name for c in relations} else "words"
+        sizes = [len(a.split()) if unit == "words" else len(_items(a)) for _, a in pairs]
+        low, high = min(sizes), max(sizes)
+        amount = f"{low} to {high} {unit}" if low != high else f"{low} {unit.removesuffix('s') if low == 1 else unit}"
+        criteria.append(Criterion("length", f"The answer has {amount}.", "length", {"unit": unit, "min": low, "max": high}))
     if all(a for _, a in pairs):
         criteria.append(Criterion("non_empty", "The answer is not empty.", "non_empty"))
     return Rubric(category, tuple(criteria))
