@@ -82,9 +82,11 @@ def _items_from_input(_: Params, input_text: str, answer: str) -> bool:
 
 
 def _order_kept(_: Params, input_text: str, answer: str) -> bool:
-    """The answer's items are a subsequence of the input's."""
-    remaining = iter(_items(input_text))
-    return all(any(item == candidate for candidate in remaining) for item in _items(answer))
+    """The answer's items that the input has are a subsequence of the input's (an item the input
+    lacks breaks items_from_input, not the order)."""
+    have = _items(input_text)
+    remaining = iter(have)
+    return all(any(item == candidate for candidate in remaining) for item in _items(answer) if item in have)
 
 
 def _same_items(_: Params, input_text: str, answer: str) -> bool:
