@@ -1,4 +1,5 @@
-"""Stage 0: a tiny T5 base from scratch, so the default checkpoint is self-contained.
+"""Stage 0: a tiny base from scratch (T5, or a decoder-only family), so the default checkpoint is
+self-contained.
 
 Real users skip this and point at t5-lm-adapt or flan-t5. The base sees only training tasks
 (never a held-out task, never a held-back instance) and never an instruction:
@@ -16,6 +17,12 @@ Real users skip this and point at t5-lm-adapt or flan-t5. The base sees only tra
 The tokenizer is SentencePiece unigram with T5's ids plus sentinel pieces `<extra_id_N>`
 (hypernet.tiny's builder has none, and span corruption needs them) and the skill symbols.
 
+A causal base (`base.family` llama, qwen2, ...; hypernet.tiny_causal, byte-level BPE trained on the
+same texts) learns the same things by next-token prediction: instead of span corruption, a cut text
+is continued (the loss on the continuation only), and the skills are prompt -> answer pairs in the
+input template its checkpoint will have (training.common.BaseText), so the base already reads an
+input the way TAGI later writes it.
+
 Entry point: `run(recipe, inputs, out)` (the stage table, training.stages); writes out/model.
 """
 
@@ -30,11 +37,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
-from transformers import T5ForConditionalGeneration
 
 from hypernet.files import SPIECE, atomic_directory, write_json
-from hypernet.tiny import build_tiny_base, load_tokenizer
-from training.common import TaskSet, exact_match_by_group, greedy, seq2seq_batch, spread
+from hypernet.tiny import build_tiny_base
+from hypernet.tiny_causal import build_tiny_causal_base
+from training.common import BaseText, TaskSet, answer_loss, exact_match_by_group, greedy, load_base_model, seq2seq_batch, spread
 from training.data import format_concat, label_definition
 from training.distributed import barrier, is_main
 from training.loop import LoopConfig, LoopResult, resolve_device, seed_everything, train
@@ -125,9 +132,16 @@ class WorldSkills:
 
 
 def build_base(task_set: TaskSet, out_dir: Path, config: BaseConfig, seed: int) -> None:
-    """Tokenizer (with sentinel and skill-code pieces) + randomly initialised T5, as an HF directory."""
-    symbols = tuple(sentinel(i) for i in range(SENTINELS)) + tuple(skill_code(i) for i in range(SKILL_CODES))
+    """Tokenizer (with sentinel and skill-code pieces) + randomly initialised base, as an HF
+    directory. A causal base's BPE has no sentinels (it never sees span corruption) and no symbols
+    of its own: the skill codes are in its texts often enough to become single tokens."""
     seed_everything(seed)
+    codes = tuple(skill_code(i) for i in range(SKILL_CODES))
+    if config.family != "t5":
+        texts = tokenizer_corpus(task_set) + [" ".join(codes)] * 50
+        build_tiny_causal_base(texts, out_dir, config.family, config.causal_model, seed=seed)
+        return
+    symbols = tuple(sentinel(i) for i in range(SENTINELS)) + codes
     build_tiny_base(tokenizer_corpus(task_set), out_dir, config.model, seed=seed, symbols=symbols)
 
 
@@ -157,6 +171,13 @@ def span_corrupt(tokens: list[str], rng: random.Random, density: float, mean_spa
     return " ".join(inp), " ".join(out)
 
 
+def continuation(tokens: list[str], rng: random.Random) -> tuple[str, str]:
+    """A causal base's counterpart of span corruption: the words cut at a random point, the
+    prompt the start, the answer the rest (next-token prediction on the rest)."""
+    cut = rng.randrange(1, len(tokens)) if len(tokens) > 1 else 1
+    return " ".join(tokens[:cut]), " ".join(tokens[cut:])
+
+
 def pretrain_base(
     task_set: TaskSet,
     out_dir: Path,
@@ -173,9 +194,10 @@ def pretrain_base(
     if is_main() and not (init_dir / "config.json").exists():
         build_base(task_set, init_dir, config, seed)
     barrier()
-    tokenizer = load_tokenizer(init_dir)
+    text = BaseText.of(init_dir)
+    causal = config.family != "t5"
     seed_everything(loop.seed)
-    model = T5ForConditionalGeneration.from_pretrained(init_dir, use_safetensors=True).to(resolve_device(loop.device))
+    model = load_base_model(init_dir, resolve_device(loop.device))
 
     # Span-corruption documents: a few training texts joined, like sentences of a paragraph.
     span_texts = [*task_set.instructions, *(p.input for p in task_set.train), *(p.output for p in task_set.train)]
@@ -190,27 +212,30 @@ def pretrain_base(
             use_span = not skills or rng.random() < config.span_fraction
             if use_span:
                 words = " ".join(rng.choice(span_texts) for _ in range(3)).split()
-                source, target = span_corrupt(words, rng, config.noise_density, config.mean_span)
+                if causal:
+                    source, target = continuation(words, rng)
+                else:
+                    source, target = span_corrupt(words, rng, config.noise_density, config.mean_span)
             else:
                 pair = skills[index]  # the training set's task mix
                 source, target = pair.input, pair.output
                 if world is not None and rng.random() >= config.unconditioned_share:
                     source, target = world.sample(rng, pair.task)
+                source = text.prompts([source])[0]
             inputs.append(source)
             outputs.append(target)
-        return seq2seq_batch(tokenizer, inputs, outputs, config.max_input_tokens, config.max_output_tokens)
+        return seq2seq_batch(text.tokenizer, inputs, outputs, config.max_input_tokens, config.max_output_tokens)
 
     def loss_fn(batch: dict) -> tuple[torch.Tensor, dict]:
-        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"])
-        return out.loss, {}
+        return answer_loss(model, batch), {}
 
     # How well the base does each coded operation on held-back instances shows early whether
     # it will be worth steering (per-primitive exact match in log.jsonl).
     probe = spread(task_set.held_back, config.eval_instances) if world is not None else []
 
     def evaluate(_step: int) -> dict:
-        inputs = [world.coded(p.task, p.input) for p in probe]
-        predictions = greedy(model, tokenizer, inputs, config.max_input_tokens, config.max_output_tokens)
+        inputs = text.prompts([world.coded(p.task, p.input) for p in probe])
+        predictions = greedy(model, text.tokenizer, inputs, config.max_input_tokens, config.max_output_tokens)
         return exact_match_by_group(predictions, probe, task_set.categories())
 
     result = train(
@@ -230,8 +255,9 @@ def pretrain_base(
         return final
     with atomic_directory(final, overwrite=True) as tmp:
         model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        (tmp / SPIECE).write_bytes((init_dir / SPIECE).read_bytes())
+        text.tokenizer.save_pretrained(tmp)
+        if (init_dir / SPIECE).exists():  # a T5 tokenizer's SentencePiece model
+            (tmp / SPIECE).write_bytes((init_dir / SPIECE).read_bytes())
         write_base_card(tmp, result, config, loop, task_set, span_texts, skills, world, evaluate if probe else None)
     return final
 

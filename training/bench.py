@@ -130,7 +130,7 @@ def _worker(config: BenchTrainConfig, device_name: str, checkpoint: Path, work: 
 
     from hypernet.files import BASE_DIR, write_json
     from hypernet.io import load_checkpoint
-    from training.common import load_frozen_t5
+    from training.common import load_frozen_base
     from training.distill import Distillation, Teachers
     from training.distributed import DEFAULT_TIMEOUT_S, all_gather, init_distributed, is_main
     from training.loop import EpochSampler, LoopConfig, resolve_device, train
@@ -142,7 +142,7 @@ def _worker(config: BenchTrainConfig, device_name: str, checkpoint: Path, work: 
     model = load_checkpoint(checkpoint, device=device)
     tasks = task_set(config)
     distill = DistillConfig(use_ins=False, max_input_tokens=config.input_tokens, max_output_tokens=config.output_tokens)
-    teachers = Teachers(load_frozen_t5(checkpoint / BASE_DIR, device), None, [])
+    teachers = Teachers(load_frozen_base(checkpoint / BASE_DIR, device), None, [])
     work_items = Distillation(model, tasks, tasks.train, distill, teachers)
     loop = LoopConfig(
         steps=config.steps,

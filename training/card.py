@@ -112,7 +112,7 @@ def _own_base_card(info: dict, results: dict, command: str, size: int) -> list[s
     lines = [
         f"# tagi checkpoint: recipe `{preset['name']}` on {info['base']['path']}",
         "",
-        "A TAGI hypernetwork over a frozen local T5, trained with one command:",
+        "A TAGI hypernetwork over a frozen local base, trained with one command:",
         "",
         f"    {command}",
         "",
@@ -161,10 +161,26 @@ def write_card(out: Path, command: str | None = None) -> Path:
         return out / "README.md"
     base = info.get("base", {})
     base_model = preset["base"].get("model", preset["base"])  # inline in pipeline.json before configs/ (checkpoints/tiny)
+    family = preset["base"].get("family", "t5")
+    causal = preset["base"].get("causal_model") if family != "t5" else None
+    targets = " and ".join(preset["generator"]["target_modules"])
+    if causal is None:
+        built = (
+            f"a from-scratch T5 ({base_model['d_model']} wide, {base_model['num_layers']}+{base_model['num_layers']} layers); "
+            "span corruption on the training tasks' texts"
+        )
+    else:
+        built = (
+            f"a from-scratch {family} decoder ({causal['hidden_size']} wide, {causal['num_layers']} layers, "
+            f"{causal['num_heads']} heads with {causal['num_kv_heads']} key/value heads); next-token prediction on the "
+            "training tasks' texts (each cut text continued, the continuation scored)"
+        )
     lines = [
         f"# tagi checkpoint: preset `{preset['name']}`",
         "",
-        "A TAGI hypernetwork (instruction -> LoRA on q and v of every attention block) over a tiny T5 trained",
+        "A TAGI hypernetwork (instruction -> LoRA on q and v of every attention block) over a tiny T5 trained"
+        if causal is None
+        else f"A TAGI hypernetwork (instruction -> LoRA on {targets} of every layer) over a tiny {family} decoder trained",
         f"from scratch on this machine; instructions are read by `{preset.get('instruction_encoder', 'base')}` "
         "(frozen; a sentence encoder is not stored here, see the repository README). Everything here came from one command:",
         "",
@@ -184,9 +200,7 @@ def write_card(out: Path, command: str | None = None) -> Path:
         "words no training input contains (`synthetic_unseen_words`).",
         "",
         "## What each part saw",
-        f"- Base (stage 0): a from-scratch T5 ({base_model['d_model']} wide, "
-        f"{base_model['num_layers']}+{base_model['num_layers']} layers); span corruption on the training tasks' texts "
-        f"plus instruction-free skills (`{base.get('saw', {}).get('skills', '?')}`), "
+        f"- Base (stage 0): {built} plus instruction-free skills (`{base.get('saw', {}).get('skills', '?')}`), "
         "never an instruction as a condition. With `world` skills it learned fresh examples of the training tasks' functions, "
         'each primitive named by an opaque symbol with its parameter ("<skill_3> 1 <skill_0> : apple, pear"), parameters '
         "drawn from training values only, held-back inputs excluded; "

@@ -21,12 +21,16 @@ from pathlib import Path
 from typing import overload
 
 import torch
-from transformers import PreTrainedTokenizerBase, T5ForConditionalGeneration
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from hypernet.causal import left_align
+from hypernet.chat import input_template_for
+from hypernet.config import CheckpointConfig
+from hypernet.families import answer_ids, load_base, load_base_tokenizer, read_family
 from hypernet.fusion import InstructionEncoding, concat_instructions
 from hypernet.model import TagiModel
 from training.data import Task, exact_match, format_concat, format_instruction, label_definition, load_tasks, split_instances
-from training.losses import IGNORE
+from training.losses import IGNORE, cross_entropy
 
 
 @dataclass(frozen=True)
@@ -138,21 +142,48 @@ def fit_instruction(model: TagiModel, text: str) -> str:
     return text
 
 
-def encode(tokenizer: PreTrainedTokenizerBase, texts: list[str], max_tokens: int) -> dict[str, torch.Tensor]:
+def encode(
+    tokenizer: PreTrainedTokenizerBase, texts: list[str], max_tokens: int, padding_side: str | None = None
+) -> dict[str, torch.Tensor]:
     """Padded ids + mask, truncated to max_tokens (the training stages' inputs are short;
-    truncation only guards against an odd long text)."""
-    batch = tokenizer(texts, padding=True, truncation=True, max_length=max_tokens, return_tensors="pt")
+    truncation only guards against an odd long text). Prompts are framed as the tokenizer does by
+    default (T5: EOS after; a causal tokenizer: BOS before, if it adds one)."""
+    batch = tokenizer(
+        texts, padding=True, truncation=True, max_length=max_tokens, return_tensors="pt", padding_side=padding_side
+    )
     return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
 
 
+def pad_rows(rows: list[list[int]], value: int) -> torch.Tensor:
+    """Rows of ids right-padded with `value` into one tensor."""
+    width = max(len(r) for r in rows)
+    return torch.tensor([r + [value] * (width - len(r)) for r in rows])
+
+
+def special_frame(tokenizer: PreTrainedTokenizerBase) -> tuple[list[int], list[int]]:
+    """The special ids the tokenizer puts (before, after) a text: T5 ([], [EOS]), a Llama tokenizer
+    ([BOS], []), a GPT-2-style one ([], []); for ids cut from a longer text that are then read as a
+    text of their own (stage 2's segments)."""
+    framed, bare = tokenizer("a")["input_ids"], tokenizer("a", add_special_tokens=False)["input_ids"]
+    start = next(i for i in range(len(framed) - len(bare) + 1) if framed[i : i + len(bare)] == bare)
+    return framed[:start], framed[start + len(bare) :]
+
+
 def encode_labels(tokenizer: PreTrainedTokenizerBase, texts: list[str], max_tokens: int) -> torch.Tensor:
-    labels = encode(tokenizer, texts, max_tokens)["input_ids"]
-    labels[labels == tokenizer.pad_token_id] = IGNORE
-    return labels
+    """Answer ids ending in EOS, IGNORE-padded: the one label format of every family. T5's tokenizer
+    appends EOS itself, a causal one does not and pads with its EOS (so padding cannot be told from
+    the answer's end by id): hypernet.families.answer_ids gives both the same ids, and a long answer
+    is cut to max_tokens keeping its EOS, as T5's truncation does."""
+    rows = []
+    for text in texts:
+        ids = answer_ids(tokenizer, text)
+        rows.append(ids if len(ids) <= max_tokens else ids[: max_tokens - 1] + ids[-1:])
+    return pad_rows(rows, IGNORE)
 
 
 def shift_right(labels: torch.Tensor, start_id: int = 0, pad_id: int = 0) -> torch.Tensor:
-    """T5 decoder inputs: the start token, then the labels shifted by one (ignored -> pad)."""
+    """Decoder inputs: the start token, then the labels shifted by one (ignored -> pad). A causal
+    model ignores column 0 and reads the rest after the prompt (answer_logits)."""
     shifted = labels.new_full(labels.shape, pad_id)
     shifted[:, 1:] = labels[:, :-1]
     shifted[:, 0] = start_id
@@ -163,25 +194,67 @@ def shift_right(labels: torch.Tensor, start_id: int = 0, pad_id: int = 0) -> tor
 def seq2seq_batch(
     tokenizer: PreTrainedTokenizerBase, inputs: list[str], outputs: list[str], max_input: int, max_output: int
 ) -> dict[str, torch.Tensor]:
+    """The batch of every stage and family: prompt ids + mask, labels (answer + EOS, IGNORE-padded)
+    and decoder_input_ids = shift_right(labels). A T5 encodes the prompt and decodes the answer; a
+    causal model reads prompt then answer as one sequence (answer_logits, CausalTagiModel), and its
+    loss covers the answer tokens only."""
     batch = encode(tokenizer, inputs, max_input)
     labels = encode_labels(tokenizer, outputs, max_output)
     return {**batch, "labels": labels, "decoder_input_ids": shift_right(labels)}
 
 
+def answer_logits(
+    model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor, decoder_input_ids: torch.Tensor
+) -> torch.Tensor:
+    """Logits (b, t, vocab) of a plain Hugging Face base (or a PEFT model around one), logits[:, t]
+    predicting labels[:, t]: the TagiModel forward's convention, for the models stages train outside
+    a TagiModel (stage 0's base, the teachers, the meta teacher). A T5 reads the prompt in its
+    encoder; a causal model reads the prompt (left-aligned, positions counting its real tokens) and
+    then the answer as one sequence, as CausalTagiModel.forward does, and only the logits from the
+    prompt's last token on are returned, so a loss over them never scores a prompt token."""
+    if model.config.is_encoder_decoder:
+        return model(input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=decoder_input_ids).logits
+    prompt, prompt_mask = left_align(input_ids, attention_mask)
+    answer = decoder_input_ids[:, 1:]
+    mask = torch.cat([prompt_mask, torch.ones_like(answer, dtype=prompt_mask.dtype)], dim=1)
+    positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
+    logits = model(input_ids=torch.cat([prompt, answer], dim=1), attention_mask=mask, position_ids=positions).logits
+    return logits[:, prompt.shape[1] - 1 :]
+
+
+def answer_loss(model: PreTrainedModel, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Mean cross-entropy of a seq2seq_batch's answer tokens under a plain base (answer_logits)."""
+    logits = answer_logits(model, batch["input_ids"], batch["attention_mask"], batch["decoder_input_ids"])
+    return cross_entropy(logits, batch["labels"])
+
+
 @torch.no_grad()
 def greedy(
-    model: T5ForConditionalGeneration,
+    model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     inputs: list[str],
     max_input: int,
     max_new_tokens: int,
     batch_size: int = 64,
 ) -> list[str]:
+    """Greedy outputs of a plain base. A causal model continues its prompt, so prompts are padded on
+    the left (each row's last token is then the last column) and only the new tokens are decoded."""
+    causal = not model.config.is_encoder_decoder
     outputs = []
     device = model.device
     for start in range(0, len(inputs), batch_size):
-        batch = {k: v.to(device) for k, v in encode(tokenizer, inputs[start : start + batch_size], max_input).items()}
-        tokens = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1)
+        texts = inputs[start : start + batch_size]
+        batch = {k: v.to(device) for k, v in encode(tokenizer, texts, max_input, "left" if causal else None).items()}
+        tokens = model.generate(
+            **batch,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            num_beams=1,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+        if causal:
+            tokens = tokens[:, batch["input_ids"].shape[1] :]
         outputs += tokenizer.batch_decode(tokens, skip_special_tokens=True)
     return outputs
 
@@ -219,14 +292,36 @@ def spread(pairs: Sequence[Pair], count: int) -> list[Pair]:
     return [pairs[int(i * step)] for i in range(count)]
 
 
-def load_t5(model_dir: Path, device: torch.device | str = "cpu") -> T5ForConditionalGeneration:
-    """An HF T5 directory (a stage-0 base, the meta teacher) in float32 on `device`."""
-    return T5ForConditionalGeneration.from_pretrained(model_dir, use_safetensors=True, dtype=torch.float32).to(device)
+@dataclass(frozen=True)
+class BaseText:
+    """A base's tokenizer and how a prompt is written for it, for the stages that train a plain base
+    before any checkpoint exists (stage 0, the teachers, the meta teacher): with the input template
+    the checkpoint made from this base gets (a causal base: hypernet.chat's, so its chat template or
+    a closing newline that tells where the input ends; T5: the input as it is), so every model of a
+    run reads a prompt the same way as TAGI does (TagiModel.format_inputs)."""
+
+    tokenizer: PreTrainedTokenizerBase
+    template: str
+
+    @classmethod
+    def of(cls, base_dir: Path) -> BaseText:
+        family = read_family(base_dir)
+        tokenizer = load_base_tokenizer(base_dir, family)
+        return cls(tokenizer, input_template_for(tokenizer) if family.causal else CheckpointConfig.input_template)
+
+    def prompts(self, texts: list[str]) -> list[str]:
+        return [self.template.replace("{input}", text) for text in texts]
 
 
-def load_frozen_t5(model_dir: Path, device: torch.device | str) -> T5ForConditionalGeneration:
-    """A T5 that only gives targets (the meta teacher in stage 3): eval mode, no gradients."""
-    model = load_t5(model_dir, device)
+def load_base_model(model_dir: Path, device: torch.device | str = "cpu") -> PreTrainedModel:
+    """A base directory of any supported family (a stage-0 base, the meta teacher) in float32 on
+    `device`: T5ForConditionalGeneration or the causal LM its config.json names."""
+    return load_base(model_dir, read_family(model_dir), torch.float32).to(device)
+
+
+def load_frozen_base(model_dir: Path, device: torch.device | str) -> PreTrainedModel:
+    """A base that only gives targets (the meta teacher in stage 3): eval mode, no gradients."""
+    model = load_base_model(model_dir, device)
     model.requires_grad_(False)
     return model.eval()
 

@@ -6,7 +6,8 @@
   instruction (the instruction reaches it only through the generator and fusion).
 - L_kl: KL(meta teacher || student) with temperature T, over target tokens, times T^2. The
   teacher sees instruction + input; both predict the same target tokens, so their logits
-  align position by position.
+  align position by position (a causal teacher reads that prompt then the answer, and its logits
+  are taken at the answer positions: training.common.answer_logits).
 - L_ins: the generated update vs the task's instance-trained PEFT LoRA in delta-W space,
   each with its own alpha/r (training.losses.alignment_loss).
 
@@ -29,7 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
-from transformers import T5ForConditionalGeneration
+from transformers import PreTrainedModel
 
 from hypernet.errors import UserError
 from hypernet.io import load_checkpoint, load_peft_loras, save_checkpoint
@@ -39,12 +40,13 @@ from training.common import (
     InstructionCache,
     Pair,
     TaskSet,
+    answer_logits,
     concat_inputs,
     encode,
     exact_match_by_group,
     fit_instruction,
     greedy,
-    load_frozen_t5,
+    load_frozen_base,
     read_teacher_index,
     seq2seq_batch,
     spread,
@@ -67,7 +69,7 @@ LOG_NAME = "stage3-distill"
 class Teachers:
     """What the student learns from besides gold targets, on the student's device."""
 
-    meta: T5ForConditionalGeneration | None
+    meta: PreTrainedModel | None
     """The meta-trained teacher: L_kl's distributions and TAPIR's difficulty reference."""
     loras: LoraWeights | None
     """The instance teachers' LoRAs (L_ins), one row per teacher."""
@@ -84,7 +86,7 @@ def load_teachers(
         if meta_dir is None:
             why = "L_kl" if config.use_kl else "the tapir curriculum (difficulty is measured against it)"
             raise UserError(f"{why} needs the meta-trained teacher (--meta-teacher)")
-        meta = load_frozen_t5(meta_dir, model.device)
+        meta = load_frozen_base(meta_dir, model.device)
     if not config.use_ins:
         return Teachers(meta, None, [])
     if teachers_dir is None:
@@ -143,14 +145,19 @@ class Distillation:
         chosen = [self.pairs[i] for i in indices]
         tasks = sorted({p.task for p in chosen})
         batch = seq2seq_batch(
-            tokenizer, [p.input for p in chosen], [p.output for p in chosen], config.max_input_tokens, config.max_output_tokens
+            tokenizer,
+            self.model.format_inputs([p.input for p in chosen]),
+            [p.output for p in chosen],
+            config.max_input_tokens,
+            config.max_output_tokens,
         )
         batch["instructions"] = [rng.choice(self.wordings[t]) for t in tasks]
         batch["fusion"] = rng.random() >= config.no_fusion_prob
         batch["rows"] = torch.tensor([tasks.index(p.task) for p in chosen])
         batch["tasks"] = torch.tensor(tasks)
         if config.use_kl:
-            concat = encode(tokenizer, concat_inputs(self.task_set, chosen), 4 * config.max_input_tokens)
+            prompts = self.model.format_inputs(concat_inputs(self.task_set, chosen))
+            concat = encode(tokenizer, prompts, 4 * config.max_input_tokens)
             batch.update({f"teacher_{k}": v for k, v in concat.items()})
         return batch
 
@@ -173,11 +180,9 @@ class Distillation:
         metrics = {"ce": float(ce.detach())}
         if config.use_kl:
             with torch.no_grad():
-                teacher_logits = teachers.meta(
-                    input_ids=batch["teacher_input_ids"],
-                    attention_mask=batch["teacher_attention_mask"],
-                    decoder_input_ids=batch["decoder_input_ids"],
-                ).logits
+                teacher_logits = answer_logits(
+                    teachers.meta, batch["teacher_input_ids"], batch["teacher_attention_mask"], batch["decoder_input_ids"]
+                )
             kl = distill_kl(logits, teacher_logits, target_mask(batch["labels"]), config.temperature)
             total = total + config.lambda_kl * kl
             metrics["kl"] = float(kl.detach())
@@ -240,7 +245,7 @@ def tapir_sampler(work: Distillation, probes: list[Pair], loop: LoopConfig, out_
     teacher_outputs = greedy(
         work.teachers.meta,
         work.model.tokenizer,
-        concat_inputs(task_set, probes),
+        work.model.format_inputs(concat_inputs(task_set, probes)),
         4 * config.max_input_tokens,
         config.max_output_tokens,
     )

@@ -33,7 +33,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
-from transformers import T5ForConditionalGeneration
+from transformers import PreTrainedModel
 
 from hypernet import files
 from hypernet.batching import stack_adapters
@@ -42,7 +42,17 @@ from hypernet.fusion import InstructionEncoding, concat_instructions
 from hypernet.io import load_checkpoint
 from hypernet.model import Adapter, TagiModel
 from hypernet.targets import LoraWeights
-from training.common import encode, encode_labels, fit_instruction, load_t5, primitive_group, read_teacher_index, shift_right
+from training.common import (
+    encode,
+    encode_labels,
+    fit_instruction,
+    greedy,
+    load_base_model,
+    primitive_group,
+    read_teacher_index,
+    shift_right,
+    spread,
+)
 from training.data import (
     Instance,
     PromptFormat,
@@ -107,7 +117,7 @@ class Evaluator:
         self.truncated_instructions = 0
         self.timing_tasks = timing_tasks
         meta = self.checkpoint / META_TEACHER_DIR
-        self.meta_teacher = load_t5(meta, device).eval() if (meta / "config.json").exists() else None
+        self.meta_teacher = load_base_model(meta, device).eval() if (meta / "config.json").exists() else None
         self.teacher_index = read_teacher_index(self.checkpoint / TEACHERS_DIR)
         self.predictions: list[dict] = []  # the last evaluate()'s, one per instance and method (prediction_record)
 
@@ -130,32 +140,35 @@ class Evaluator:
         texts: list[str],
         lora: LoraWeights | None,
         instruction: InstructionEncoding | None,
-        t5: T5ForConditionalGeneration | None = None,
+        plain: PreTrainedModel | None = None,
     ) -> list[str]:
-        batch = self._batch(texts)
-        if t5 is not None:
-            tokens = t5.generate(**batch, max_new_tokens=self.max_new, do_sample=False, num_beams=1)
-        else:
-            tokens = self.model.generate_tokens(batch, lora, instruction, self.max_new)
+        """Greedy outputs of the TagiModel (with `lora` and fusion `instruction`), or of a `plain` base
+        (the meta teacher) on the same texts."""
+        if plain is not None:
+            return greedy(plain, self.model.tokenizer, texts, self.max_input, self.max_new, len(texts))
+        tokens = self.model.generate_tokens(self._batch(texts), lora, instruction, self.max_new)
         return _decode(self.model, tokens)
 
     def run_method(
         self, method: str, inputs: list[str], concat: list[str], adapters: list[Adapter], oracle: LoraWeights | None
     ) -> list[str]:
         out: list[str] = []
+        # Every model reads its prompt in the checkpoint's input template, as the meta teacher and
+        # the teachers were trained (training.common.BaseText; T5's is the text as it is).
+        inputs, concat = self.model.format_inputs(inputs), self.model.format_inputs(concat)
         for s in range(0, len(inputs), self.batch_size):
             e = min(len(inputs), s + self.batch_size)
             if method == "base_concat":
                 out += self._generate(concat[s:e], None, None)
             elif method == "meta_teacher":
-                out += self._generate(concat[s:e], None, None, t5=self.meta_teacher)
+                out += self._generate(concat[s:e], None, None, plain=self.meta_teacher)
             elif method == "task_lora_oracle":
                 out += self._generate(inputs[s:e], oracle.select(torch.zeros(e - s, dtype=torch.long)), None)
             else:
                 rows = adapters[s:e]
                 lora = stack_adapters([a.weights for a in rows]) if method != "tagi_fusion_only" else None
                 fused = concat_instructions([a.instruction_encoding for a in rows]) if method != "tagi_no_fusion" else None
-                out += self._generate(self.model.format_inputs(inputs[s:e]), lora, fused)
+                out += self._generate(inputs[s:e], lora, fused)
         return out
 
     @torch.no_grad()
@@ -168,7 +181,7 @@ class Evaluator:
         labels = encode_labels(model.tokenizer, outputs, self.max_new).to(model.device)
         decoder = shift_right(labels)
         plain = {k: v.to(model.device) for k, v in encode(model.tokenizer, model.format_inputs(inputs), self.max_input).items()}
-        joined = {k: v.to(model.device) for k, v in encode(model.tokenizer, concat, self.max_input).items()}
+        joined = {k: v.to(model.device) for k, v in encode(model.tokenizer, model.format_inputs(concat), self.max_input).items()}
 
         def tagi() -> None:
             adapter = model.adapter(instruction)
@@ -206,7 +219,7 @@ class Evaluator:
             inputs = [inst.input for inst in task.instances]
             refs = [inst.outputs for inst in task.instances]
             concat = [format_concat(label_definition(instructions[i]), x) for x in inputs]
-            self._count_truncated(concat)  # the longest inputs of any method
+            self._count_truncated(model.format_inputs(concat))  # the longest inputs of any method
             oracle = None
             if task.name in teacher_of:
                 teachers = self.checkpoint / TEACHERS_DIR
@@ -314,13 +327,16 @@ def run_eval(
     methods: tuple[str, ...] = METHODS,
     timing_tasks: int = TIMING_TASKS,
     predictions_file: Path | None = None,
+    max_tasks: int | None = None,
 ) -> dict:
-    """Evaluate `checkpoint` on the tasks; with `predictions_file`, also write every prediction there
-    (write_predictions)."""
+    """Evaluate `checkpoint` on the tasks (at most `max_tasks` of them, spread over the list); with
+    `predictions_file`, also write every prediction there (write_predictions)."""
     tasks = load_tasks(task_paths)
     if split_file is not None:
         wanted = set(read_split(split_file))
         tasks = [t for t in tasks if t.name in wanted]
+    if max_tasks is not None:
+        tasks = spread(tasks, max_tasks)
     tasks = select_instances(tasks, held_back, seed, max_instances)
     tasks = [t for t in tasks if t.instances]
     if not tasks:

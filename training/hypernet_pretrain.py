@@ -30,7 +30,7 @@ from hypernet.errors import UserError
 from hypernet.files import CONFIG_FILE
 from hypernet.io import create_checkpoint, load_checkpoint, save_checkpoint
 from hypernet.model import TagiModel
-from training.common import TaskSet, shift_right
+from training.common import TaskSet, pad_rows, shift_right, special_frame
 from training.distributed import barrier, is_main
 from training.loop import LoopConfig, resolve_device, train
 from training.losses import IGNORE, cross_entropy
@@ -39,11 +39,6 @@ from training.presets import HypernetPretrainConfig
 if TYPE_CHECKING:
     from training.presets import Preset
     from training.stages import StageInputs
-
-
-def _pad(rows: list[list[int]], value: int) -> torch.Tensor:
-    width = max(len(r) for r in rows)
-    return torch.tensor([r + [value] * (width - len(r)) for r in rows])
 
 
 class TaskTexts(Sequence[str]):
@@ -144,6 +139,7 @@ def pretrain_hypernet(
     texts = training_texts(task_set, config)
     tokenizer = model.tokenizer
     eos = tokenizer.eos_token_id
+    before, after = special_frame(tokenizer)  # a and b are read as texts: framed as the tokenizer frames one
     n = config.segment_tokens
     limit = PIECE_CHARS * 3 * n
 
@@ -151,8 +147,7 @@ def pretrain_hypernet(
         """Segment a for the instruction encoder: its ids as they are when it reads the base's
         tokens, else its text in the encoder's own tokenizer (a sentence encoder)."""
         if model.instruction_tokenizer is tokenizer:
-            a = _pad(rows, 0)
-            return {"a_ids": a, "a_mask": (a != 0).long()}
+            return {"a_ids": pad_rows(rows, 0), "a_mask": pad_rows([[1] * len(r) for r in rows], 0)}
         texts = tokenizer.batch_decode(rows, skip_special_tokens=True)
         a = model.instruction_tokenizer(texts, padding=True, truncation=True, max_length=4 * n, return_tensors="pt")
         return {"a_ids": a["input_ids"], "a_mask": a["attention_mask"]}
@@ -167,14 +162,14 @@ def pretrain_hypernet(
                 ids = tokenizer(" ".join(pieces), add_special_tokens=False)["input_ids"]
                 pieces.append(_piece(texts[rng.randrange(len(texts))], limit))
             ids = ids[: 3 * n]
-            a_rows.append(ids[:n] + [eos])
-            b_rows.append(ids[n : 2 * n] + [eos])
+            a_rows.append(before + ids[:n] + after)
+            b_rows.append(before + ids[n : 2 * n] + after)
             c_rows.append(ids[2 * n :] + [eos])
-        b, c = _pad(b_rows, 0), _pad(c_rows, IGNORE)
+        c = pad_rows(c_rows, IGNORE)
         return {
             **segment_a(a_rows),
-            "input_ids": b,
-            "attention_mask": (b != 0).long(),
+            "input_ids": pad_rows(b_rows, 0),
+            "attention_mask": pad_rows([[1] * len(r) for r in b_rows], 0),
             "labels": c,
             "decoder_input_ids": shift_right(c),
         }

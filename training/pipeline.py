@@ -4,13 +4,13 @@ and its evaluation.
 Two worlds, chosen by the recipe:
 - the synthetic list world (`--preset tiny`): the suite is written into the work directory and
   stage 0 builds the base from scratch;
-- a local Hugging Face T5 (`--recipe configs/t5-lm-adapt-base.yaml --base DIR --sni DIR`, a
+- a local Hugging Face base, T5 or causal (`--recipe configs/t5-lm-adapt-base.yaml --base DIR --sni DIR`, a
   recipe with an `sni` section): stage 0 is skipped, the base is given, the tasks are a split of
   Super-Natural Instructions (training.sni), and `--meta-teacher DIR` may give stage 1's
   meta-trained teacher (e.g. Tk-Instruct) instead of training it.
 
 The output directory is a normal tagi checkpoint plus what `tagi eval` needs:
-    teachers/ (PEFT LoRAs, float16), meta_teacher/ (HF T5), pipeline.json, eval.json.
+    teachers/ (PEFT LoRAs, float16), meta_teacher/ (HF base), pipeline.json, eval.json.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from hypernet.errors import UserError
+from hypernet.families import read_family
 from hypernet.files import SPIECE, atomic_directory, directory_bytes, write_json
 from hypernet.io import copy_peft_dir, is_peft_dir, load_checkpoint, save_checkpoint
 from training.base_pretrain import read_base_card
@@ -89,32 +90,14 @@ def work_task_set(recipe: Preset, work: Path, sni_dir: Path | None = None) -> Ta
     return load_task_set(train_tasks(work), recipe.held_back, recipe.seed)
 
 
-T5_TYPES = ("t5", "mt5")
-"""config.json model types whose weights hypernet's T5ForConditionalGeneration reads as they are.
-umt5 is not one: it has a position bias in every layer, which T5 would silently drop."""
-
-
-def check_t5_dir(path: Path, option: str) -> Path:
-    """`path` if it is a local Hugging Face T5 directory tagi can train on, else one UserError line
-    naming what is wrong (before any stage starts, not as a traceback an hour in)."""
+def check_base_dir(path: Path, option: str) -> Path:
+    """`path` if it is a local Hugging Face base tagi can train on (a T5, or a causal LM of a family
+    hypernet.families supports), else one UserError line naming what is wrong (before any stage
+    starts, not as a traceback an hour in)."""
     path = Path(path)
     if not path.is_dir():
         raise UserError(f"{option} {path}: no such directory")
-    config_file = path / "config.json"
-    if not config_file.is_file():
-        raise UserError(f"{option} {path} is not a Hugging Face model directory (no config.json)")
-    try:
-        config = json.loads(config_file.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise UserError(f"{option} {path}: cannot read config.json ({error})") from None
-    model_type = config.get("model_type") if isinstance(config, dict) else None
-    architectures = (config.get("architectures") or []) if isinstance(config, dict) else []
-    if model_type not in T5_TYPES and "T5ForConditionalGeneration" not in architectures:
-        raise UserError(
-            f"{option} {path} is a {model_type or 'model of unknown type'} model "
-            f"({', '.join(architectures) or 'no architectures'}); tagi trains T5 encoder-decoder bases "
-            f"(config.json model_type {' or '.join(T5_TYPES)}, e.g. t5-lm-adapt, flan-t5, mt5)"
-        )
+    read_family(path, option)
     if not ((path / "tokenizer_config.json").is_file() or (path / SPIECE).is_file()):
         raise UserError(f"{option} {path} has no tokenizer (tokenizer_config.json or {SPIECE})")
     if not ((path / "model.safetensors").is_file() or (path / "model.safetensors.index.json").is_file()):
@@ -197,14 +180,20 @@ def given_results(recipe: Preset, base: Path | None, meta_teacher: Path | None) 
             "`sni` section (configs/sni-smoke.yaml, configs/t5-lm-adapt-base.yaml)"
         )
     if recipe.sni is not None and base is None:
-        raise UserError(f"recipe {recipe.name} trains a local T5 on Super-Natural Instructions: pass --base DIR")
+        raise UserError(f"recipe {recipe.name} trains a local base on Super-Natural Instructions: pass --base DIR")
     if base is None:
         if meta_teacher is not None:
             raise UserError("--meta-teacher needs --base: the teacher must share the base's vocabulary")
         return {}
-    given = {"base": check_t5_dir(base, "--base")}
+    given = {"base": check_base_dir(base, "--base")}
     if meta_teacher is not None:
-        given["meta-teacher"] = check_t5_dir(meta_teacher, "--meta-teacher")
+        given["meta-teacher"] = check_base_dir(meta_teacher, "--meta-teacher")
+        families = [read_family(given[name]).name for name in ("base", "meta-teacher")]
+        if families[0] != families[1]:
+            raise UserError(
+                f"--meta-teacher {meta_teacher} is a {families[1]} model, the base a {families[0]}: L_kl aligns their "
+                "answer positions, so the teacher must be a finetune of the base"
+            )
         sizes = [json.loads((given[name] / "config.json").read_text()).get("vocab_size") for name in ("base", "meta-teacher")]
         if sizes[0] != sizes[1]:
             raise UserError(
@@ -225,7 +214,14 @@ def evaluate_all(out: Path, work: Path, recipe: Preset, sni_dir: Path | None, de
     for name, split in SYNTH_SETS.items():
         held = recipe.held_back if split == "train" else None
         results[name] = run_eval(
-            out, [str(work / "data" / split)], "def", held_back=held, seed=recipe.seed, max_instances=recipe.eval_instances
+            out,
+            [str(work / "data" / split)],
+            "def",
+            held_back=held,
+            seed=recipe.seed,
+            max_instances=recipe.eval_instances,
+            max_new_tokens=recipe.eval_max_new_tokens,
+            max_tasks=recipe.eval_tasks,
         )
         print(format_table(results[name], title=f"== {name}"))
     if sni_dir is not None:
@@ -236,6 +232,7 @@ def evaluate_all(out: Path, work: Path, recipe: Preset, sni_dir: Path | None, de
             max_instances=recipe.eval_instances,
             max_input_tokens=2048,
             split_file=str(Path(sni_dir) / SNI_TEST_SPLIT),
+            max_tasks=recipe.eval_tasks,
         )
         print(format_table(results["sni_test"], title="== sni_test"))
     write_json(out / EVAL_FILE, results, compact=True)

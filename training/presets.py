@@ -26,9 +26,10 @@ from typing import Any, Literal
 
 import yaml
 
-from hypernet.config import GeneratorConfig
+from hypernet.config import DEFAULT_MAX_NEW_TOKENS, GeneratorConfig
 from hypernet.errors import UserError
 from hypernet.tiny import TinyPreset
+from hypernet.tiny_causal import CAUSAL_FAMILIES, CAUSAL_PRESETS, CausalPreset
 from training.curriculum import CurriculumConfig
 from training.data import TK_TEST_INSTANCES, PromptFormat
 from training.loop import LoopConfig
@@ -52,8 +53,15 @@ def _share(owner: object, *names: str) -> None:
 
 @dataclass(frozen=True)
 class BaseConfig:
-    """Stage 0: from-scratch tokenizer + T5, span corruption + instruction-free skills."""
+    """Stage 0: from-scratch tokenizer + base, span corruption (a causal base: continuation) +
+    instruction-free skills."""
 
+    family: str = "t5"
+    """t5 (`model` below), or a decoder-only family of hypernet.tiny_causal (llama, mistral, qwen2,
+    qwen3, gpt2; `causal_model`), pretrained by next-token prediction on the same texts: the
+    continuation of a cut text instead of span corruption, and the skills as prompt -> answer."""
+    causal_model: CausalPreset = field(default_factory=lambda: CAUSAL_PRESETS["tiny"])
+    """Sizes of a causal base (family other than t5): hypernet.tiny_causal's `tiny` by default."""
     model: TinyPreset = field(
         default_factory=lambda: TinyPreset(d_model=192, d_ff=768, num_layers=3, num_heads=6, d_kv=32, vocab_size=1000)
     )
@@ -81,6 +89,8 @@ class BaseConfig:
     )
 
     def __post_init__(self) -> None:
+        if self.family != "t5" and self.family not in CAUSAL_FAMILIES:
+            raise ValueError(f"family must be t5 or one of {', '.join(CAUSAL_FAMILIES)}, got {self.family!r}")
         if self.skills not in ("world", "unconditioned", "none"):
             raise ValueError(f"skills must be world, unconditioned or none, got {self.skills!r}")
         _share(self, "span_fraction", "unconditioned_share")
@@ -227,6 +237,11 @@ class Preset:
     distill: DistillConfig = field(default_factory=DistillConfig)
     eval_instances: int = 20
     """Instances per task scored by the final `tagi eval` of each task set."""
+    eval_tasks: int | None = None
+    """At most this many tasks of each task set scored by the final `tagi eval` (spread over the set);
+    None: all of them. The smoke recipes keep CI's end-to-end runs short with it."""
+    eval_max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
+    """Tokens generated per answer by the final `tagi eval` of the synthetic sets."""
     sni: SniConfig | None = None
     """Train a local base on Super-Natural Instructions (`tagi train --base DIR --sni DIR`; stage 0
     is skipped). None: the synthetic list world on stage 0's from-scratch base."""
@@ -238,7 +253,9 @@ class Preset:
             raise ValueError(f"seed and held_back must be >= 0, got {self.seed}, {self.held_back}")
         if "{instruction}" not in self.instruction_template:
             raise ValueError(f"instruction_template must contain '{{instruction}}', got {self.instruction_template!r}")
-        _positive(self, "eval_instances")
+        _positive(self, "eval_instances", "eval_max_new_tokens")
+        if self.eval_tasks is not None and self.eval_tasks < 1:
+            raise ValueError(f"eval_tasks must be >= 1, got {self.eval_tasks}")
 
     @property
     def prompt_format(self) -> PromptFormat:

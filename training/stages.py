@@ -146,7 +146,7 @@ STAGES: tuple[Stage, ...] = (
         "base.loop",
         "model",
         "training.base_pretrain.run",
-        "stage 0: tokenizer + tiny T5 from scratch (span corruption + instruction-free skills)",
+        "stage 0: tokenizer + tiny base from scratch (span corruption or continuation + instruction-free skills)",
     ),
     Stage(
         "teachers",

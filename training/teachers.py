@@ -31,22 +31,24 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
-from peft import PeftModel, get_peft_model
-from transformers import T5ForConditionalGeneration
+from peft import LoraConfig, PeftModel, get_peft_model
+from transformers import PreTrainedModel
 
+from hypernet.families import Family, read_family
 from hypernet.files import SPIECE, atomic_directory, write_json
 from hypernet.io import is_peft_dir, load_peft_loras, peft_lora_config, save_peft_model
 from hypernet.targets import LoraWeights, TargetLayout
-from hypernet.tiny import load_tokenizer
 from training.common import (
     TEACHER_INDEX,
+    BaseText,
     Pair,
     PairsAt,
     TaskSet,
+    answer_loss,
     concat_inputs,
     exact_match_by_group,
     greedy,
-    load_t5,
+    load_base_model,
     seq2seq_batch,
     spread,
 )
@@ -91,7 +93,7 @@ def train_instance_teachers(
     teacher, and within the teacher that was interrupted, from its last checkpoint)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    tokenizer = load_tokenizer(base_dir)
+    text, family = BaseText.of(base_dir), read_family(base_dir)
     device = resolve_device(loop.device)
     groups = teacher_groups(task_set, config.per)
     names = sorted(groups)
@@ -104,22 +106,21 @@ def train_instance_teachers(
         task_ids, target = groups[name], out_dir / name
         pairs = PairsAt(task_set.train, array("q", sorted(i for task in task_ids for i in rows[task])))
         seed_everything(loop.seed)
-        base = load_t5(base_dir, device)
-        model = get_peft_model(base, peft_lora_config(config.rank, config.alpha, config.target_modules))
+        base = load_base_model(base_dir, device)
+        model = get_peft_model(base, teacher_lora_config(config, family))
 
         def make_batch(indices: list[int], _seed: int, pairs: Sequence[Pair] = pairs) -> dict:
             chosen = [pairs[i] for i in indices]
             return seq2seq_batch(
-                tokenizer,
-                [p.input for p in chosen],
+                text.tokenizer,
+                text.prompts([p.input for p in chosen]),
                 [p.output for p in chosen],
                 config.max_input_tokens,
                 config.max_output_tokens,
             )
 
         def loss_fn(batch: dict, model: PeftModel = model) -> tuple[torch.Tensor, dict]:
-            out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"])
-            return out.loss, {}
+            return answer_loss(model, batch), {}
 
         state_dir = out_dir.parent / "teacher_states" / name
         train(
@@ -149,6 +150,12 @@ def train_instance_teachers(
     return out_dir
 
 
+def teacher_lora_config(config: TeacherConfig, family: Family) -> LoraConfig:
+    """The teachers' PEFT config on a base of `family`: its task type (a causal base trains with
+    PeftModelForCausalLM) and GPT-2's transposed Conv1D weights."""
+    return peft_lora_config(config.rank, config.alpha, config.target_modules, family)
+
+
 def load_teacher_weights(teachers_dir: Path, names: list[str], layout: TargetLayout) -> LoraWeights:
     """Teachers by name -> one LoraWeights batch (row i = names[i]) in the layout of a TagiModel,
     each with the alpha/r PEFT applies it with (read by hypernet.io from its adapter_config)."""
@@ -161,31 +168,31 @@ def load_teacher_weights(teachers_dir: Path, names: list[str], layout: TargetLay
 def train_meta_teacher(
     task_set: TaskSet, base_dir: Path, out_dir: Path, config: TeacherConfig, loop: LoopConfig, resume: bool = True
 ) -> Path:
-    """Tk-Instruct: full finetune of the base on (instruction + input) -> output."""
+    """Tk-Instruct: full finetune of the base on (instruction + input) -> output (a causal base:
+    the answer tokens after that prompt, the prompt itself never scored)."""
     out_dir = Path(out_dir)
-    tokenizer = load_tokenizer(base_dir)
+    text = BaseText.of(base_dir)
     seed_everything(loop.seed)
-    model = load_t5(base_dir, resolve_device(loop.device))
+    model = load_base_model(base_dir, resolve_device(loop.device))
     groups = task_set.categories()
     probe = spread(task_set.held_back, config.eval_instances)
-    probe_inputs = concat_inputs(task_set, probe)
+    probe_inputs = text.prompts(concat_inputs(task_set, probe))
 
     def make_batch(indices: list[int], batch_seed: int) -> dict:
         pairs = [task_set.train[i] for i in indices]
         return seq2seq_batch(
-            tokenizer,
-            concat_inputs(task_set, pairs, random.Random(batch_seed)),
+            text.tokenizer,
+            text.prompts(concat_inputs(task_set, pairs, random.Random(batch_seed))),
             [task_set.train[i].output for i in indices],
             config.max_input_tokens,
             config.max_output_tokens,
         )
 
     def loss_fn(batch: dict) -> tuple[torch.Tensor, dict]:
-        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"])
-        return out.loss, {}
+        return answer_loss(model, batch), {}
 
     def evaluate(_step: int) -> dict:
-        predictions = greedy(model, tokenizer, probe_inputs, config.max_input_tokens, config.max_output_tokens)
+        predictions = greedy(model, text.tokenizer, probe_inputs, config.max_input_tokens, config.max_output_tokens)
         return exact_match_by_group(predictions, probe, groups)
 
     result = train(
@@ -205,8 +212,9 @@ def train_meta_teacher(
     scores = result.last_eval or (evaluate(result.steps_done) if probe else {})
     with atomic_directory(final, overwrite=True) as tmp:  # the teacher is whole or absent
         save_half(model, tmp)
-        tokenizer.save_pretrained(tmp)
-        shutil.copyfile(Path(base_dir) / SPIECE, tmp / SPIECE)
+        text.tokenizer.save_pretrained(tmp)
+        if (Path(base_dir) / SPIECE).exists():  # a T5 tokenizer's SentencePiece model
+            shutil.copyfile(Path(base_dir) / SPIECE, tmp / SPIECE)
         write_json(
             tmp / META_CARD,
             {
@@ -223,9 +231,9 @@ def train_meta_teacher(
     return final
 
 
-def save_half(model: T5ForConditionalGeneration, out_dir: Path) -> None:
-    """bfloat16 weights on disk; the live model stays float32."""
-    half = T5ForConditionalGeneration(model.config).to(torch.bfloat16)
+def save_half(model: PreTrainedModel, out_dir: Path) -> None:
+    """bfloat16 weights on disk, in the model's own class; the live model stays float32."""
+    half = type(model)(model.config).to(torch.bfloat16)
     half.load_state_dict({k: v.to(torch.bfloat16) for k, v in model.state_dict().items()})
     half.generation_config = model.generation_config
     half.save_pretrained(out_dir)

@@ -20,7 +20,7 @@ from hypernet.errors import InputTooLong
 from hypernet.io import load_checkpoint
 from hypernet.model import TagiModel
 from hypernet.targets import LoraWeights
-from training.common import Pair, TaskSet, load_t5
+from training.common import Pair, TaskSet, load_base_model
 from training.data import Task, format_concat, format_instruction
 from training.distill import Distillation, Teachers
 from training.losses import IGNORE, alignment_loss, cross_entropy, distill_kl, target_mask
@@ -58,7 +58,7 @@ def parts(checkpoint_dir: Path) -> tuple[TagiModel, TaskSet, Teachers]:
     model.eval()  # no dropout: values are compared across calls
     # The template `tagi train` checkpoints carry, so a batch built without it differs.
     model.config = replace(model.config, instruction_template="Definition: {instruction}")
-    meta = load_t5(checkpoint_dir / "base").eval().requires_grad_(False)
+    meta = load_base_model(checkpoint_dir / "base").eval().requires_grad_(False)
     return model, task_set(), Teachers(meta, teacher_loras(model), ROW_OF_TASK)
 
 

@@ -150,7 +150,7 @@ def _model_dir(path: Path, config: dict, files: tuple[str, ...] = ("tokenizer_co
 @pytest.mark.parametrize(
     "config, files, message",
     [
-        ({"model_type": "llama", "architectures": ["LlamaForCausalLM"]}, None, "is a llama model (LlamaForCausalLM)"),
+        ({"model_type": "bert", "architectures": ["BertForMaskedLM"]}, None, "is a bert model"),
         ({"model_type": "umt5"}, None, "is a umt5 model"),
         ({"model_type": "t5"}, ("model.safetensors",), "has no tokenizer"),
         ({"model_type": "t5"}, ("spiece.model", "pytorch_model.bin"), "has no safetensors weights"),

@@ -16,7 +16,7 @@ from training.presets import CONFIGS_DIR, BaseConfig, Preset, from_mapping, get_
 from training.suite import SuiteConfig
 
 ROOT = Path(__file__).resolve().parents[2]
-BUILT_IN = ("smoke", "sni-smoke", "t5-lm-adapt-base", "t5-xl", "tiny")
+BUILT_IN = ("smoke", "smoke-causal", "sni-smoke", "t5-lm-adapt-base", "t5-xl", "tiny", "tiny-causal")
 
 
 def test_the_built_in_presets_are_the_files_in_configs():
@@ -103,7 +103,7 @@ def test_every_recipe_field_belongs_to_a_stage():
 
     read = {path for stage in STAGES for path in stage.reads}
     for field in dataclasses.fields(Preset):
-        if field.name in ("name", "eval_instances"):  # a label, and the final evaluation's budget (no stage's)
+        if field.name in ("name", "eval_instances", "eval_tasks", "eval_max_new_tokens"):  # a label, the final eval's budget
             continue
         parts = {path for path in read if path == field.name or path.startswith(f"{field.name}.")}
         assert parts, f"no stage reads {field.name}"

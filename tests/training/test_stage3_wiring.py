@@ -78,9 +78,9 @@ def _one_pair_per_task(task_set: TaskSet, tasks: list[int]) -> list[int]:
 
 def _peft_updates(base_dir: Path, teacher_dir: Path) -> dict[str, torch.Tensor]:
     """Module path -> the dense update real PEFT applies for this teacher (its own scaling)."""
-    from training.common import load_t5
+    from training.common import load_base_model
 
-    peft_model = PeftModel.from_pretrained(load_t5(base_dir), teacher_dir)
+    peft_model = PeftModel.from_pretrained(load_base_model(base_dir), teacher_dir)
     prefix = "base_model.model."
     return {
         name.removeprefix(prefix): module.get_delta_weight("default").detach().float()
@@ -129,7 +129,7 @@ def test_l_ins_compares_each_adapter_with_its_own_tasks_teacher_at_peft_scale(se
 
 
 def test_kl_teacher_reads_the_instruction_and_the_input(setup: dict):
-    from training.common import load_t5
+    from training.common import load_base_model
 
     model, task_set = _model(setup), setup["task_set"]
     config = DistillConfig(use_kl=True, use_ins=False, temperature=2.0)
@@ -142,7 +142,7 @@ def test_kl_teacher_reads_the_instruction_and_the_input(setup: dict):
     chosen = [task_set.train[i] for i in indices]
     prompts = [format_concat(format_instruction(task_set.tasks[p.task], "def"), p.input) for p in chosen]
     encoded = model.tokenizer(prompts, padding=True, return_tensors="pt")
-    meta = load_t5(setup["base"]).eval()
+    meta = load_base_model(setup["base"]).eval()
     mask = target_mask(batch["labels"])
     with torch.no_grad():
         student, _ = work.student(batch)

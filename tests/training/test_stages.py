@@ -77,7 +77,7 @@ def test_teachers_are_peft_directories(pipeline_run: dict):
     and the evaluation use, at the teacher's own alpha/r) gives PEFT's outputs."""
     from peft import PeftModel
 
-    from training.common import load_t5
+    from training.common import load_base_model
     from training.teachers import load_teacher_weights
 
     teachers = pipeline_run["work"] / "stage1_teachers" / "teachers"
@@ -92,7 +92,7 @@ def test_teachers_are_peft_directories(pipeline_run: dict):
     with torch.no_grad():
         plain = ours(batch["input_ids"], batch["attention_mask"], decoder)
         for name in sorted(set(index["task_to_teacher"].values())):
-            base = load_t5(pipeline_run["work"] / "stage0_base" / "model")
+            base = load_base_model(pipeline_run["work"] / "stage0_base" / "model")
             peft_model = PeftModel.from_pretrained(base, teachers / name).eval()
             theirs = peft_model(
                 input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], decoder_input_ids=decoder
