@@ -9,6 +9,8 @@ import pytest
 from fastapi.testclient import TestClient
 from litserve.utils import wrap_litserve_start
 
+from hypernet.rubric import MAX_RUBRIC_CHARS, with_rubric
+from serving.schemas import BASE_MODEL_ID
 from serving.server import build_server
 from serving.settings import ServerSettings
 from tests.serving.promtext import parse, value
@@ -64,3 +66,29 @@ def test_validation_errors_never_reach_the_worker(client):
     assert response.status_code == 422 and "Content-Type: application/json" in response.json()["error"]["message"]
     assert client.get("/openapi.json").json()["paths"].keys() >= {"/v1/generate", "/v1/adapters", "/v1/chat/completions"}
     assert "/internal/jobs" not in client.get("/openapi.json").json()["paths"], "the raw job route is not exposed"
+
+
+def test_a_rubric_makes_another_adapter_on_every_instruction_endpoint(client):
+    """The generator reads instruction + rubric (hypernet.rubric.with_rubric): another adapter, registered
+    under that text; a rubric without an instruction, blank or too long is refused before the worker."""
+    rubric = "The answer has exactly the input's items."
+    plain = client.post("/v1/adapters", json={"instruction": INSTRUCTIONS[0]}).json()["adapter_id"]
+    ruled = client.post("/v1/adapters", json={"instruction": INSTRUCTIONS[0], "rubric": rubric}).json()["adapter_id"]
+    assert ruled != plain
+    assert client.get(f"/v1/adapters/{ruled}").json()["instruction"] == with_rubric(INSTRUCTIONS[0], rubric)
+    listed = client.post("/v1/adapters", json={"instructions": INSTRUCTIONS[:1], "rubric": rubric}).json()
+    assert [a["adapter_id"] for a in listed["adapters"]] == [ruled]
+    body = {"instruction": INSTRUCTIONS[0], "rubric": rubric, "inputs": ["a, b"], "max_new_tokens": 2}
+    assert client.post("/v1/generate", json=body).json()["adapter_id"] == ruled
+    chat = {"model": BASE_MODEL_ID, "max_tokens": 2, "rubric": rubric}
+    system = [{"role": "system", "content": INSTRUCTIONS[0]}, {"role": "user", "content": "a, b"}]
+    assert client.post("/v1/chat/completions", json={**chat, "messages": system}).json()["model"] == ruled
+    refused = [
+        ("/v1/generate", {"adapter_id": ruled, "rubric": rubric, "inputs": ["a"]}, "rubric goes with an instruction"),
+        ("/v1/generate", {**body, "rubric": "  "}, "rubric: must not be empty"),
+        ("/v1/adapters", {"instruction": "x", "rubric": "r" * (MAX_RUBRIC_CHARS + 1)}, f"at most {MAX_RUBRIC_CHARS}"),
+        ("/v1/chat/completions", {**chat, "messages": system[1:]}, "rubric goes with an instruction"),
+    ]
+    for path, request, fragment in refused:
+        response = client.post(path, json=request)
+        assert response.status_code == 422 and fragment in response.json()["error"]["message"], response.json()
