@@ -31,10 +31,10 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model
+from peft import PeftModel, get_peft_model
 from transformers import PreTrainedModel
 
-from hypernet.families import Family, read_family
+from hypernet.families import read_family
 from hypernet.files import SPIECE, atomic_directory, write_json
 from hypernet.io import is_peft_dir, load_peft_loras, peft_lora_config, save_peft_model
 from hypernet.targets import LoraWeights, TargetLayout
@@ -107,7 +107,7 @@ def train_instance_teachers(
         pairs = PairsAt(task_set.train, array("q", sorted(i for task in task_ids for i in rows[task])))
         seed_everything(loop.seed)
         base = load_base_model(base_dir, device)
-        model = get_peft_model(base, teacher_lora_config(config, family))
+        model = get_peft_model(base, peft_lora_config(config.rank, config.alpha, config.target_modules, family))
 
         def make_batch(indices: list[int], _seed: int, pairs: Sequence[Pair] = pairs) -> dict:
             chosen = [pairs[i] for i in indices]
@@ -148,12 +148,6 @@ def train_instance_teachers(
     }
     write_json(out_dir / TEACHER_INDEX, index)
     return out_dir
-
-
-def teacher_lora_config(config: TeacherConfig, family: Family) -> LoraConfig:
-    """The teachers' PEFT config on a base of `family`: its task type (a causal base trains with
-    PeftModelForCausalLM) and GPT-2's transposed Conv1D weights."""
-    return peft_lora_config(config.rank, config.alpha, config.target_modules, family)
 
 
 def load_teacher_weights(teachers_dir: Path, names: list[str], layout: TargetLayout) -> LoraWeights:
