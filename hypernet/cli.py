@@ -34,7 +34,7 @@ def add_rubric_arguments(p: argparse.ArgumentParser) -> None:
         help="what a good answer must satisfy (CITING), read by the hypernetwork with the instruction: another adapter",
     )
     rubric.add_argument(
-        "--rubric-file", metavar="FILE", help="read the rubric text from FILE (e.g. a rubric of `tagi rubrics`, edited)"
+        "--rubric-file", metavar="FILE", help="read the rubric from a text file (e.g. a rubric's text from `tagi rubrics`)"
     )
 
 

@@ -387,8 +387,9 @@ def _add_rubrics(sub: argparse._SubParsersAction) -> None:
         "rubrics",
         help="write the rubric of each task category, derived from the training pairs (CITING)",
         description="Derive one rubric per task category from its training pairs only (the answer's type and the "
-        "relations every training answer keeps with its input; training.rubrics) and write them as JSON: edit them "
-        "and give them back, or give one to `tagi run --rubric-file`.",
+        "relations every training answer keeps with its input; training.rubrics) and write them as JSON, in the "
+        "format a user's own rubrics take: edit them and give them back. A rubric's text (its criteria's texts, "
+        "joined) is what `tagi run --rubric` reads.",
     )
     p.add_argument("--out", required=True, metavar="FILE", help="JSON file to write (atomically)")
     p.add_argument(
