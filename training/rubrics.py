@@ -147,7 +147,11 @@ def _choice(*allowed: str) -> Callable[[Any], bool]:
 
 KINDS: dict[str, Kind] = {
     "non_empty": Kind(_non_empty),
-    "one_of": Kind(_one_of, {"labels": _is_labels}, "labels: a non-empty list of strings"),
+    "one_of": Kind(
+        _one_of,
+        {"labels": _is_labels},
+        "labels: a non-empty list of strings; YAML reads a bare yes or no as a boolean: quote them",
+    ),
     "number": Kind(_number, {"min": _is_int, "max": _is_int}, "min, max: integers"),
     "items_from_input": Kind(_items_from_input),
     "order_kept": Kind(_order_kept),
