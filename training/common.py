@@ -1,5 +1,5 @@
 """Pieces every stage shares: which instances a stage may train on, text -> tensors, and the
-formats stages hand each other (a T5 directory, the teachers' index). Stages import these
+formats stages hand each other (a base directory of any family, the teachers' index). Stages import these
 from here, never from each other.
 
 Held-back instances: every training task keeps `held_back` instances that no stage trains

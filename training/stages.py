@@ -79,7 +79,7 @@ def run_teachers(recipe: Preset, inputs: StageInputs, out: Path) -> None:
 
 
 def run_meta_teacher(recipe: Preset, inputs: StageInputs, out: Path) -> None:
-    """Stage 1, the meta-trained teacher: out/model (bfloat16 HF T5), its state in out/state."""
+    """Stage 1, the meta-trained teacher: out/model (bfloat16, the base's own class), its state in out/state."""
     from training.teachers import train_meta_teacher
 
     train_meta_teacher(
@@ -93,10 +93,12 @@ def run_meta_teacher(recipe: Preset, inputs: StageInputs, out: Path) -> None:
 
 
 def _distill_needs(recipe: Preset) -> tuple[str, ...]:
-    """Stage 3 reads the meta teacher only for L_kl or TAPIR, the instance teachers only for L_ins."""
+    """Stage 3 reads the meta teacher only for L_kl, TAPIR or CITING, the instance teachers only for
+    L_ins or CITING (whose revisions come from the better of the two per task)."""
     config = recipe.distill
-    meta = ("meta-teacher",) if config.use_kl or config.curriculum.kind == "tapir" else ()
-    return ("hypernet-pretrain", *meta, *(("teachers",) if config.use_ins else ()))
+    citing = "citing" in config.curriculum.kind
+    meta = ("meta-teacher",) if config.use_kl or config.curriculum.kind != "uniform" else ()
+    return ("hypernet-pretrain", *meta, *(("teachers",) if config.use_ins or citing else ()))
 
 
 @dataclass(frozen=True)
