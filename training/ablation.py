@@ -19,6 +19,7 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
+from hypernet.config import DEFAULT_MAX_NEW_TOKENS
 from hypernet.errors import UserError
 from hypernet.io import load_checkpoint
 from training.common import load_task_set
@@ -62,8 +63,16 @@ def stage_results(recipe: Preset, work: Path, names: tuple[str, ...]) -> dict[st
     return results
 
 
-def score_synthetic(checkpoint: Path, work: Path, recipe: Preset, max_instances: int | None = None) -> dict[str, dict]:
-    """TAGI with and without fusion on every synthetic set (held-back instances of the training tasks too)."""
+def score_synthetic(
+    checkpoint: Path,
+    work: Path,
+    recipe: Preset,
+    max_instances: int | None = None,
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+) -> dict[str, dict]:
+    """TAGI with and without fusion on every synthetic set (held-back instances of the training tasks too).
+    Generation dominates the cost (a barely trained model writes `max_new_tokens` per answer), so a
+    test may shorten it."""
     scores = {}
     for name, split in SYNTH_SETS.items():
         held = recipe.held_back if split == "train" else None
@@ -74,6 +83,7 @@ def score_synthetic(checkpoint: Path, work: Path, recipe: Preset, max_instances:
             held_back=held,
             seed=recipe.seed,
             max_instances=max_instances or recipe.eval_instances,
+            max_new_tokens=max_new_tokens,
             methods=METHODS,
             timing_tasks=0,
         )
@@ -81,7 +91,17 @@ def score_synthetic(checkpoint: Path, work: Path, recipe: Preset, max_instances:
     return scores
 
 
-def run_ablation(recipe: Preset, work: Path, out: Path, sni_dir: Path | None, device: str = "auto", resume: bool = True) -> dict:
+def run_ablation(
+    recipe: Preset,
+    work: Path,
+    out: Path,
+    sni_dir: Path | None,
+    device: str = "auto",
+    resume: bool = True,
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+) -> dict:
+    """Stage 3 per schedule, each scored on the held-out synthetic sets (and SNI's test tasks with
+    `sni_dir`); `max_new_tokens` as in score_synthetic."""
     task_set = load_task_set(train_tasks(work), recipe.held_back, recipe.seed)
     results = stage_results(recipe, work, DISTILL.inputs)
     sets = {name: [str(work / "data" / split)] for name, split in SYNTH_SETS.items() if split != "train"}
@@ -96,7 +116,15 @@ def run_ablation(recipe: Preset, work: Path, out: Path, sni_dir: Path | None, de
             "rounds": read_plans(stage) if kind == "tapir" else [],
         }
         for name, paths in sets.items():
-            result = run_eval(checkpoint, paths, "def", max_instances=recipe.eval_instances, methods=METHODS, timing_tasks=0)
+            result = run_eval(
+                checkpoint,
+                paths,
+                "def",
+                max_instances=recipe.eval_instances,
+                max_new_tokens=max_new_tokens,
+                methods=METHODS,
+                timing_tasks=0,
+            )
             report["sets"].setdefault(name, {})[kind] = summarise(result)
         if sni_dir is not None:
             result = run_eval(
@@ -105,6 +133,7 @@ def run_ablation(recipe: Preset, work: Path, out: Path, sni_dir: Path | None, de
                 "def+2pos",
                 max_instances=recipe.eval_instances,
                 max_input_tokens=2048,
+                max_new_tokens=max_new_tokens,
                 split_file=str(Path(sni_dir) / SNI_TEST_SPLIT),
                 methods=METHODS,
                 timing_tasks=0,
@@ -176,6 +205,7 @@ def run_encoder_ablation(
     resume: bool = True,
     max_instances: int = 10,
     arms: tuple[str, ...] = tuple(ENCODER_ARMS),
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
 ) -> dict:
     """Stages 2 and 3 per arm (stage 3 cut to `steps` for every arm), scored on the synthetic sets.
 
@@ -195,6 +225,7 @@ def run_encoder_ablation(
         "hypernet_pretrain_steps": recipe.hypernet_pretrain.loop.steps,
         "batch_size": recipe.distill.loop.batch_size,
         "eval_instances_per_task": max_instances,
+        "max_new_tokens": max_new_tokens,
         "arms": {},
         "sets": {},
     }
@@ -213,12 +244,12 @@ def run_encoder_ablation(
             "examples_seen": steps * variant.distill.loop.batch_size,
             "parameters": load_checkpoint(checkpoint).parameter_counts(),
         }
-        for name, summary in score_synthetic(checkpoint, work, variant, max_instances).items():
+        for name, summary in score_synthetic(checkpoint, work, variant, max_instances, max_new_tokens).items():
             report["sets"].setdefault(name, {})[arm] = summary
     # Merge with what other processes wrote meanwhile (read now, at the end, not when this one
     # started), then arms in the table's order whichever process ran them.
     previous = load_report(out, ENCODER_FILE)
-    settings = ("distill_steps", "hypernet_pretrain_steps", "batch_size", "eval_instances_per_task")
+    settings = ("distill_steps", "hypernet_pretrain_steps", "batch_size", "eval_instances_per_task", "max_new_tokens")
     if previous is not None and all(previous.get(k) == report[k] for k in settings):
         report["arms"] = {**previous["arms"], **report["arms"]}
         for name, row in previous["sets"].items():

@@ -17,7 +17,7 @@ from training import pipeline as P
 from training.common import load_task_set
 from training.evaluate import METHODS, run_eval
 from training.loop import LOG_FILE, PLOT_FILE, STATE_DIR
-from training.presets import LOOPS, get_path, get_preset, replace_path
+from training.presets import LOOPS, get_path, get_preset, replace_path, with_steps
 from training.stages import STAGE, StageInputs, run_all, run_stage
 
 TRAIN_TASKS = 3
@@ -201,20 +201,50 @@ def test_tapir_distill_runs_in_rounds_and_logs_each_plan(pipeline_run: dict):
     assert (stage / "checkpoint" / "config.json").exists() and (stage / CURRICULUM_LOG).exists()
 
 
+HELD_OUT_TASKS = 2
+"""Tasks kept per held-out synthetic set in an ablation's work directory (see ablation_work)."""
+SCORED_TOKENS = 12
+"""Tokens an ablation generates per answer when it scores an arm (default 64): the barely trained
+arms here write to the limit every time, and score near zero at any length. Most synthetic answers
+fit (median about 5 tokens with the smoke tokenizer); what these tests check is the report."""
+
+
+def ablation_work(pipeline_run: dict, name: str, stages: tuple[str, ...]) -> Path:
+    """A work directory for an ablation: the fixture's finished `stages`, and its synthetic data cut
+    to what the ablation's checks read. An ablation trains on the whole train split and scores TAGI
+    on every synthetic set by generating up to 64 tokens per task and method, so the cost is the task
+    count (natural_wording alone holds ~150 tasks): here the train split is the fixture's three-task
+    subset (the tasks its teachers were trained on) and each held-out set keeps its first tasks. Every
+    set is still there and still scored; the split files list what is kept."""
+    work = pipeline_run["work"].parent / name
+    for part in stages:
+        shutil.copytree(pipeline_run["work"] / part, work / part)
+    source, data = pipeline_run["work"] / "data", work / "data"
+    (data / "splits").mkdir(parents=True)
+    for split_file in sorted((source / "splits").glob("*.txt")):
+        split = split_file.stem
+        if split == "train":
+            kept = sorted(pipeline_run["subset"].glob("*.json"))
+        else:
+            kept = sorted((source / split).glob("*.json"))[:HELD_OUT_TASKS]
+        (data / split).mkdir()
+        for path in kept:
+            shutil.copy(path, data / split / path.name)
+        (data / "splits" / split_file.name).write_text("".join(f"{p.stem}\n" for p in kept))
+    return work
+
+
 def test_curriculum_ablation_scores_both_arms_at_equal_compute(pipeline_run: dict):
     from training.ablation import ABLATION_FILE, card_section, run_ablation
 
     out = pipeline_run["out"]
     preset = get_preset("smoke")
     curriculum = replace(preset.distill.curriculum, rounds=2, probe_instances=2, min_teacher_em=0.0)
-    # L_ins off: the fixture's teachers cover only its three-task subset. The ablation reads the
-    # whole train split, so the fixture's own stage 3 (three tasks, L_ins on) is not its uniform
-    # arm: a work directory without it.
+    # L_ins off (a cheaper stage 3: the schedules are what is compared). The fixture's own stage 3
+    # (L_ins on) is then another config, not this ablation's uniform arm: a work directory without it.
     preset = replace(preset, distill=replace(preset.distill, curriculum=curriculum, use_ins=False))
-    work = pipeline_run["work"].parent / "ablation_work"
-    for part in ("data", "stage1_teachers", "stage1_meta_teacher", "stage2_hypernet"):
-        shutil.copytree(pipeline_run["work"] / part, work / part)
-    report = run_ablation(preset, work, out, sni_dir=None, device="cpu")
+    work = ablation_work(pipeline_run, "ablation_work", ("stage1_teachers", "stage1_meta_teacher", "stage2_hypernet"))
+    report = run_ablation(preset, work, out, sni_dir=None, device="cpu", max_new_tokens=SCORED_TOKENS)
     assert set(report["arms"]) == {"uniform", "tapir"}
     assert report["arms"]["uniform"]["examples_seen"] == report["arms"]["tapir"]["examples_seen"] > 0
     assert len(report["arms"]["tapir"]["rounds"]) == 2
@@ -236,11 +266,11 @@ def test_encoder_ablation_reruns_stages_2_and_3_per_arm_at_equal_compute(pipelin
 
     out = pipeline_run["out"]
     preset = get_preset("smoke")
-    preset = replace(preset, distill=replace(preset.distill, use_ins=False))  # teachers cover the fixture's subset only
-    work = pipeline_run["work"].parent / "encoder_ablation_work"
-    for part in ("data", "stage0_base", "stage1_teachers", "stage1_meta_teacher"):
-        shutil.copytree(pipeline_run["work"] / part, work / part)
-    report = run_encoder_ablation(preset, work, out, steps=2, device="cpu", max_instances=2)
+    preset = replace(preset, distill=replace(preset.distill, use_ins=False))  # as in the curriculum ablation
+    # Stage 2 cut to 4 steps (every arm alike): each arm still trains its own stages 2 and 3.
+    preset = replace_path(preset, "hypernet_pretrain.loop", with_steps(preset.hypernet_pretrain.loop, 4))
+    work = ablation_work(pipeline_run, "encoder_ablation_work", ("stage0_base", "stage1_teachers", "stage1_meta_teacher"))
+    report = run_encoder_ablation(preset, work, out, steps=2, device="cpu", max_instances=2, max_new_tokens=SCORED_TOKENS)
     arms = report["arms"]
     assert list(arms) == list(ENCODER_ARMS)
     assert {a["examples_seen"] for a in arms.values()} == {2 * preset.distill.loop.batch_size}
@@ -256,7 +286,8 @@ def test_encoder_ablation_reruns_stages_2_and_3_per_arm_at_equal_compute(pipelin
     assert set(report["sets"]) == set(SYNTH_SETS)
     for row in report["sets"].values():
         assert set(row) == set(ENCODER_ARMS)
-    assert json.loads((out / ENCODER_FILE).read_text())["distill_steps"] == 2
+    written = json.loads((out / ENCODER_FILE).read_text())
+    assert written["distill_steps"] == 2 and written["max_new_tokens"] == SCORED_TOKENS  # the shortened scoring is on record
     assert any("Instruction encoder ablation" in line for line in encoder_card_section(report))
 
 
