@@ -16,7 +16,7 @@ from pathlib import Path
 from hypernet.cli_common import add_checkpoint_argument, load_model, read_text_argument, refuse_existing
 from hypernet.config import DEFAULT_MAX_NEW_TOKENS
 from hypernet.errors import UserError
-from hypernet.rubric import with_rubric
+from hypernet.rubric import revision_input, with_rubric
 
 ENTRY_POINT_GROUP = "tagi.commands"
 DEFAULT_EXPORT_BATCH_SIZE = 64
@@ -200,6 +200,9 @@ def cmd_run(args: argparse.Namespace) -> None:
     model = load_model(args.checkpoint)
     adapter = model.adapter(instruction)
     outputs = model.generate(args.input, adapter, fusion=not args.no_fusion, max_new_tokens=args.max_new_tokens)
+    if args.revise:  # the self-correction pass (training.citing): the same adapter reads input + draft
+        revised = [revision_input(text, draft) for text, draft in zip(args.input, outputs)]
+        outputs = model.generate(revised, adapter, fusion=not args.no_fusion, max_new_tokens=args.max_new_tokens)
     for output in outputs:
         print(output.replace("\n", " "))
 
@@ -215,6 +218,13 @@ def add_run(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--input", required=True, action="append", help="an input; repeat for several (one batch)")
     add_rubric_arguments(p)
     p.add_argument("--no-fusion", action="store_true", help="adapter only, no instruction fusion: what a PEFT export reproduces")
+    p.add_argument(
+        "--revise",
+        action="store_true",
+        help="a second pass that turns each first answer into a revised one (input + draft; a checkpoint trained with "
+        "the citing curriculum learned it, best with the rubric it was trained with via --rubric); about twice the "
+        "generation time; off by default",
+    )
     p.add_argument(
         "--max-new-tokens",
         type=int,

@@ -22,9 +22,11 @@ from pathlib import Path
 from hypernet.config import DEFAULT_MAX_NEW_TOKENS
 from hypernet.errors import UserError
 from hypernet.io import load_checkpoint
+from training.citing import CitingConfig, read_records
 from training.common import load_task_set
-from training.curriculum import read_plans
-from training.evaluate import run_eval, write_json
+from training.curriculum import KINDS, read_plans
+from training.evaluate import REVISED, run_eval, write_json
+from training.loop import resume_view
 from training.pipeline import SNI_TEST_SPLIT, SYNTH_SETS, train_tasks
 from training.presets import Preset, replace_path, with_steps
 from training.stages import STAGE, StageInputs, result_path, run_stage
@@ -282,4 +284,152 @@ def encoder_card_section(report: dict) -> list[str]:
         ]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines += ["", "Per-category tables and parameter counts: `encoder.json`.", ""]
+    return lines
+
+
+CITING_FILE = "citing.json"
+CITING_ARMS = tuple(f"{kind}{'+rubric' * rubric}" for kind in KINDS for rubric in (False, True))
+"""Every curriculum kind, without and with the rubric in the instruction ("+rubric")."""
+
+
+def _citing_arm(recipe: Preset, arm: str, steps: int) -> Preset:
+    """The recipe of one arm: its curriculum kind and rubric use, stage 3 cut to `steps`."""
+    kind, rubric = arm.removesuffix("+rubric"), arm.endswith("+rubric")
+    variant = replace_path(recipe, "distill.loop", with_steps(recipe.distill.loop, steps))
+    variant = replace_path(variant, "distill.curriculum", replace(recipe.distill.curriculum, kind=kind))
+    return replace_path(variant, "distill.citing", replace(recipe.distill.citing or CitingConfig(), rubric_in_instruction=rubric))
+
+
+def _revised(result: dict) -> dict:
+    """The revise pass of one evaluation: mean, per category and worst category, gain and cost."""
+    by_category = {c: row[REVISED] for c, row in result["by_category"].items() if REVISED in row}
+    worst = min(by_category, key=lambda c: (by_category[c]["exact_match"], by_category[c]["rougeL"]))
+    worst_row = {"name": worst, **by_category[worst]}
+    return {"mean": result["overall"][REVISED], "by_category": by_category, "worst_category": worst_row}
+
+
+def run_citing_ablation(
+    recipe: Preset,
+    work: Path,
+    out: Path,
+    steps: int,
+    device: str = "auto",
+    resume: bool = True,
+    max_instances: int = 10,
+    arms: tuple[str, ...] = CITING_ARMS,
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+) -> dict:
+    """Stage 3 per arm of CITING_ARMS from the pipeline's stage 2 and teachers, every arm `steps`
+    steps of the recipe's batch (equal examples seen), each scored on the synthetic sets with and
+    without the revise pass; `arms` runs some of them, merged into an existing citing.json of the
+    same settings (as run_encoder_ablation does)."""
+    if steps < 1:
+        raise UserError("--steps must be >= 1")
+    unknown = sorted(set(arms) - set(CITING_ARMS))
+    if unknown:
+        raise UserError(f"unknown arms {unknown}; choose from {list(CITING_ARMS)}")
+    task_set = load_task_set(train_tasks(work), recipe.held_back, recipe.seed)
+    results = stage_results(recipe, work, DISTILL.inputs)
+    report: dict = {
+        "distill_steps": steps,
+        "batch_size": recipe.distill.loop.batch_size,
+        "rounds": recipe.distill.curriculum.rounds,
+        "citing": resume_view(recipe.distill.citing or CitingConfig()),
+        "eval_instances_per_task": max_instances,
+        "max_new_tokens": max_new_tokens,
+        "arms": {},
+        "sets": {},
+    }
+    for arm in arms:
+        variant = _citing_arm(recipe, arm, steps)
+        stage = work / "ablate_citing" / arm.replace("+", "_")
+        checkpoint = run_stage(DISTILL, variant, StageInputs(task_set, dict(results), device, resume), stage)
+        report["arms"][arm] = {
+            "stage_dir": str(stage),
+            "examples_seen": steps * variant.distill.loop.batch_size,
+            "tapir_rounds": len(read_plans(stage)),
+            "citing_rounds": [{k: v for k, v in r.items() if k != "examples"} for r in read_records(stage)],
+        }
+        for name, split in SYNTH_SETS.items():
+            result = run_eval(
+                checkpoint,
+                [str(work / "data" / split)],
+                "def",
+                held_back=recipe.held_back if split == "train" else None,
+                seed=recipe.seed,
+                max_instances=max_instances,
+                max_new_tokens=max_new_tokens,
+                methods=METHODS,
+                timing_tasks=0,
+                revise=True,
+            )
+            row = summarise(result) | {"revised": _revised(result), "revise": result["revise"]}
+            report["sets"].setdefault(name, {})[arm] = row
+        report = _merge_citing(out, report)  # after every arm: a long run stopped early keeps what it finished
+    return report
+
+
+def _merge_citing(out: Path, report: dict) -> dict:
+    """`report` merged with the citing.json other processes wrote meanwhile (same settings), arms in
+    the table's order, with the means and the winner over the arms that have every held-out set; written."""
+    previous = load_report(out, CITING_FILE)
+    settings = ("distill_steps", "batch_size", "rounds", "citing", "eval_instances_per_task", "max_new_tokens")
+    if previous is not None and all(previous.get(k) == report[k] for k in settings):
+        report["arms"] = {**previous["arms"], **report["arms"]}
+        for name, row in previous["sets"].items():
+            report["sets"][name] = {**row, **report["sets"].get(name, {})}
+    report["arms"] = {a: report["arms"][a] for a in CITING_ARMS if a in report["arms"]}
+    report["sets"] = {n: {a: row[a] for a in CITING_ARMS if a in row} for n, row in report["sets"].items()}
+    held_out = [n for n, split in SYNTH_SETS.items() if split != "train" and n in report["sets"]]
+    done = [a for a in report["arms"] if all(a in report["sets"][n] for n in held_out)]
+    passes = (("synthetic_mean_exact_match", lambda r: r), ("synthetic_mean_exact_match_revised", lambda r: r["revised"]))
+    for key, rows in passes:
+        report[key] = {
+            a: sum(rows(report["sets"][n][a])["mean"]["exact_match"] for n in held_out) / max(1, len(held_out)) for a in done
+        }
+    means = report["synthetic_mean_exact_match"]
+    report["winner"] = max(done, key=lambda a: (means[a], a == "uniform")) if done else None  # a tie keeps uniform
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / CITING_FILE, report)
+    return report
+
+
+def citing_card_section(report: dict) -> list[str]:
+    """Model-card lines for citing.json."""
+    arms = list(report["arms"])
+    lines = [
+        "## CITING ablation (stage 3 at equal compute: curriculum x rubric in the instruction x revise pass)",
+        "",
+        f"Every arm: {report['distill_steps']} stage-3 steps of {report['batch_size']} examples from the same stage-2 "
+        f"hypernetwork and teachers ({report['rounds']} rounds where the arm has rounds). uniform / tapir / citing "
+        "(revision rounds, training.citing) / tapir+citing; `+rubric`: the generator reads each category's rubric with "
+        f"the instruction. TAGI with fusion, exact match (percent), {report['eval_instances_per_task']} instances per task; "
+        "each cell: first pass / after the revise pass; worst category of the first pass.",
+        "",
+        "| task set | " + " | ".join(arms) + " |",
+        "|---|" + "---|" * len(arms),
+    ]
+    for name, row in report["sets"].items():
+        cells = []
+        for a in arms:
+            if a not in row:
+                cells.append("-")
+                continue
+            worst = row[a]["worst_category"]
+            cells.append(
+                f"{row[a]['mean']['exact_match']:.1f} / {row[a]['revised']['mean']['exact_match']:.1f} "
+                f"(worst {worst['name']} {worst['exact_match']:.1f})"
+            )
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    means, revised = report["synthetic_mean_exact_match"], report["synthetic_mean_exact_match_revised"]
+    lines += [
+        "",
+        "Mean over the held-out synthetic sets (first pass / revised): "
+        + ", ".join(f"{a} {means[a]:.1f} / {revised[a]:.1f}" for a in means)
+        + f"; winner: **{report['winner']}**"
+        + (" (none beats uniform: the preset keeps it)." if report["winner"] == "uniform" else "."),
+        "Per-category tables, the revise pass's cost and every round's record (drafts failing per criterion, "
+        "revisions kept, teacher chosen per task, student and teacher scores per category): `citing.json`.",
+        "",
+    ]
     return lines

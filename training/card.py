@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from hypernet.files import atomic_write_text, write_json
-from training.ablation import ENCODER_FILE, card_section, encoder_card_section, load_report
+from training.ablation import CITING_FILE, ENCODER_FILE, card_section, citing_card_section, encoder_card_section, load_report
 from training.evaluate import METHODS, format_table
 
 
@@ -247,6 +247,9 @@ def write_card(out: Path, command: str | None = None) -> Path:
     encoder_report = load_report(out, ENCODER_FILE)
     if encoder_report is not None:
         lines += encoder_card_section(encoder_report)
+    citing_report = load_report(out, CITING_FILE)
+    if citing_report is not None:
+        lines += citing_card_section(citing_report)
     for name, result in results.items():
         lines += [f"### {name}", "", "```", format_table(result), "```", ""]
     atomic_write_text(out / "README.md", "\n".join(lines))

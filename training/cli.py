@@ -286,8 +286,15 @@ def cmd_eval(args: argparse.Namespace) -> None:
         split_file=args.split,
         timing_tasks=0 if args.no_timing else TIMING_TASKS,
         predictions_file=None if args.predictions is None else Path(args.predictions),
+        revise=args.revise,
     )
     print(format_table(result))
+    if args.revise:
+        revise = result["revise"]
+        print(
+            f"revise pass: exact match {revise['gain_exact_match']:+.1f}, Rouge-L {revise['gain_rougeL']:+.1f} over tagi, "
+            f"at {revise['cost_ratio']:.2f}x the first pass's generation time"
+        )
     if args.json:
         write_json(Path(args.json), result)
         print(f"wrote {args.json}")
@@ -322,6 +329,37 @@ def cmd_ablate_curriculum(args: argparse.Namespace) -> None:
     print(
         f"wrote {out / 'curriculum.json'}: synthetic held-out mean exact match uniform {means['uniform']:.1f}, "
         f"tapir {means['tapir']:.1f}; winner {report['winner']}"
+    )
+
+
+def cmd_ablate_citing(args: argparse.Namespace) -> None:
+    from training.ablation import CITING_FILE, run_citing_ablation
+    from training.card import write_card
+    from training.pipeline import PIPELINE_FILE
+
+    recipe = _synthetic_recipe(args)
+    out = Path(args.out)
+    if not (out / PIPELINE_FILE).exists():
+        raise UserError(f"{out} is not a `tagi train` output (no {PIPELINE_FILE}); pass the checkpoint the pipeline wrote")
+    if args.eval_instances < 1:
+        raise UserError("--eval-instances must be >= 1")
+    work = Path(args.work) if args.work else Path("runs") / f"train-{recipe.name}"
+    report = run_citing_ablation(
+        recipe,
+        work,
+        out,
+        args.steps,
+        device=args.device,
+        resume=not args.no_resume,
+        max_instances=args.eval_instances,
+        **({"arms": tuple(args.arms)} if args.arms else {}),
+    )
+    write_card(out)
+    means, revised = report["synthetic_mean_exact_match"], report["synthetic_mean_exact_match_revised"]
+    print(
+        f"wrote {out / CITING_FILE}: held-out mean exact match (first pass / revised) "
+        + ", ".join(f"{a} {means[a]:.1f} / {revised[a]:.1f}" for a in means)
+        + f"; winner {report['winner']}"
     )
 
 
@@ -593,6 +631,7 @@ def _dist_arg(p: argparse.ArgumentParser) -> None:
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
+    from training.curriculum import KINDS
     from training.stages import STAGES
 
     train = sub.add_parser(
@@ -656,9 +695,11 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
             p.add_argument("--lambda-ins", type=float, help="weight lambda2 of L_ins")
             p.add_argument(
                 "--curriculum",
-                choices=("uniform", "tapir"),
-                help="data schedule: uniform (every training instance, epoch by epoch) or tapir (rounds balanced "
-                "across categories with a growing share of the tasks furthest behind the teacher); default: the recipe's",
+                choices=KINDS,
+                help="data schedule: uniform (every training instance, epoch by epoch), tapir (rounds balanced "
+                "across categories with a growing share of the tasks furthest behind the teacher), citing (rounds "
+                "in which the student's failing drafts, revised by the better teacher, are trained on, with "
+                "self-correction examples) or tapir+citing; default: the recipe's",
             )
             p.add_argument(
                 "--stage-dir", metavar="DIR", help=f"where this run's state and checkpoint go (default: WORK/{stage.directory})"
@@ -731,6 +772,30 @@ def register(sub: argparse._SubParsersAction, bench: argparse._SubParsersAction 
     )
     encoder.set_defaults(func=cmd_ablate_encoder)
 
+    from training.ablation import CITING_ARMS
+
+    citing = sub.add_parser(
+        "ablate-citing",
+        help="stage 3 per curriculum (uniform, tapir, citing, tapir+citing) x rubric in the instruction, with and "
+        "without the revise pass, at equal compute",
+        description="Rerun stage 3 from the pipeline's stage 2 and teachers for each arm of training.ablation.CITING_ARMS "
+        "(each curriculum kind, without and with the rubric in the instruction), cut to --steps for every arm; score "
+        "TAGI on the synthetic sets with and without the revise pass; write OUT/citing.json and a section of OUT/README.md.",
+    )
+    _recipe_args(citing)
+    citing.add_argument("--work", metavar="DIR", help="the pipeline's work directory (default: runs/train-<recipe name>)")
+    citing.add_argument("--out", required=True, metavar="DIR", help="the checkpoint `tagi train` wrote (gets citing.json)")
+    citing.add_argument("--steps", type=int, default=600, help="stage-3 steps of every arm (default 600)")
+    citing.add_argument("--eval-instances", type=int, default=10, help="instances per task scored for every set (default 10)")
+    citing.add_argument(
+        "--arms",
+        nargs="+",
+        metavar="ARM",
+        help=f"run only these arms ({', '.join(CITING_ARMS)}), merged into an existing citing.json of the same settings "
+        "(default: all)",
+    )
+    citing.set_defaults(func=cmd_ablate_citing)
+
     ev = sub.add_parser(
         "eval",
         help="score every method side by side on task files",
@@ -770,5 +835,11 @@ def register(sub: argparse._SubParsersAction, bench: argparse._SubParsersAction 
         "--no-timing",
         action="store_true",
         help="skip timing TAGI against instruction concatenation (on the first tasks otherwise; the JSON's ratio is then null)",
+    )
+    ev.add_argument(
+        "--revise",
+        action="store_true",
+        help="also score the revise pass (tagi_revised: the self-correction pass on tagi's answers, training.citing) "
+        "with its gain and cost; off by default",
     )
     ev.set_defaults(func=cmd_eval)

@@ -36,11 +36,14 @@ from training.distributed import is_main
 from training.loop import step_seed
 
 CURRICULUM_LOG = "curriculum.jsonl"
+KINDS = ("uniform", "tapir", "citing", "tapir+citing")
 
 
 @dataclass(frozen=True)
 class CurriculumConfig:
-    kind: Literal["uniform", "tapir"] = "uniform"
+    kind: Literal["uniform", "tapir", "citing", "tapir+citing"] = "uniform"
+    """uniform, tapir, the revision rounds of training.citing (over the epoch order), or both
+    (revision rounds over TAPIR's mix, the rounds coinciding)."""
     rounds: int = 4
     probe_instances: int = 6
     """Per training task, taken out of its training instances to measure difficulty."""
@@ -54,8 +57,8 @@ class CurriculumConfig:
     """Target share per category (normalised; absent categories get none). Empty: uniform."""
 
     def __post_init__(self) -> None:
-        if self.kind not in ("uniform", "tapir"):
-            raise ValueError(f"curriculum must be uniform or tapir, got {self.kind!r}")
+        if self.kind not in KINDS:
+            raise ValueError(f"curriculum must be one of {', '.join(KINDS)}, got {self.kind!r}")
         if self.rounds < 1 or self.probe_instances < 1:
             raise ValueError("rounds and probe_instances must be >= 1")
         if not 0 <= self.hard_share_start <= self.hard_share_end <= 1:

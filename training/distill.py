@@ -14,7 +14,9 @@
 A share of batches runs without fusion so that the adapter alone (what a PEFT export
 carries) learns the task too. Teacher forward passes run inside the loss, never in batch
 building. The data schedule is the loop's: its epoch sampler (`curriculum.kind == "uniform"`)
-or training.curriculum.TapirSampler, which plans rounds from the student's gap to the teacher.
+or training.curriculum.TapirSampler, which plans rounds from the student's gap to the teacher;
+with `citing` / `tapir+citing`, training.citing.CitingSampler over either, whose rounds add the
+student's revised failures and self-correction examples (rubrics: training.rubrics).
 
 Entry point: `run(recipe, inputs, out)` (the stage table, training.stages); the training
 itself: `distill(model, task_set, out_dir, config, loop, meta_teacher_dir, teachers_dir)`.
@@ -36,6 +38,17 @@ from hypernet.errors import UserError
 from hypernet.io import load_checkpoint, load_peft_loras, save_checkpoint
 from hypernet.model import TagiModel
 from hypernet.targets import LoraWeights
+from training.citing import (
+    CitingConfig,
+    CitingSampler,
+    PoolPairs,
+    draft_round,
+    rubric_instruction,
+    rubric_texts,
+    rubrics_for,
+    save_checkpoint_rubrics,
+    write_stage_rubrics,
+)
 from training.common import (
     InstructionCache,
     Pair,
@@ -54,9 +67,10 @@ from training.common import (
 from training.curriculum import TapirSampler, em_by_task, split_probes
 from training.data import PromptFormat, exact_match, instruction_text
 from training.distributed import is_main
-from training.loop import LoopConfig, resolve_device, train
+from training.loop import EpochSampler, LoopConfig, Sampler, resolve_device, train
 from training.losses import alignment_loss, cross_entropy, distill_kl, target_mask
 from training.presets import DistillConfig
+from training.rubrics import RUBRICS_FILE, load_rubrics
 
 if TYPE_CHECKING:
     from training.presets import Preset
@@ -80,14 +94,18 @@ class Teachers:
 def load_teachers(
     model: TagiModel, task_set: TaskSet, config: DistillConfig, meta_dir: Path | None, teachers_dir: Path | None
 ) -> Teachers:
-    """Only the teachers this config needs; a missing one is a usage error naming the option."""
+    """Only the teachers this config needs; a missing one is a usage error naming the option. The
+    revision rounds use whichever teachers are given (they choose the better per task)."""
     meta = None
-    if config.use_kl or config.curriculum.kind == "tapir":
+    citing = "citing" in config.curriculum.kind
+    if config.use_kl or "tapir" in config.curriculum.kind or (citing and meta_dir is not None):
         if meta_dir is None:
             why = "L_kl" if config.use_kl else "the tapir curriculum (difficulty is measured against it)"
             raise UserError(f"{why} needs the meta-trained teacher (--meta-teacher)")
         meta = load_frozen_base(meta_dir, model.device)
-    if not config.use_ins:
+    if citing and meta_dir is None and teachers_dir is None:
+        raise UserError("the citing curriculum needs a teacher to revise drafts (--meta-teacher or --teachers)")
+    if not (config.use_ins or (citing and teachers_dir is not None)):
         return Teachers(meta, None, [])
     if teachers_dir is None:
         raise UserError("L_ins needs the instance teachers (--teachers)")
@@ -109,7 +127,11 @@ class Distillation:
         config: DistillConfig,
         teachers: Teachers,
         prompt_format: PromptFormat = "def",
+        rubrics: list[str | None] | None = None,
+        rubric_in_instruction: bool = False,
     ) -> None:
+        """`rubrics`: each task's rubric text (training.citing.rubric_texts), which the self-correction
+        examples' instructions carry, and with `rubric_in_instruction` every instruction."""
         self.model, self.task_set, self.pairs, self.config, self.teachers = model, task_set, pairs, config, teachers
         self.cut: dict[str, str] = {}
         """Each prompt that was cut -> what the generator reads instead."""
@@ -120,11 +142,18 @@ class Distillation:
         # Tk-Instruct cuts its 1024-token prompts and as the evaluation cuts it (counted in `cut`,
         # reported by distill()); a bare definition is never cut: too long is an error (InputTooLong).
         self.fits = prompt_format == "def+2pos"
-        self.instructions = [self._fit(instruction_text(task, prompt_format)) for task in task_set.tasks]
-        self.wordings = [
+        rubrics = rubrics or [None] * len(task_set.tasks)
+        read = rubrics if rubric_in_instruction else [None] * len(task_set.tasks)
+        self.instructions = [
+            rubric_instruction(self._fit(instruction_text(task, prompt_format)), r) for task, r in zip(task_set.tasks, read)
+        ]
+        plain = [
             tuple(self._fit(instruction_text(replace(task, definition=wording), prompt_format)) for wording in task.wordings)
             for task in task_set.tasks
         ]
+        self.wordings = [tuple(rubric_instruction(w, r) for w in ws) for ws, r in zip(plain, read)]
+        self.revise_wordings = [tuple(rubric_instruction(w, r) for w in ws) for ws, r in zip(plain, rubrics)]
+        """What the generator reads for a self-correction example: the instruction with its rubric."""
         self.encodings = InstructionCache(model)
         self.groups = task_set.categories()
         self.scored = spread(task_set.held_back, config.eval_instances)
@@ -143,7 +172,9 @@ class Distillation:
         config, tokenizer = self.config, self.model.tokenizer
         rng = random.Random(batch_seed)
         chosen = [self.pairs[i] for i in indices]
-        tasks = sorted({p.task for p in chosen})
+        # One generated adapter per distinct (task, form): a self-correction example (training.citing.Example)
+        # reads its task's instruction with the rubric. A plain Pair has no form: (task, False), as before.
+        keys = sorted({(p.task, getattr(p, "revise", False)) for p in chosen})
         batch = seq2seq_batch(
             tokenizer,
             self.model.format_inputs([p.input for p in chosen]),
@@ -151,10 +182,10 @@ class Distillation:
             config.max_input_tokens,
             config.max_output_tokens,
         )
-        batch["instructions"] = [rng.choice(self.wordings[t]) for t in tasks]
+        batch["instructions"] = [rng.choice((self.revise_wordings if revise else self.wordings)[t]) for t, revise in keys]
         batch["fusion"] = rng.random() >= config.no_fusion_prob
-        batch["rows"] = torch.tensor([tasks.index(p.task) for p in chosen])
-        batch["tasks"] = torch.tensor(tasks)
+        batch["rows"] = torch.tensor([keys.index((p.task, getattr(p, "revise", False))) for p in chosen])
+        batch["tasks"] = torch.tensor([t for t, _ in keys])
         if config.use_kl:
             prompts = self.model.format_inputs(concat_inputs(self.task_set, chosen))
             concat = encode(tokenizer, prompts, 4 * config.max_input_tokens)
@@ -239,8 +270,10 @@ def lambda_ins(config: DistillConfig, ins: torch.Tensor) -> torch.Tensor | float
     return torch.sigmoid(ins.detach()) if config.lambda_ins == "sigmoid" else config.lambda_ins
 
 
-def tapir_sampler(work: Distillation, probes: list[Pair], loop: LoopConfig, out_dir: Path) -> TapirSampler:
-    """The curriculum's sampler: the teacher is scored on the probes once, the student per round."""
+def tapir_sampler(
+    work: Distillation, pairs: Sequence[Pair], probes: list[Pair], loop: LoopConfig, out_dir: Path
+) -> TapirSampler:
+    """The curriculum's sampler over `pairs`: the teacher is scored on the probes once, the student per round."""
     config, task_set = work.config, work.task_set
     teacher_outputs = greedy(
         work.teachers.meta,
@@ -257,7 +290,7 @@ def tapir_sampler(work: Distillation, probes: list[Pair], loop: LoopConfig, out_
         loop.seed,
         [t.name for t in task_set.tasks],
         work.groups,
-        work.pairs,
+        pairs,
         teacher_em,
         lambda: work.probe_em(probes),
         out_dir,
@@ -276,17 +309,37 @@ def distill(
     prompt_format: PromptFormat = "def",
 ) -> None:
     """Train model.generator (and fusion) in place; `out_dir` holds the loop state, log, plot and,
-    with the tapir curriculum, its plans (curriculum.jsonl)."""
+    with the tapir curriculum, its plans (curriculum.jsonl), with citing its rounds (citing.jsonl),
+    and with either rubric use the rubrics (rubrics.json)."""
     teachers = load_teachers(model, task_set, config, meta_teacher_dir, teachers_dir)
-    tapir = config.curriculum.kind == "tapir"
+    tapir, citing = "tapir" in config.curriculum.kind, "citing" in config.curriculum.kind
+    cite = config.citing or CitingConfig()
     pairs, probes = split_probes(task_set, config.curriculum.probe_instances, loop.seed) if tapir else (task_set.train, [])
-    work = Distillation(model, task_set, pairs, config, teachers, prompt_format)
+    rubrics = rubrics_for(task_set, cite) if citing or cite.rubric_in_instruction else {}
+    if rubrics:
+        write_stage_rubrics(out_dir, rubrics)
+    pool = PoolPairs(pairs)
+    texts = rubric_texts(task_set, rubrics) if rubrics else None
+    work = Distillation(
+        model, task_set, pool if citing else pairs, config, teachers, prompt_format, texts, cite.rubric_in_instruction
+    )
     if work.cut and is_main():
         print(
             f"stage 3: {len(work.cut)} instruction(s) cut to the checkpoint's {model.config.max_instruction_tokens} tokens",
             file=sys.stderr,
         )
-    sampler = tapir_sampler(work, probes, loop, out_dir) if tapir else None
+    sampler: Sampler | None = tapir_sampler(work, pairs, probes, loop, out_dir) if tapir else None
+    if citing:
+        sampler = CitingSampler(
+            cite,
+            config.curriculum.rounds,
+            loop.steps,
+            loop.seed,
+            sampler or EpochSampler(len(pairs), loop.seed),
+            pool,
+            lambda index: draft_round(index, work, pairs, rubrics, cite, loop.seed),
+            out_dir,
+        )
     train(
         model,
         len(pairs),
@@ -320,3 +373,6 @@ def run(recipe: Preset, inputs: StageInputs, out: Path) -> None:
     )
     if is_main():
         save_checkpoint(model.to("cpu"), out / "checkpoint", overwrite=True)
+        if (out / RUBRICS_FILE).exists():
+            cite = recipe.distill.citing or CitingConfig()
+            save_checkpoint_rubrics(out / "checkpoint", load_rubrics(out / RUBRICS_FILE), cite.rubric_in_instruction)

@@ -11,7 +11,14 @@ Methods (JSON names):
   itself carries is visible (a PEFT export carries only the adapter);
 - tagi_wrong_instruction: the control: each input run (with fusion) with the adapter and
   instruction of ANOTHER task of the set, so a score near `tagi` would mean the adapter
-  carries no task.
+  carries no task;
+- tagi_revised (only with `--revise`): the self-correction pass of training.citing on `tagi`'s
+  answers: the adapter of the instruction with its category's rubric (the checkpoint's
+  rubrics.json; the instruction alone where it has none) reads hypernet.rubric.revision_input(input,
+  draft). The JSON's "revise" gives its gain over `tagi` and its cost (generation seconds of the
+  second pass over the first's).
+A checkpoint trained with its rubrics in the instruction (training.citing.CHECKPOINT_FILE) is
+evaluated in that form.
 Scores are SNI's official ones (Tk-Instruct's compute_metrics.py, training.data): exact match
 after lowercasing, dropping punctuation and collapsing spaces, and rouge_score's stemmed Rouge-L,
 each the best over the references, in percent, averaged over a task's instances, then over tasks
@@ -41,7 +48,9 @@ from hypernet.config import DEFAULT_MAX_NEW_TOKENS
 from hypernet.fusion import InstructionEncoding, concat_instructions
 from hypernet.io import load_checkpoint
 from hypernet.model import Adapter, TagiModel
+from hypernet.rubric import revision_input
 from hypernet.targets import LoraWeights
+from training.citing import read_checkpoint_rubrics, rubric_instruction
 from training.common import (
     encode,
     encode_labels,
@@ -77,6 +86,9 @@ METHODS = (
     "tagi",
     "tagi_wrong_instruction",
 )
+REVISED = "tagi_revised"
+ALL_METHODS = (*METHODS, REVISED)
+"""METHODS plus the revise pass, which runs only when asked for (`revise`)."""
 TIMING_TASKS = 8
 """How many tasks (the first ones) also time TAGI against instruction concatenation."""
 META_TEACHER_DIR = "meta_teacher"
@@ -119,6 +131,9 @@ class Evaluator:
         meta = self.checkpoint / META_TEACHER_DIR
         self.meta_teacher = load_base_model(meta, device).eval() if (meta / "config.json").exists() else None
         self.teacher_index = read_teacher_index(self.checkpoint / TEACHERS_DIR)
+        self.rubrics, self.rubric_in_instruction = read_checkpoint_rubrics(self.checkpoint)
+        self.seconds: dict[str, float] = defaultdict(float)
+        """Generation seconds per method (the revise pass's cost is its share over tagi's)."""
         self.predictions: list[dict] = []  # the last evaluate()'s, one per instance and method (prediction_record)
 
     def _fit_instruction(self, text: str) -> str:
@@ -208,8 +223,11 @@ class Evaluator:
         model = self.model
         # The checkpoint's instruction_template labels the bare text ("Definition: ..."), so the
         # generator reads SNI's prompt; the concatenation baselines get that prompt directly.
-        instructions = [self._fit_instruction(instruction_text(t, fmt)) for t in tasks]
+        plain = [self._fit_instruction(instruction_text(t, fmt)) for t in tasks]
+        rubrics = [self.rubrics[r].text() if (r := primitive_group(t.category)) in self.rubrics else None for t in tasks]
+        instructions = [rubric_instruction(i, r) if self.rubric_in_instruction else i for i, r in zip(plain, rubrics)]
         adapters = [model.adapter(i) for i in instructions]
+        revisers = [model.adapter(rubric_instruction(i, r)) for i, r in zip(plain, rubrics)] if REVISED in methods else []
         teacher_of = self.teacher_index.get("task_to_teacher", {})
         per_task: dict[str, dict[str, dict[str, float]]] = {}
         self.predictions = []
@@ -230,13 +248,19 @@ class Evaluator:
                     continue
                 if method == "task_lora_oracle" and oracle is None:
                     continue
+                began = time.perf_counter()
                 if method == "tagi_wrong_instruction":
                     if len(tasks) < 2:
                         continue
                     rows = [adapters[wrong_partner(tasks, i)]] * len(inputs)
                     predictions = self.run_method("tagi", inputs, concat, rows, None)
+                elif method == REVISED:  # run_eval puts tagi before it
+                    drafts = [r["Prediction"] for r in self.predictions[-len(inputs) :]]
+                    revised = [revision_input(x, d) for x, d in zip(inputs, drafts)]
+                    predictions = self.run_method("tagi", revised, concat, [revisers[i]] * len(inputs), None)
                 else:
                     predictions = self.run_method(method, inputs, concat, [adapters[i]] * len(inputs), oracle)
+                self.seconds[method] += time.perf_counter() - began
                 self.predictions += [prediction_record(task, inst, p, method) for inst, p in zip(task.instances, predictions)]
                 scores[method] = {
                     "rougeL": 100 * sum(rouge_l(p, r) for p, r in zip(predictions, refs)) / len(refs),
@@ -292,7 +316,7 @@ def write_predictions(path: Path, records: list[dict]) -> None:
 def _average(per_task: dict[str, dict[str, dict[str, float]]], names: list[str]) -> dict[str, dict[str, float]]:
     """Mean over the tasks where a method ran; a method that ran on none is absent."""
     out = {}
-    for method in METHODS:
+    for method in ALL_METHODS:
         rows = [per_task[n][method] for n in names if method in per_task[n]]
         if rows:
             out[method] = {k: sum(r[k] for r in rows) / len(rows) for k in ("rougeL", "exact_match")}
@@ -328,9 +352,11 @@ def run_eval(
     timing_tasks: int = TIMING_TASKS,
     predictions_file: Path | None = None,
     max_tasks: int | None = None,
+    revise: bool = False,
 ) -> dict:
     """Evaluate `checkpoint` on the tasks (at most `max_tasks` of them, spread over the list); with
-    `predictions_file`, also write every prediction there (write_predictions)."""
+    `predictions_file`, also write every prediction there (write_predictions); with `revise`, also
+    the revise pass (tagi_revised, after tagi) and its gain and cost ("revise")."""
     tasks = load_tasks(task_paths)
     if split_file is not None:
         wanted = set(read_split(split_file))
@@ -345,8 +371,19 @@ def run_eval(
     unknown = set(methods) - set(METHODS)
     if unknown:
         raise ValueError(f"unknown methods {sorted(unknown)}; choose from {METHODS}")
+    if revise:
+        methods = (*[m for m in methods if m != "tagi"], "tagi", REVISED)
     evaluator = Evaluator(checkpoint, limit, max_new_tokens, batch_size, device, timing_tasks=timing_tasks)
     result = evaluator.evaluate(tasks, fmt, methods)
+    if revise:
+        first, second = result["overall"]["tagi"], result["overall"][REVISED]
+        result["revise"] = {
+            "gain_exact_match": second["exact_match"] - first["exact_match"],
+            "gain_rougeL": second["rougeL"] - first["rougeL"],
+            "seconds_first_pass": evaluator.seconds["tagi"],
+            "seconds_revise_pass": evaluator.seconds[REVISED],
+            "cost_ratio": evaluator.seconds[REVISED] / max(evaluator.seconds["tagi"], 1e-9),
+        }
     if predictions_file is not None:
         write_predictions(predictions_file, evaluator.predictions)
     result["checkpoint"] = str(checkpoint)
@@ -356,7 +393,7 @@ def run_eval(
 
 def format_table(result: dict, title: str = "") -> str:
     """Plain-text tables: overall, per category, per task (EM / Rouge-L per method)."""
-    methods = [m for m in METHODS if any(m in row for row in [result["overall"], *result["by_category"].values()])]
+    methods = [m for m in ALL_METHODS if any(m in row for row in [result["overall"], *result["by_category"].values()])]
     lines = [title] if title else []
 
     def table(rows: dict[str, dict], label: str) -> None:

@@ -30,6 +30,7 @@ from hypernet.config import DEFAULT_MAX_NEW_TOKENS, GeneratorConfig
 from hypernet.errors import UserError
 from hypernet.tiny import TinyPreset
 from hypernet.tiny_causal import CAUSAL_FAMILIES, CAUSAL_PRESETS, CausalPreset
+from training.citing import CitingConfig
 from training.curriculum import CurriculumConfig
 from training.data import TK_TEST_INSTANCES, PromptFormat
 from training.loop import LoopConfig
@@ -169,7 +170,11 @@ class DistillConfig:
     max_output_tokens: int = 32
     eval_instances: int = 200
     curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)
-    """uniform (every training instance, epoch by epoch) or tapir (training.curriculum)."""
+    """uniform (every training instance, epoch by epoch), tapir (training.curriculum), citing or
+    tapir+citing (revision rounds, training.citing)."""
+    citing: CitingConfig | None = None
+    """The revision rounds' knobs and whether the generator reads each category's rubric (any kind);
+    None: CitingConfig's defaults (None keeps the records of stages trained before it existed valid)."""
     loop: LoopConfig = field(
         default_factory=lambda: LoopConfig(steps=2500, batch_size=32, lr=1e-3, warmup_steps=100, eval_every=500)
     )
