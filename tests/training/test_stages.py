@@ -14,7 +14,7 @@ import torch
 import training.data as data_module
 from hypernet.io import load_checkpoint
 from training import pipeline as P
-from training.common import load_task_set
+from training.common import load_task_set, primitive_group
 from training.evaluate import METHODS, run_eval
 from training.loop import LOG_FILE, PLOT_FILE, STATE_DIR
 from training.presets import LOOPS, get_path, get_preset, replace_path, with_steps
@@ -201,8 +201,9 @@ def test_tapir_distill_runs_in_rounds_and_logs_each_plan(pipeline_run: dict):
     assert (stage / "checkpoint" / "config.json").exists() and (stage / CURRICULUM_LOG).exists()
 
 
-HELD_OUT_TASKS = 2
-"""Tasks kept per held-out synthetic set in an ablation's work directory (see ablation_work)."""
+HELD_OUT_GROUPS = 2
+"""Primitive groups (one task each) kept per held-out synthetic set in an ablation's work directory
+(see ablation_work): two, so that a set's worst group and its mean can differ."""
 SCORED_TOKENS = 12
 """Tokens an ablation generates per answer when it scores an arm (default 64): the barely trained
 arms here write to the limit every time, and score near zero at any length. Most synthetic answers
@@ -214,8 +215,8 @@ def ablation_work(pipeline_run: dict, name: str, stages: tuple[str, ...]) -> Pat
     to what the ablation's checks read. An ablation trains on the whole train split and scores TAGI
     on every synthetic set by generating up to 64 tokens per task and method, so the cost is the task
     count (natural_wording alone holds ~150 tasks): here the train split is the fixture's three-task
-    subset (the tasks its teachers were trained on) and each held-out set keeps its first tasks. Every
-    set is still there and still scored; the split files list what is kept."""
+    subset (the tasks its teachers were trained on) and each held-out set keeps the first task of each of
+    its first groups. Every set is still there and still scored; the split files list what is kept."""
     work = pipeline_run["work"].parent / name
     for part in stages:
         shutil.copytree(pipeline_run["work"] / part, work / part)
@@ -226,7 +227,10 @@ def ablation_work(pipeline_run: dict, name: str, stages: tuple[str, ...]) -> Pat
         if split == "train":
             kept = sorted(pipeline_run["subset"].glob("*.json"))
         else:
-            kept = sorted((source / split).glob("*.json"))[:HELD_OUT_TASKS]
+            first_of_group: dict[str, Path] = {}
+            for path in sorted((source / split).glob("*.json")):
+                first_of_group.setdefault(primitive_group(data_module.load_task(path).category), path)
+            kept = list(first_of_group.values())[:HELD_OUT_GROUPS]
         (data / split).mkdir()
         for path in kept:
             shutil.copy(path, data / split / path.name)
