@@ -388,7 +388,8 @@ def _merge_citing(out: Path, report: dict) -> dict:
             a: sum(rows(report["sets"][n][a])["mean"]["exact_match"] for n in held_out) / max(1, len(held_out)) for a in done
         }
     means = report["synthetic_mean_exact_match"]
-    report["winner"] = max(done, key=lambda a: (means[a], a == "uniform")) if done else None  # a tie keeps uniform
+    # A tie keeps uniform; without uniform among the finished arms there is nothing to beat.
+    report["winner"] = max(done, key=lambda a: (means[a], a == "uniform")) if "uniform" in done else None
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / CITING_FILE, report)
     return report
@@ -426,8 +427,17 @@ def citing_card_section(report: dict) -> list[str]:
         "",
         "Mean over the held-out synthetic sets (first pass / revised): "
         + ", ".join(f"{a} {means[a]:.1f} / {revised[a]:.1f}" for a in means)
-        + f"; winner: **{report['winner']}**"
-        + (" (none beats uniform: the preset keeps it)." if report["winner"] == "uniform" else "."),
+        + (
+            f"; winner: **{report['winner']}**" + (" (none beats uniform)." if report["winner"] == "uniform" else ".")
+            if report["winner"] is not None
+            else "; no winner: the uniform arm has not run."
+        ),
+        "Revise pass, generation time over the first pass's (mean over the sets): "
+        + ", ".join(
+            f"{a} {sum(row[a]['revise']['cost_ratio'] for row in report['sets'].values() if a in row) / len(report['sets']):.2f}x"
+            for a in arms
+        )
+        + ".",
         "Per-category tables, the revise pass's cost and every round's record (drafts failing per criterion, "
         "revisions kept, teacher chosen per task, student and teacher scores per category): `citing.json`.",
         "",

@@ -92,10 +92,10 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict:
     return {"root": root, "checkpoint": checkpoint, "meta": root / "base_src", "teachers": teachers, "task_set": task_set}
 
 
-def _run(world: dict, name: str, config: DistillConfig) -> Path:
+def _run(world: dict, name: str, config: DistillConfig, loop: LoopConfig = LOOP) -> Path:
     model = load_checkpoint(world["checkpoint"])
     out = world["root"] / name
-    distill(model, world["task_set"], out, config, LOOP, world["meta"], world["teachers"])
+    distill(model, world["task_set"], out, config, loop, world["meta"], world["teachers"])
     return out
 
 
@@ -202,7 +202,7 @@ def test_killed_mid_round_resumes_bit_exact(world: dict, straight: Path, kill_at
 
 
 def test_tapir_citing_writes_both_records(world: dict):
-    out = _run(world, "both", replace(_config("tapir+citing"), loop=LOOP))
+    out = _run(world, "both", _config("tapir+citing"), replace(LOOP, steps=2))  # one step per round
     assert len(read_plans(out)) == 2 and len(read_records(out)) == 2
     probes = {(p.task, p.input) for p in world["task_set"].train} - {
         (e["task"], e["input"]) for r in read_records(out) for e in r["examples"]
@@ -236,9 +236,9 @@ def test_revise_pass_in_eval_and_run_is_off_by_default(world: dict, capsys):
     save_checkpoint_rubrics(checkpoint, derive_rubrics(world["task_set"]), rubric_in_instruction=False)
     assert read_checkpoint_rubrics(checkpoint)[1] is False
     tasks = [str(world["root"] / "tasks")]
-    plain = run_eval(checkpoint, tasks, max_instances=2, max_new_tokens=8, methods=("tagi",), timing_tasks=0)
+    plain = run_eval(checkpoint, tasks, max_instances=1, max_new_tokens=6, methods=("tagi",), timing_tasks=0)
     assert REVISED not in plain["overall"] and "revise" not in plain
-    revised = run_eval(checkpoint, tasks, max_instances=2, max_new_tokens=8, methods=("tagi",), timing_tasks=0, revise=True)
+    revised = run_eval(checkpoint, tasks, max_instances=1, max_new_tokens=6, methods=("tagi",), timing_tasks=0, revise=True)
     assert revised["overall"]["tagi"] == plain["overall"]["tagi"]
     assert set(revised["revise"]) == {
         "gain_exact_match",
@@ -250,12 +250,12 @@ def test_revise_pass_in_eval_and_run_is_off_by_default(world: dict, capsys):
     assert revised["revise"]["seconds_revise_pass"] > 0
     # tagi run: the revise pass answers revision_input(input, draft) with the same adapter.
     instruction, text = "Reverse the list.", "a, b, c"
-    args = ["run", "--checkpoint", str(checkpoint), "--instruction", instruction, "--input", text, "--max-new-tokens", "8"]
+    args = ["run", "--checkpoint", str(checkpoint), "--instruction", instruction, "--input", text, "--max-new-tokens", "6"]
     assert tagi(args) in (0, None)
     draft = capsys.readouterr().out.strip()
     assert tagi([*args, "--revise"]) in (0, None)
     second = capsys.readouterr().out.strip()
     model = load_checkpoint(checkpoint)
-    expected = model.generate([revision_input(text, draft)], model.adapter(instruction), max_new_tokens=8)[0]
+    expected = model.generate([revision_input(text, draft)], model.adapter(instruction), max_new_tokens=6)[0]
     assert second == expected.replace("\n", " ")
-    assert draft == model.generate([text], model.adapter(instruction), max_new_tokens=8)[0].replace("\n", " ")
+    assert draft == model.generate([text], model.adapter(instruction), max_new_tokens=6)[0].replace("\n", " ")
