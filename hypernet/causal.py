@@ -42,10 +42,10 @@ def left_align(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[t
 class PromptPass:
     """The sequences of a batch as the decoder sees them: an optional instruction prefix (in the
     key/value cache), then the tokens; positions count real tokens only, continuing after the
-    row's instruction."""
+    row's instruction. With `cache` the pass keeps every token's keys and values for the next step."""
 
-    def __init__(self, base: PreTrainedModel, instruction: InstructionEncoding | None, mask: torch.Tensor) -> None:
-        self.cache = DynamicCache(config=base.config)
+    def __init__(self, base: PreTrainedModel, instruction: InstructionEncoding | None, mask: torch.Tensor, cache: bool) -> None:
+        self.cache = DynamicCache(config=base.config) if cache or instruction is not None else None
         positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
         self.mask = mask
         if instruction is not None:
@@ -70,6 +70,28 @@ class PromptPass:
         self.mask, self.positions, self.next_position = self.mask[rows], self.positions[rows], self.next_position[rows]
 
 
+def answer_logits(
+    model: PreTrainedModel,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    decoder_input_ids: torch.Tensor,
+    instruction: InstructionEncoding | None = None,
+) -> torch.Tensor:
+    """Logits (b, t, vocab) of a decoder-only model (a base, a PEFT model around one) in the
+    convention of T5's decoder, so training's losses are shared: logits[:, t] predicts labels[:, t].
+    input_ids are the prompts (any padding), decoder_input_ids the labels shifted right (its first
+    column, a decoder start, has no meaning here). The prompt (left-aligned), then the answer, are
+    one sequence; the logit at the prompt's last token predicts the first answer token, and no
+    logit of a prompt position is returned, so a loss over them never scores the prompt."""
+    prompt, prompt_mask = left_align(input_ids, attention_mask)
+    answer = decoder_input_ids[:, 1:]
+    ids = torch.cat([prompt, answer], dim=1)
+    mask = torch.cat([prompt_mask, torch.ones_like(answer, dtype=prompt_mask.dtype)], dim=1)
+    sequence = PromptPass(model, instruction, mask, cache=False)
+    out = model(input_ids=ids, attention_mask=sequence.mask, position_ids=sequence.positions, cache=sequence.cache)
+    return out.logits[:, prompt.shape[1] - 1 :]
+
+
 class CausalStepper:
     """The decode loop's model side for a decoder-only base (see hypernet.decoding.Stepper)."""
 
@@ -84,7 +106,7 @@ class CausalStepper:
     ) -> None:
         self.base, self.slots, self.attachment = base, slots, attachment
         self.input_ids, self.attention_mask = left_align(input_ids, attention_mask)
-        self.sequence = PromptPass(base, instruction, self.attention_mask)
+        self.sequence = PromptPass(base, instruction, self.attention_mask, cache=True)
         self.device = input_ids.device
 
     def logits(self, tokens: torch.Tensor | None) -> torch.Tensor:
@@ -155,18 +177,9 @@ class CausalTagiModel(TagiModel):
         lora: LoraWeights | None = None,
         instruction: InstructionEncoding | None = None,
     ) -> torch.Tensor:
-        """Logits (b, t, vocab) that predict the labels, as T5's forward: input_ids are the
-        prompts (any padding), decoder_input_ids the labels shifted right (its first column, the
-        decoder start, has no meaning here). The prompt is followed by the answer tokens in one
-        sequence; the logit at the prompt's last token predicts the first answer token."""
-        prompt, prompt_mask = left_align(input_ids, attention_mask)
-        answer = decoder_input_ids[:, 1:]
-        ids = torch.cat([prompt, answer], dim=1)
-        mask = torch.cat([prompt_mask, torch.ones_like(answer, dtype=prompt_mask.dtype)], dim=1)
-        sequence = PromptPass(self.base, instruction, mask)
+        """Logits (b, t, vocab) that predict the labels, as T5's forward (see `answer_logits`)."""
         with self.slots.attached(lora):
-            out = self.base(input_ids=ids, attention_mask=sequence.mask, position_ids=sequence.positions, cache=sequence.cache)
-        return out.logits[:, prompt.shape[1] - 1 :]
+            return answer_logits(self.base, input_ids, attention_mask, decoder_input_ids, instruction)
 
     def stepper(
         self,

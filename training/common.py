@@ -23,7 +23,7 @@ from typing import overload
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from hypernet.causal import left_align
+from hypernet.causal import answer_logits as causal_answer_logits
 from hypernet.chat import input_template_for
 from hypernet.config import CheckpointConfig
 from hypernet.families import answer_ids, load_base, load_base_tokenizer, read_family
@@ -148,9 +148,7 @@ def encode(
     """Padded ids + mask, truncated to max_tokens (the training stages' inputs are short;
     truncation only guards against an odd long text). Prompts are framed as the tokenizer does by
     default (T5: EOS after; a causal tokenizer: BOS before, if it adds one)."""
-    batch = tokenizer(
-        texts, padding=True, truncation=True, max_length=max_tokens, return_tensors="pt", padding_side=padding_side
-    )
+    batch = tokenizer(texts, padding=True, truncation=True, max_length=max_tokens, return_tensors="pt", padding_side=padding_side)
     return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
 
 
@@ -209,17 +207,12 @@ def answer_logits(
     """Logits (b, t, vocab) of a plain Hugging Face base (or a PEFT model around one), logits[:, t]
     predicting labels[:, t]: the TagiModel forward's convention, for the models stages train outside
     a TagiModel (stage 0's base, the teachers, the meta teacher). A T5 reads the prompt in its
-    encoder; a causal model reads the prompt (left-aligned, positions counting its real tokens) and
-    then the answer as one sequence, as CausalTagiModel.forward does, and only the logits from the
-    prompt's last token on are returned, so a loss over them never scores a prompt token."""
+    encoder; a causal model reads the prompt and then the answer as one sequence, by the very
+    function CausalTagiModel.forward runs (hypernet.causal.answer_logits), so a loss over them never
+    scores a prompt token."""
     if model.config.is_encoder_decoder:
         return model(input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=decoder_input_ids).logits
-    prompt, prompt_mask = left_align(input_ids, attention_mask)
-    answer = decoder_input_ids[:, 1:]
-    mask = torch.cat([prompt_mask, torch.ones_like(answer, dtype=prompt_mask.dtype)], dim=1)
-    positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
-    logits = model(input_ids=torch.cat([prompt, answer], dim=1), attention_mask=mask, position_ids=positions).logits
-    return logits[:, prompt.shape[1] - 1 :]
+    return causal_answer_logits(model, input_ids, attention_mask, decoder_input_ids)
 
 
 def answer_loss(model: PreTrainedModel, batch: dict[str, torch.Tensor]) -> torch.Tensor:
