@@ -16,6 +16,7 @@ and the base's own encoder with attention.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
@@ -300,6 +301,50 @@ def _citing_arm(recipe: Preset, arm: str, steps: int) -> Preset:
     return replace_path(variant, "distill.citing", replace(recipe.distill.citing or CitingConfig(), rubric_in_instruction=rubric))
 
 
+def _compact_rounds(records: list[dict]) -> list[dict]:
+    """A round record (training.citing) as the checkpoint's JSON keeps it, within the directory's size
+    budget: totals and means; the full record (per task, per category, the examples) is the stage's citing.jsonl."""
+    out = []
+    for r in records:
+        criteria: Counter[str] = Counter()
+        for broken in r["failing_by_criterion"].values():
+            criteria.update(broken)
+        out.append(
+            {
+                "round": r["round"],
+                "drafts": r["sampled"],
+                "failing": sum(r["failing"].values()),
+                "failing_by_criterion": dict(sorted(criteria.items())),
+                "revisions": r["revisions"],
+                "teacher_chosen": dict(Counter(r["teacher"].values())),
+                "student_em": round(sum(r["student_em"].values()) / max(1, len(r["student_em"])), 3),
+                "teacher_em": round(sum(r["teacher_em"].values()) / max(1, len(r["teacher_em"])), 3),
+            }
+        )
+    return out
+
+
+def _compact_set(row: dict) -> dict:
+    """One arm's scores on one set, rounded, per category as [first pass, revised] exact match."""
+
+    def cut(values: dict) -> dict:
+        return {k: round(v, 1) if isinstance(v, float) else v for k, v in values.items()}
+
+    return {
+        "mean": cut(row["mean"]),
+        "mean_no_fusion": cut(row["mean_no_fusion"]),
+        "revised": {"mean": cut(row["revised"]["mean"])},
+        "by_category": {
+            c: [round(v["exact_match"], 1), round(row["revised"]["by_category"][c]["exact_match"], 1)]
+            for c, v in row["by_category"].items()
+        },
+        "worst_category": cut(row["worst_category"]),
+        "revise": {k: round(v, 3) for k, v in row["revise"].items()},
+        "tasks": row["tasks"],
+        "instances": row["instances"],
+    }
+
+
 def _revised(result: dict) -> dict:
     """The revise pass of one evaluation: mean, per category and worst category, gain and cost."""
     by_category = {c: row[REVISED] for c, row in result["by_category"].items() if REVISED in row}
@@ -332,6 +377,7 @@ def run_citing_ablation(
     results = stage_results(recipe, work, DISTILL.inputs)
     report: dict = {
         "distill_steps": steps,
+        "recipe_distill_steps": recipe.distill.loop.steps,
         "batch_size": recipe.distill.loop.batch_size,
         "rounds": recipe.distill.curriculum.rounds,
         "citing": resume_view(recipe.distill.citing or CitingConfig()),
@@ -348,7 +394,7 @@ def run_citing_ablation(
             "stage_dir": str(stage),
             "examples_seen": steps * variant.distill.loop.batch_size,
             "tapir_rounds": len(read_plans(stage)),
-            "citing_rounds": [{k: v for k, v in r.items() if k != "examples"} for r in read_records(stage)],
+            "citing_rounds": _compact_rounds(read_records(stage)),
         }
         for name, split in SYNTH_SETS.items():
             result = run_eval(
@@ -363,7 +409,7 @@ def run_citing_ablation(
                 timing_tasks=0,
                 revise=True,
             )
-            row = summarise(result) | {"revised": _revised(result), "revise": result["revise"]}
+            row = _compact_set(summarise(result) | {"revised": _revised(result), "revise": result["revise"]})
             report["sets"].setdefault(name, {})[arm] = row
         report = _merge_citing(out, report)  # after every arm: a long run stopped early keeps what it finished
     return report
@@ -438,8 +484,13 @@ def citing_card_section(report: dict) -> list[str]:
             for a in arms
         )
         + ".",
-        "Per-category tables, the revise pass's cost and every round's record (drafts failing per criterion, "
-        "revisions kept, teacher chosen per task, student and teacher scores per category): `citing.json`.",
+        f"Budget: {report['distill_steps']} of the recipe's {report['recipe_distill_steps']} stage-3 steps per arm and "
+        f"{report['eval_instances_per_task']} instances per task: a gap of a few points is within the noise of so few "
+        "instances, so no winner replaces the recipe's default curriculum on this evidence; the revise pass only helps "
+        "arms that trained on self-correction examples (citing kinds), and costs a second generation.",
+        "Per-category tables (first pass / revised), the revise pass's cost and each round's totals (drafts failing per "
+        "criterion, revisions kept and rejected, teachers chosen, student and teacher exact match): `citing.json`; "
+        "per task and per category, each arm's stage directory's citing.jsonl.",
         "",
     ]
     return lines
