@@ -29,6 +29,7 @@ from hypernet.causal import CausalTagiModel
 from hypernet.config import CheckpointConfig, GeneratorConfig
 from hypernet.families import FAMILIES, Family
 from hypernet.files import write_json
+from hypernet.fusion import InstructionEncoding, concat_instructions
 from hypernet.io import peft_key
 from hypernet.model import TagiModel
 from hypernet.targets import LoraWeights
@@ -174,7 +175,8 @@ def run_core_benchmark(
     instructions = torch.randint(3, vocab, (BATCH, INSTRUCTION_TOKENS), generator=g)
     instruction_mask = torch.ones(1, INSTRUCTION_TOKENS, dtype=torch.long)
     rows = tqdm(instructions, desc="bench core: 8 adapters", leave=False)
-    adapters = [ours.generate_lora(ours.encode_instruction_ids(row[None], instruction_mask)) for row in rows]
+    encodings = [ours.encode_instruction_ids(row[None], instruction_mask) for row in rows]
+    adapters = [ours.generate_lora(encoding) for encoding in encodings]
     names = load_into_peft(peft, ours, adapters)
 
     input_ids = torch.randint(3, vocab, (BATCH, INPUT_TOKENS), generator=g)
@@ -225,15 +227,26 @@ def run_core_benchmark(
         "encode": encode,
         "generate": generate_adapter,
     }
-    # Decode loops (decoder only): our stepper with 8 adapters and with none, the plain base, PEFT.
+    # Decode loops (decoder only): our stepper with 8 adapters and with none, the plain base, PEFT;
+    # fusion (each row attends to its instruction's prefix, computed once with its adapter) against
+    # the usual way to give a decoder its instruction: the instruction's tokens before the input,
+    # read again for every request.
     decode_batcher = ours.new_workspace()
     decoders: dict[str, Callable[[], Logits]] = {}
     if causal:
+        prefixes = concat_instructions(encodings)
+        concatenated = torch.cat([instructions, input_ids], dim=1)
+
+        def ours_with(fusion: InstructionEncoding | None) -> Logits:
+            return ours.stepper(input_ids, mask, fusion, ours.slots.prepare(decode_batcher.assemble(adapters))).logits
+
         decoders = {
             "base": lambda: hf_decoder(plain, input_ids, mask),
             "none": lambda: ours.stepper(input_ids, mask, None, None).logits,
-            "mixed": lambda: ours.stepper(input_ids, mask, None, ours.slots.prepare(decode_batcher.assemble(adapters))).logits,
+            "mixed": lambda: ours_with(None),
             "peft_mixed": lambda: hf_decoder(peft, input_ids, mask, adapter_names=names),
+            "fusion": lambda: ours_with(prefixes),
+            "concat": lambda: hf_decoder(plain, concatenated, torch.ones_like(concatenated)),
         }
 
     mixed_logits = mixed_forward()
@@ -267,6 +280,9 @@ def run_core_benchmark(
             "decode_mixed_vs_base": med["decode_step_mixed"] / med["decode_step_base"],
             "decode_peft_mixed_vs_base": med["decode_step_peft_mixed"] / med["decode_step_base"],
             "prefill_mixed_vs_base": med["prefill_mixed"] / med["prefill_base"],
+            "prefill_fusion_vs_concat": med["prefill_fusion"] / med["prefill_concat"],
+            "decode_fusion_vs_concat": med["decode_step_fusion"] / med["decode_step_concat"],
+            "decode_fusion_vs_mixed": med["decode_step_fusion"] / med["decode_step_mixed"],
         }
     result |= {
         "median_ms": med,
@@ -334,6 +350,19 @@ def print_report(result: dict) -> None:
                 "decode step, PEFT 8 adapters",
                 f"{med['decode_step_peft_mixed']:.2f} ms",
                 f"decode_peft_mixed_vs_base = {result['decode_peft_mixed_vs_base']:.3f}",
+            ),
+            ("prompt pass, base, 256-token instruction + input", f"{med['prefill_concat']:.1f} ms", ""),
+            (
+                "prompt pass, tagi 8 adapters + fusion prefix",
+                f"{med['prefill_fusion']:.1f} ms",
+                f"prefill_fusion_vs_concat = {result['prefill_fusion_vs_concat']:.3f}",
+            ),
+            ("decode step, base, instruction + input", f"{med['decode_step_concat']:.2f} ms", ""),
+            (
+                "decode step, tagi 8 adapters + fusion prefix",
+                f"{med['decode_step_fusion']:.2f} ms",
+                f"decode_fusion_vs_concat = {result['decode_fusion_vs_concat']:.3f}, "
+                f"vs no fusion {result['decode_fusion_vs_mixed']:.3f}",
             ),
         ]
     for name, value, note in rows:

@@ -24,9 +24,10 @@ def test_bench_core_quick_causal_reports_decode_figures(tmp_path, capsys):
     written = json.loads(out.read_text())
     ratios = ("mixed_vs_base", "peft_mixed_vs_base", "generate_adapter_vs_encode", "swap_ms")
     ratios += ("decode_mixed_vs_none", "decode_mixed_vs_base", "decode_peft_mixed_vs_base", "prefill_mixed_vs_base")
+    ratios += ("prefill_fusion_vs_concat", "decode_fusion_vs_concat", "decode_fusion_vs_mixed")
     for key in ratios:
         assert written[key] == result[key] and math.isfinite(written[key]) and written[key] > 0
-    for variant in ("base", "none", "mixed", "peft_mixed"):
+    for variant in ("base", "none", "mixed", "peft_mixed", "fusion", "concat"):
         assert written["median_ms"][f"decode_step_{variant}"] > 0 and written["median_ms"][f"prefill_{variant}"] > 0
     assert written["config"]["layout"] == "qwen2" and len(written["config"]["targets"]) == 7
     assert written["config"]["num_kv_heads"] < written["config"]["num_heads"]
