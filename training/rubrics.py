@@ -246,6 +246,8 @@ def _answer_type(pairs: list[tuple[str, str]]) -> Criterion | None:
         low, high = min(numbers), max(numbers)  # type: ignore[type-var]
         return Criterion("number", f"The answer is a whole number from {low} to {high}.", "number", {"min": low, "max": high})
     labels = sorted(set(answers))
+    if any(not label.strip() for label in labels):
+        return None  # a blank answer is no label a rubric can name (a blank text breaks `non_empty` checks anyway)
     if len({normalize_answer(label) for label in labels}) <= MAX_LABELS and len(answers) >= LABEL_REPEATS * len(labels):
         plain = all(_PLAIN_LABEL.fullmatch(label) for label in labels)
         listed = ", ".join(labels if plain else (json.dumps(label) for label in labels))

@@ -99,6 +99,13 @@ def test_free_text_and_labels_as_in_sni():
     assert labels.violations("fine film", "neutral") == ["one_of"]
 
 
+def test_a_blank_answer_is_no_label_and_breaks_nothing():
+    pairs = [("a, b", "yes"), ("c, d", "no"), ("e", "")] * 4
+    rubric = derive_rubric("Blank Answers", pairs)
+    assert "one_of" not in [c.name for c in rubric.criteria]
+    assert all(rubric.violations(given, answer) == [] for given, answer in pairs)
+
+
 def test_user_rubrics_round_trip_as_json_and_yaml(tmp_path, rubrics):
     path = tmp_path / "rubrics.json"
     save_rubrics(rubrics, path)
