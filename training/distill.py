@@ -270,9 +270,7 @@ def lambda_ins(config: DistillConfig, ins: torch.Tensor) -> torch.Tensor | float
     return torch.sigmoid(ins.detach()) if config.lambda_ins == "sigmoid" else config.lambda_ins
 
 
-def tapir_sampler(
-    work: Distillation, pairs: Sequence[Pair], probes: list[Pair], loop: LoopConfig, out_dir: Path
-) -> TapirSampler:
+def tapir_sampler(work: Distillation, pairs: Sequence[Pair], probes: list[Pair], loop: LoopConfig, out_dir: Path) -> TapirSampler:
     """The curriculum's sampler over `pairs`: the teacher is scored on the probes once, the student per round."""
     config, task_set = work.config, work.task_set
     teacher_outputs = greedy(
