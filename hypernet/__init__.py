@@ -25,6 +25,7 @@ Where things are:
     causal.py     CausalTagiModel: the same on a decoder-only base (prompt + answer, prefix fusion)
     decoding.py   the step-wise decode loop: Sampling, RowUpdate, stop strings, early finish
     chat.py       a chat template turned into the checkpoint's input_template
+    rubric.py     CITING's text forms: an instruction with its rubric, the revise pass's input
     files.py      checkpoint file names, config reading, fingerprints, atomic writes (no torch)
     io.py         loading and saving checkpoints; the PEFT format (exports, teachers)
     export.py     batch export of many instructions (manifest, resume), merged models
