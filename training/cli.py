@@ -313,16 +313,24 @@ def _synthetic_recipe(args: argparse.Namespace):
     return recipe
 
 
-def cmd_ablate_curriculum(args: argparse.Namespace) -> None:
-    from training.ablation import run_ablation
-    from training.card import write_card
+def _ablation_paths(args: argparse.Namespace):
+    """(recipe, the `tagi train` output the ablation reports into, the work directory of its stages)."""
     from training.pipeline import PIPELINE_FILE
 
     recipe = _synthetic_recipe(args)
     out = Path(args.out)
     if not (out / PIPELINE_FILE).exists():
         raise UserError(f"{out} is not a `tagi train` output (no {PIPELINE_FILE}); pass the checkpoint the pipeline wrote")
-    work = Path(args.work) if args.work else Path("runs") / f"train-{recipe.name}"
+    if getattr(args, "eval_instances", 1) < 1:
+        raise UserError("--eval-instances must be >= 1")
+    return recipe, out, Path(args.work) if args.work else Path("runs") / f"train-{recipe.name}"
+
+
+def cmd_ablate_curriculum(args: argparse.Namespace) -> None:
+    from training.ablation import run_ablation
+    from training.card import write_card
+
+    recipe, out, work = _ablation_paths(args)
     report = run_ablation(recipe, work, out, _sni_dir(args), device=args.device, resume=not args.no_resume)
     write_card(out)
     means = report["synthetic_mean_exact_match"]
@@ -335,15 +343,8 @@ def cmd_ablate_curriculum(args: argparse.Namespace) -> None:
 def cmd_ablate_citing(args: argparse.Namespace) -> None:
     from training.ablation import CITING_FILE, run_citing_ablation
     from training.card import write_card
-    from training.pipeline import PIPELINE_FILE
 
-    recipe = _synthetic_recipe(args)
-    out = Path(args.out)
-    if not (out / PIPELINE_FILE).exists():
-        raise UserError(f"{out} is not a `tagi train` output (no {PIPELINE_FILE}); pass the checkpoint the pipeline wrote")
-    if args.eval_instances < 1:
-        raise UserError("--eval-instances must be >= 1")
-    work = Path(args.work) if args.work else Path("runs") / f"train-{recipe.name}"
+    recipe, out, work = _ablation_paths(args)
     report = run_citing_ablation(
         recipe,
         work,
@@ -366,15 +367,8 @@ def cmd_ablate_citing(args: argparse.Namespace) -> None:
 def cmd_ablate_encoder(args: argparse.Namespace) -> None:
     from training.ablation import run_encoder_ablation
     from training.card import write_card
-    from training.pipeline import PIPELINE_FILE
 
-    recipe = _synthetic_recipe(args)
-    out = Path(args.out)
-    if not (out / PIPELINE_FILE).exists():
-        raise UserError(f"{out} is not a `tagi train` output (no {PIPELINE_FILE}); pass the checkpoint the pipeline wrote")
-    if args.eval_instances < 1:
-        raise UserError("--eval-instances must be >= 1")
-    work = Path(args.work) if args.work else Path("runs") / f"train-{recipe.name}"
+    recipe, out, work = _ablation_paths(args)
     report = run_encoder_ablation(
         recipe,
         work,
