@@ -30,7 +30,7 @@ from training.evaluate import REVISED, run_eval, write_json
 from training.loop import resume_view
 from training.pipeline import SNI_TEST_SPLIT, SYNTH_SETS, train_tasks
 from training.presets import Preset, replace_path, with_steps
-from training.stages import STAGE, StageInputs, result_path, run_stage
+from training.stages import STAGE, StageInputs, result_path, run_stage, stage_config
 
 ABLATION_FILE = "curriculum.json"
 ARMS = ("uniform", "tapir")
@@ -298,7 +298,17 @@ def _citing_arm(recipe: Preset, arm: str, steps: int) -> Preset:
     kind, rubric = arm.removesuffix("+rubric"), arm.endswith("+rubric")
     variant = replace_path(recipe, "distill.loop", with_steps(recipe.distill.loop, steps))
     variant = replace_path(variant, "distill.curriculum", replace(recipe.distill.curriculum, kind=kind))
+    if not rubric and "citing" not in kind and recipe.distill.citing is None:
+        return variant  # nothing reads the rounds' knobs: the arm stays the recipe's own stage 3 where it can
     return replace_path(variant, "distill.citing", replace(recipe.distill.citing or CitingConfig(), rubric_in_instruction=rubric))
+
+
+def _citing_arm_dir(work: Path, recipe: Preset, variant: Preset, arm: str) -> Path:
+    """The arm that is the recipe's own stage 3 (same config, same budget) is the pipeline's stage 3,
+    reused when done; every other arm gets its own directory."""
+    if stage_config(DISTILL, variant) == stage_config(DISTILL, recipe):
+        return work / DISTILL.directory
+    return work / "ablate_citing" / arm.replace("+", "_")
 
 
 def _compact_rounds(records: list[dict]) -> list[dict]:
@@ -337,6 +347,7 @@ def _compact_set(row: dict) -> dict:
         "by_category": {c: round(v["exact_match"], 1) for c, v in row["by_category"].items()},
         "worst_category": {"name": row["worst_category"]["name"], "exact_match": round(row["worst_category"]["exact_match"], 1)},
         "revise": {k: round(row["revise"][k], 2) for k in ("gain_exact_match", "cost_ratio")},
+        "instances": row["instances"],
     }
 
 
@@ -383,7 +394,7 @@ def run_citing_ablation(
     }
     for arm in arms:
         variant = _citing_arm(recipe, arm, steps)
-        stage = work / "ablate_citing" / arm.replace("+", "_")
+        stage = _citing_arm_dir(work, recipe, variant, arm)
         checkpoint = run_stage(DISTILL, variant, StageInputs(task_set, dict(results), device, resume), stage)
         report["arms"][arm] = {
             "stage_dir": str(stage),
@@ -428,12 +439,41 @@ def _merge_citing(out: Path, report: dict) -> dict:
         report[key] = {
             a: sum(rows(report["sets"][n][a])["mean"]["exact_match"] for n in held_out) / max(1, len(held_out)) for a in done
         }
-    means = report["synthetic_mean_exact_match"]
-    # A tie keeps uniform; without uniform among the finished arms there is nothing to beat.
-    report["winner"] = max(done, key=lambda a: (means[a], a == "uniform")) if "uniform" in done else None
+    if "uniform" in done:
+        report["vs_uniform"] = {a: _gain_over_uniform(report, held_out, a) for a in done if a != "uniform"}
+        report["winner"] = _winner(report["vs_uniform"])
+    else:  # nothing to beat yet
+        report["vs_uniform"], report["winner"] = {}, None
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / CITING_FILE, report)
     return report
+
+
+def _gain_over_uniform(report: dict, held_out: list[str], arm: str) -> dict:
+    """The arm's held-out mean exact match minus uniform's, with the noise it must clear: twice the
+    standard error of that difference, each set's exact match taken as a binomial proportion over its
+    instances (add-one smoothed, so that a set scored 0 or 100 still counts as uncertain) and the two
+    arms as independent. Both arms read the same instances, so the paired error is smaller: this bound
+    is the cautious one, for a result that changes a default."""
+
+    def variance(a: str) -> float:
+        rows = [report["sets"][n][a] for n in held_out]
+        total = 0.0
+        for r in rows:
+            n = r["instances"]
+            q = (r["mean"]["exact_match"] / 100 * n + 1) / (n + 2)
+            total += q * (1 - q) / n
+        return total / len(rows) ** 2
+
+    gain = report["synthetic_mean_exact_match"][arm] - report["synthetic_mean_exact_match"]["uniform"]
+    noise = 2 * 100 * (variance(arm) + variance("uniform")) ** 0.5
+    return {"gain": round(gain, 2), "noise": round(noise, 2)}
+
+
+def _winner(vs_uniform: dict[str, dict]) -> str:
+    """The arm with the largest gain over uniform that clears its noise; uniform when none does."""
+    clear = {a: g["gain"] for a, g in vs_uniform.items() if g["gain"] > g["noise"]}
+    return max(clear, key=lambda a: clear[a]) if clear else "uniform"
 
 
 def citing_card_section(report: dict) -> list[str]:
@@ -469,21 +509,29 @@ def citing_card_section(report: dict) -> list[str]:
         "Mean over the held-out synthetic sets (first pass / revised): "
         + ", ".join(f"{a} {means[a]:.1f} / {revised[a]:.1f}" for a in means)
         + (
-            f"; winner: **{report['winner']}**" + (" (none beats uniform)." if report["winner"] == "uniform" else ".")
+            f"; winner: **{report['winner']}**"
+            + (" (no arm beats uniform by more than the noise)." if report["winner"] == "uniform" else ".")
             if report["winner"] is not None
             else "; no winner: the uniform arm has not run."
         ),
+        "Gain over uniform, held-out mean, first pass (the noise to clear: twice the standard error of the difference, "
+        "binomial per set, arms independent): "
+        + ", ".join(f"{a} {g['gain']:+.1f} (noise {g['noise']:.1f})" for a, g in report["vs_uniform"].items())
+        + ".",
         "Revise pass, generation time over the first pass's (mean over the sets): "
         + ", ".join(
             f"{a} {sum(row[a]['revise']['cost_ratio'] for row in report['sets'].values() if a in row) / len(report['sets']):.2f}x"
             for a in arms
         )
         + ".",
-        f"Budget: {report['distill_steps']} of the recipe's {report['recipe_distill_steps']} stage-3 steps per arm and "
-        f"{report['eval_instances_per_task']} instances per task: a gap of a few points is within the noise of so few "
-        "instances, so no winner replaces the recipe's default curriculum on this evidence. The revise pass raised the "
-        f"mean only for: {', '.join(a for a in means if revised[a] > means[a]) or 'none'}; arms never trained on "
-        "self-correction examples (uniform, tapir) are not meant to use it.",
+        (
+            f"Budget: the recipe's own ({report['distill_steps']} stage-3 steps per arm)."
+            if report["distill_steps"] == report["recipe_distill_steps"]
+            else f"Budget: {report['distill_steps']} of the recipe's {report['recipe_distill_steps']} stage-3 steps per arm, "
+            "too few to choose the recipe's default from."
+        )
+        + f" The revise pass raised the mean for: {', '.join(a for a in means if revised[a] > means[a]) or 'none'}; "
+        "arms never trained on self-correction examples (uniform, tapir) are not meant to use it.",
         "Per-category tables, the revise pass's cost and each round's totals (drafts failing per "
         "criterion, revisions kept and rejected, teachers chosen, student and teacher exact match): `citing.json`; "
         "per task and per category, each arm's stage directory's citing.jsonl.",

@@ -345,14 +345,17 @@ def cmd_ablate_citing(args: argparse.Namespace) -> None:
     from training.card import write_card
 
     recipe, out, work = _ablation_paths(args)
+    if args.max_new_tokens < 1:
+        raise UserError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
     report = run_citing_ablation(
         recipe,
         work,
         out,
-        args.steps,
+        args.steps if args.steps is not None else recipe.distill.loop.steps,
         device=args.device,
         resume=not args.no_resume,
         max_instances=args.eval_instances,
+        max_new_tokens=args.max_new_tokens,
         **({"arms": tuple(args.arms)} if args.arms else {}),
     )
     write_card(out)
@@ -779,8 +782,19 @@ def register(sub: argparse._SubParsersAction, bench: argparse._SubParsersAction 
     _recipe_args(citing)
     citing.add_argument("--work", metavar="DIR", help="the pipeline's work directory (default: runs/train-<recipe name>)")
     citing.add_argument("--out", required=True, metavar="DIR", help="the checkpoint `tagi train` wrote (gets citing.json)")
-    citing.add_argument("--steps", type=int, default=600, help="stage-3 steps of every arm (default 600)")
+    citing.add_argument(
+        "--steps",
+        type=int,
+        help="stage-3 steps of every arm (default: the recipe's own, so that its uniform arm is the pipeline's stage 3, "
+        "reused when done)",
+    )
     citing.add_argument("--eval-instances", type=int, default=10, help="instances per task scored for every set (default 10)")
+    citing.add_argument(
+        "--max-new-tokens",
+        type=int,
+        default=DEFAULT_MAX_NEW_TOKENS,
+        help=f"output length limit when scoring (default {DEFAULT_MAX_NEW_TOKENS})",
+    )
     citing.add_argument(
         "--arms",
         nargs="+",

@@ -382,7 +382,10 @@ def get_preset(name: str) -> Preset:
 
 
 def with_steps(loop: LoopConfig, steps: int) -> LoopConfig:
-    """A loop shortened (or lengthened) to `steps`, its warmup kept to at most a tenth of it."""
+    """A loop shortened (or lengthened) to `steps`, its warmup kept to at most a tenth of it; the loop
+    itself at its own length (so that a run at the recipe's budget is the recipe's run)."""
+    if steps == loop.steps:
+        return loop
     return replace(loop, steps=steps, warmup_steps=min(loop.warmup_steps, max(1, steps // 10)))
 
 

@@ -27,7 +27,7 @@ def test_every_training_option_has_help():
     parser = build_parser()
     seen = set()
     for name, sub in _walk(parser):
-        if name.split(" ")[0] not in ("train", "eval", "data"):
+        if name.split(" ")[0] not in ("train", "eval", "data", "ablate-curriculum", "ablate-citing", "ablate-encoder"):
             continue
         seen.add(name)
         for action in sub._actions:
@@ -42,6 +42,7 @@ def test_every_training_option_has_help():
         "train hypernet-pretrain",
         "train distill",
         "eval",
+        "ablate-citing",
     } <= seen
 
 
@@ -126,3 +127,23 @@ def test_steps_and_threads_must_be_positive(tmp_path: Path, capsys):
     assert "--steps must be >= 1" in capsys.readouterr().err
     assert main(["train", "--preset", "smoke", "--threads", "0", "--out", str(tmp_path / "o")]) == 2
     assert "--threads must be >= 1" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--steps", "0"], "--steps must be >= 1"),
+        (["--max-new-tokens", "0"], "--max-new-tokens must be >= 1"),
+        (["--eval-instances", "0"], "--eval-instances must be >= 1"),
+        (["--arms", "uniform", "citing+lots"], "unknown arms ['citing+lots']"),
+    ],
+)
+def test_ablate_citing_refuses_bad_options_in_one_line(tmp_path: Path, capsys, extra: list[str], message: str):
+    from training.pipeline import PIPELINE_FILE
+
+    assert main(["ablate-citing", "--preset", "smoke", "--out", str(tmp_path)]) == 2  # not a `tagi train` output
+    assert "not a `tagi train` output" in capsys.readouterr().err
+    (tmp_path / PIPELINE_FILE).write_text("{}")
+    assert main(["ablate-citing", "--preset", "smoke", "--out", str(tmp_path), "--work", str(tmp_path / "w"), *extra]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1

@@ -295,6 +295,53 @@ def test_encoder_ablation_reruns_stages_2_and_3_per_arm_at_equal_compute(pipelin
     assert any("Instruction encoder ablation" in line for line in encoder_card_section(report))
 
 
+def test_citing_ablation_merges_arms_and_reuses_the_recipes_own_stage_3(pipeline_run: dict):
+    from training.ablation import CITING_FILE, citing_card_section, run_citing_ablation
+    from training.citing import CitingConfig
+    from training.pipeline import SYNTH_SETS
+
+    out = pipeline_run["out"]
+    preset = get_preset("smoke")
+    curriculum = replace(preset.distill.curriculum, rounds=2, probe_instances=2, min_teacher_em=0.0)
+    citing = CitingConfig(sample_per_round=4)  # small rounds; every arm of this recipe records it
+    preset = replace(preset, distill=replace(preset.distill, curriculum=curriculum, use_ins=False, citing=citing))
+    work = ablation_work(pipeline_run, "citing_ablation_work", ("stage1_teachers", "stage1_meta_teacher", "stage2_hypernet"))
+    steps = preset.distill.loop.steps
+    # Two processes' worth: one arm each, the second merged into the first's citing.json.
+    run_citing_ablation(
+        preset, work, out, steps=steps, device="cpu", max_instances=2, arms=("citing",), max_new_tokens=SCORED_TOKENS
+    )
+    report = run_citing_ablation(
+        preset, work, out, steps=steps, device="cpu", max_instances=2, arms=("uniform",), max_new_tokens=SCORED_TOKENS
+    )
+    assert list(report["arms"]) == ["uniform", "citing"]
+    # uniform at the recipe's budget is the recipe's own stage 3: trained (or reused) in the pipeline's directory
+    assert report["arms"]["uniform"]["stage_dir"] == str(work / "stage3_distill")
+    assert report["arms"]["citing"]["stage_dir"] == str(work / "ablate_citing" / "citing")
+    assert report["arms"]["uniform"]["examples_seen"] == report["arms"]["citing"]["examples_seen"] == steps * 8
+    assert report["arms"]["uniform"]["citing_rounds"] == [] and len(report["arms"]["citing"]["citing_rounds"]) == 2
+    held_out = {name for name, split in SYNTH_SETS.items() if split != "train"}
+    assert set(report["sets"]) == held_out
+    for row in report["sets"].values():
+        assert set(row) == {"uniform", "citing"} and row["uniform"]["instances"] == row["citing"]["instances"] > 0
+        assert "exact_match" in row["citing"]["revised"]["mean"] and row["citing"]["revise"]["cost_ratio"] > 0
+    means = report["synthetic_mean_exact_match"]
+    versus = report["vs_uniform"]["citing"]
+    assert versus["gain"] == pytest.approx(means["citing"] - means["uniform"], abs=0.01) and versus["noise"] > 0
+    assert report["winner"] == ("citing" if versus["gain"] > versus["noise"] else "uniform")
+    assert json.loads((out / CITING_FILE).read_text())["arms"].keys() == report["arms"].keys()
+    card = "\n".join(citing_card_section(report))
+    assert "Budget: the recipe's own" in card and "Gain over uniform" in card
+
+
+def test_citing_winner_must_clear_the_noise():
+    from training.ablation import _winner
+
+    assert _winner({"tapir": {"gain": 3.0, "noise": 5.0}, "citing": {"gain": -1.0, "noise": 5.0}}) == "uniform"
+    assert _winner({"tapir": {"gain": 6.0, "noise": 5.0}, "citing": {"gain": 9.0, "noise": 10.0}}) == "tapir"
+    assert _winner({"tapir": {"gain": 6.0, "noise": 5.0}, "citing": {"gain": 9.0, "noise": 8.0}}) == "citing"  # largest gain
+
+
 def _trained_state(stage_dir: Path) -> dict[str, dict]:
     """Every loop state's trained tensors and every log (without wall-clock times) under a stage directory."""
     from safetensors.torch import load_file
