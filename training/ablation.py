@@ -477,8 +477,9 @@ def _winner(vs_uniform: dict[str, dict]) -> str:
 
 
 def citing_card_section(report: dict) -> list[str]:
-    """Model-card lines for citing.json."""
-    arms = list(report["arms"])
+    """Model-card lines for citing.json, arms in CITING_ARMS's order (the JSON's keys are sorted)."""
+    arms = [a for a in CITING_ARMS if a in report["arms"]]
+    missing = [a for a in CITING_ARMS if a not in arms]
     lines = [
         "## CITING ablation (stage 3 at equal compute: curriculum x rubric in the instruction x revise pass)",
         "",
@@ -507,7 +508,7 @@ def citing_card_section(report: dict) -> list[str]:
     lines += [
         "",
         "Mean over the held-out synthetic sets (first pass / revised): "
-        + ", ".join(f"{a} {means[a]:.1f} / {revised[a]:.1f}" for a in means)
+        + ", ".join(f"{a} {means[a]:.1f} / {revised[a]:.1f}" for a in arms if a in means)
         + (
             f"; winner: **{report['winner']}**"
             + (" (no arm beats uniform by more than the noise)." if report["winner"] == "uniform" else ".")
@@ -516,8 +517,13 @@ def citing_card_section(report: dict) -> list[str]:
         ),
         "Gain over uniform, held-out mean, first pass (the noise to clear: twice the standard error of the difference, "
         "binomial per set, arms independent): "
-        + ", ".join(f"{a} {g['gain']:+.1f} (noise {g['noise']:.1f})" for a, g in report["vs_uniform"].items())
-        + ".",
+        + ", ".join(
+            f"{a} {report['vs_uniform'][a]['gain']:+.1f} (noise {report['vs_uniform'][a]['noise']:.1f})"
+            for a in arms
+            if a in report["vs_uniform"]
+        )
+        + "."
+        + (f" Not run at this budget: {', '.join(missing)}." if missing else ""),
         "Revise pass, generation time over the first pass's (mean over the sets): "
         + ", ".join(
             f"{a} {sum(row[a]['revise']['cost_ratio'] for row in report['sets'].values() if a in row) / len(report['sets']):.2f}x"
